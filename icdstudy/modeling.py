@@ -1,0 +1,91 @@
+"""Loading base models the same way in every stage: dtype, 4-bit, tokenizer padding."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ModelError(Exception):
+    pass
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(name: str):
+    """'auto' is bf16 on CUDA (where supported) and float32 on CPU, where bf16 is slow."""
+    import torch
+
+    if name in (None, "auto"):
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return getattr(torch, name)
+    except AttributeError:
+        raise ModelError(f"dtype {name!r} is not a torch dtype; use auto, float32, bfloat16 or float16") from None
+
+
+# --- loading ----------------------------------------------------------------------------
+def load_tokenizer(path: str | Path, entry: dict | None = None, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.padding_side = padding_side
+    if entry and entry.get("chat_template"):
+        tokenizer.chat_template = entry["chat_template"]
+    if tokenizer.pad_token_id is None:
+        # Llama-3 ships no pad token. Padding positions are masked by attention and by labels
+        # built from lengths, so reusing EOS here is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"{path}: the tokenizer has no chat template; set models.<key>.chat_template in params.yaml")
+    return tokenizer
+
+
+def quantization_config(entry: dict, allow_cpu: bool = False):
+    """NF4 4-bit where asked for and CUDA is present (or ``allow_cpu``, for tests); else None."""
+    if not entry.get("load_in_4bit"):
+        return None
+    if not (cuda_available() or allow_cpu):
+        print(f"model {entry['key']}: load_in_4bit needs CUDA; loading in full precision on CPU")
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if cuda_available() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_model(path: str | Path, entry: dict, allow_cpu_4bit: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if cuda_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    quant = quantization_config(entry, allow_cpu=allow_cpu_4bit)
+    kwargs = {"dtype": resolve_dtype(entry.get("dtype", "auto")), "attn_implementation": "sdpa"}
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0} if cuda_available() else {"": "cpu"}
+    if not Path(path).exists():
+        raise ModelError(f"model {entry['key']}: {path} does not exist; run `dvc repro base@{entry['key']}` first")
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if quant is None and cuda_available():
+        model = model.to("cuda")
+    return model
+
+
+def count_parameters(model) -> int:
+    """Parameters of the full model (4-bit packed weights counted as the weights they hold)."""
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+    return total

