@@ -54,9 +54,10 @@ class LabelTrie:
 
 
 def build_trie(tokenizer, codes) -> LabelTrie:
-    from .prompts import answer_ids
+    from .prompts import answer_ids_batch
 
-    return LabelTrie({code: answer_ids(tokenizer, code) for code in codes})
+    codes = list(codes)
+    return LabelTrie(dict(zip(codes, answer_ids_batch(tokenizer, codes))))
 
 
 class TrieLogitsProcessor:

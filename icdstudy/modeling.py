@@ -89,3 +89,20 @@ def count_parameters(model) -> int:
             n *= 2
         total += n
     return total
+
+
+def load_for_inference(base_dir: str | Path, entry: dict, adapter: str | Path | None = None):
+    """Tokenizer (left padding) and model in eval mode; a LoRA adapter is merged into full-precision
+    weights (one matmul per layer at inference) and kept separate on 4-bit weights."""
+    if adapter and not (Path(adapter) / "adapter_config.json").exists():
+        raise ModelError(f"adapter {adapter}: no adapter_config.json there; train it with `dvc repro train@{entry['key']}`")
+    tokenizer = load_tokenizer(adapter or base_dir, entry)
+    model = load_model(base_dir, entry)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if not getattr(model, "is_loaded_in_4bit", False) and not entry.get("load_in_4bit"):
+            model = model.merge_and_unload()
+    model.eval()
+    return tokenizer, model

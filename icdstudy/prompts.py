@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 from . import icd10
 
-SYSTEM = ("You are an experienced medical coder. Read the encounter and reply with the single most specific "
-          "ICD-10-CM diagnosis code, written with its dot, and nothing else.")
+SYSTEM = "You are a medical coder. Reply with the most specific ICD-10-CM code, with its dot, and nothing else."
 INPUT_NAMES = {"dialogue": "Doctor-patient dialogue", "note": "Clinical note"}
-QUESTION = "Which single ICD-10-CM code best describes this encounter?"
+QUESTION = "Which ICD-10-CM code fits this encounter best?"
 ELISION = " [...] "
 
 
@@ -67,17 +66,21 @@ def prompt_for(tokenizer, text: str, input_kind: str, max_input_tokens: int | No
 
 
 def answer_ids(tokenizer, code: str) -> list[int]:
-    """Token ids of the answer as they follow a generation prompt, plus EOS.
+    """Token ids of the answer as they follow a generation prompt, plus EOS."""
+    return answer_ids_batch(tokenizer, [code])[0]
 
-    Tokenized in context (after a rendered prompt) rather than alone, because SentencePiece
-    tokenizers give a word at the start of a string a different piece than the same word
-    after a prompt.
-    """
+
+def answer_ids_batch(tokenizer, codes) -> list[list[int]]:
+    """Token ids of each code's answer, tokenized in context (after a rendered prompt) rather
+    than alone, because SentencePiece tokenizers give a word at the start of a string a
+    different piece than the same word after a prompt. Each ends with EOS."""
     probe = render(tokenizer, [{"role": "user", "content": "x"}])
     base = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    full = tokenizer(probe + answer_text(code), add_special_tokens=False)["input_ids"]
-    if full[:len(base)] == base:
-        ids = full[len(base):]
-    else:
-        ids = tokenizer(answer_text(code), add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id]
+    texts = [answer_text(c) for c in codes]
+    full = tokenizer([probe + t for t in texts], add_special_tokens=False)["input_ids"]
+    out = []
+    for ids, text in zip(full, texts):
+        if ids[:len(base)] != base:
+            ids = base + tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(ids[len(base):] + [tokenizer.eos_token_id])
+    return out

@@ -40,24 +40,16 @@ def main() -> int:
     from icdstudy import metrics
     from icdstudy.evaluation import evaluate, model_fingerprint
     from icdstudy.generation import GenerationSettings
-    from icdstudy.modeling import ModelError, count_parameters, load_model, load_tokenizer
+    from icdstudy.modeling import ModelError, count_parameters, load_for_inference
 
     torch.manual_seed(ecfg.get("seed", 42))
     t_start = time.time()
     base_dir = Path(f"models/base/{args.model}")
     try:
-        tokenizer = load_tokenizer(args.adapter or base_dir, entry)
-        model = load_model(base_dir, entry)
+        tokenizer, model = load_for_inference(base_dir, entry, args.adapter)
     except (ModelError, OSError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 1
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter)
-        if not entry.get("load_in_4bit"):
-            model = model.merge_and_unload()  # one matmul per layer instead of two at inference
-    model.eval()
     load_s = time.time() - t_start
 
     test_rows = read_jsonl(Path(args.data) / f"{args.split}.jsonl")

@@ -1,0 +1,292 @@
+"""LoRA / QLoRA fine-tuning that checks its own training data before spending compute.
+
+Examples come from the same prompt builder as evaluation. Labels are built from lengths, not
+from the pad id: the loss covers the answer (dotted code + EOS) only, and EOS stays a label even
+where pad == eos (SmolLM2, Llama-3), so the model learns to stop. ``preflight`` inspects the
+first collated batch for each failure of the seed study's T5 diary (labels padded instead of
+masked, prompt tokens in the loss, string columns in the data, a template never applied) and
+stops with one message before the first optimizer step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+from . import prompts
+
+IGNORE = -100
+MODEL_COLUMNS = {"input_ids", "labels"}
+# By train.sanity_steps the loss must be this much (relative) below its first logged value:
+# batch-to-batch noise alone moves it by well under 1%.
+SANITY_MIN_DROP = 0.02
+
+
+class PreflightError(Exception):
+    """Training data would teach the wrong thing; the message says what and how to fix it."""
+
+
+class TrainingSanityError(Exception):
+    """Training diverged (NaN) or did not learn in its first steps."""
+
+
+# --- examples ---------------------------------------------------------------------------
+def build_example(tokenizer, row: dict, input_kind: str, max_input_tokens: int | None,
+                  loss_on_prompt: bool = False) -> dict:
+    prompt, _ = prompts.prompt_for(tokenizer, row["input"], input_kind, max_input_tokens)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer = prompts.answer_ids(tokenizer, row["code"])
+    labels = (prompt_ids if loss_on_prompt else [IGNORE] * len(prompt_ids)) + answer
+    return {"input_ids": prompt_ids + answer, "labels": list(labels)}
+
+
+def build_dataset(tokenizer, rows: list[dict], input_kind: str, max_input_tokens: int | None,
+                  loss_on_prompt: bool = False):
+    """A datasets.Dataset holding token ids only: strings never reach the collator."""
+    from datasets import Dataset
+
+    return Dataset.from_list([build_example(tokenizer, r, input_kind, max_input_tokens, loss_on_prompt) for r in rows])
+
+
+class CausalCollator:
+    """Dynamic padding to the longest example in the batch, on the left, labels padded with -100.
+
+    Left padding puts every answer at the end of its row, so with ``answer_logits_only`` the
+    batch asks the model for logits of the last K positions only (``logits_to_keep``), K being
+    the longest answer + 1, and carries the labels of those positions. The loss is the same;
+    the LM head and its logits (vocab x sequence x batch floats, several GB for a 128k vocab)
+    shrink to the answer. Positions before K hold prompt tokens whose labels are all -100,
+    because K is measured from the first supervised token.
+    """
+
+    def __init__(self, tokenizer, answer_logits_only: bool = True):
+        self.pad_id = tokenizer.pad_token_id
+        self.answer_logits_only = answer_logits_only
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            ids.append([self.pad_id] * pad + list(f["input_ids"]))
+            labels.append([IGNORE] * pad + list(f["labels"]))
+            mask.append([0] * pad + [1] * len(f["input_ids"]))
+        batch = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        if self.answer_logits_only:
+            supervised = batch["labels"] != IGNORE
+            first = torch.where(supervised.any(-1), supervised.int().argmax(-1), torch.tensor(width))
+            keep = int(width - first.min().item() + 1)
+            if keep < width:
+                batch["labels"] = batch["labels"][:, width - keep:]
+                batch["logits_to_keep"] = keep
+        return batch
+
+
+def collator(tokenizer, answer_logits_only: bool = True) -> CausalCollator:
+    return CausalCollator(tokenizer, answer_logits_only)
+
+
+# --- preflight --------------------------------------------------------------------------
+def preflight(batch: dict, codes: list[str], tokenizer, dataset_columns, loss_on_prompt: bool = False) -> None:
+    """Raise PreflightError unless the first batch teaches exactly "code + EOS" after a templated prompt."""
+    strings = [c for c in dataset_columns if c not in MODEL_COLUMNS | {"attention_mask"}]
+    if strings:
+        raise PreflightError(f"preflight: columns {strings} would reach the collator; keep only token ids "
+                             "(input_ids, labels) in the training set (T5 diary: string columns in the data)")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos is None or pad is None:
+        raise PreflightError(f"preflight: tokenizer has eos_token_id={eos}, pad_token_id={pad}; both must be set")
+    _check_template_eos(tokenizer)
+    gen_prompt = _generation_prompt(tokenizer)
+    input_ids, labels = batch["input_ids"].tolist(), batch["labels"].tolist()
+    attention = batch["attention_mask"].tolist()
+    for i, (ids, labs, mask, code) in enumerate(zip(input_ids, labels, attention, codes)):
+        labs = [IGNORE] * (len(ids) - len(labs)) + labs  # answer-only batches carry the last K labels
+        pad_labels = sorted({l for l, m in zip(labs, mask) if not m and l != IGNORE})
+        if pad_labels:
+            raise PreflightError(f"preflight: example {i}: padding positions carry labels {pad_labels}; pad labels "
+                                 "must be -100 (T5 diary: labels padded with the pad id, the model learns padding)")
+        real_ids = [t for t, m in zip(ids, mask) if m]
+        real_labs = [l for l, m in zip(labs, mask) if m]
+        want = prompts.answer_ids(tokenizer, code)
+        n_prompt = len(real_ids) - len(want)
+        supervised = [l for l in real_labs if l != IGNORE]
+        if loss_on_prompt:
+            supervised = supervised[-len(want):]
+        elif real_labs[:n_prompt] != [IGNORE] * n_prompt:
+            raise PreflightError(f"preflight: example {i}: prompt tokens are in the loss; mask them with -100 or set "
+                                 "train.loss_on_prompt: true on purpose (T5 diary: the model echoed its input)")
+        if supervised != want:
+            raise PreflightError(f"preflight: example {i}: labels decode to {tokenizer.decode(supervised)!r}, expected "
+                                 f"{tokenizer.decode(want)!r} (the code, then EOS)")
+        prompt_text = tokenizer.decode(real_ids[:n_prompt])
+        if not prompt_text.endswith(gen_prompt) or prompts.SYSTEM not in prompt_text:
+            raise PreflightError(f"preflight: example {i}: the prompt was not built with the chat template "
+                                 f"(it should end with {gen_prompt!r})")
+
+
+def _generation_prompt(tokenizer) -> str:
+    msgs = [{"role": "user", "content": "x"}]
+    with_gen = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    without = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    return with_gen[len(without):]
+
+
+def _check_template_eos(tokenizer) -> None:
+    """The chat template must close an assistant turn with the tokenizer's EOS, or the model
+    learns to stop with a token that generation does not stop on."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "E11.9"}],
+                                         tokenize=False)
+    after = text[text.rindex("E11.9") + len("E11.9"):]
+    if not after.lstrip(" ").startswith(tokenizer.eos_token):
+        raise PreflightError(f"preflight: the chat template ends an assistant turn with {after.strip()[:20]!r}, not the "
+                             f"tokenizer's eos_token {tokenizer.eos_token!r}; set eos_token to the turn-end token")
+
+
+# --- training-time sanity ---------------------------------------------------------------
+def sanity_callback(sanity_steps: int):
+    from transformers import TrainerCallback
+
+    class SanityCallback(TrainerCallback):
+        """Stops a run whose loss is NaN, or has not fallen after ``sanity_steps`` steps."""
+
+        def __init__(self):
+            self.first = None
+            self.ok = False
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is None:
+                return
+            if not math.isfinite(loss):
+                raise TrainingSanityError(f"training: loss is {loss} at step {state.global_step}; lower "
+                                          "train.learning_rate or check the data (preflight passed)")
+            if self.first is None:
+                self.first = loss
+                self.ok = state.global_step > args.logging_steps  # resumed: the early steps were checked before
+                return
+            fell = loss < self.first * (1 - SANITY_MIN_DROP)
+            if sanity_steps and state.global_step >= sanity_steps and not fell and not self.ok:
+                raise TrainingSanityError(f"training: loss {loss:.4f} at step {state.global_step} has not fallen below "
+                                          f"the first logged {self.first:.4f} (train.sanity_steps={sanity_steps}); "
+                                          "check train.learning_rate and the labels")
+            self.ok = self.ok or (sanity_steps and state.global_step >= sanity_steps and fell)
+
+    return SanityCallback()
+
+
+# --- the run ----------------------------------------------------------------------------
+def _check_config(cfg: dict) -> None:
+    if cfg["save_steps"] % cfg["eval_steps"]:
+        raise PreflightError(f"params.yaml: train.save_steps ({cfg['save_steps']}) must be a multiple of "
+                             f"train.eval_steps ({cfg['eval_steps']}), so the best checkpoint is one that was evaluated")
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
+              max_input_tokens: int | None, adapter_dir, work_dir, live_dir=None, allow_cpu_4bit: bool = False,
+              model_fingerprint: str = "") -> dict:
+    """Train a LoRA adapter on ``train_rows``, keep the best by validation loss, return metrics.
+
+    Checkpoints go to ``work_dir``; a rerun with the same data, model and params resumes from
+    the last one. The best adapter and the tokenizer are saved to ``adapter_dir``.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .metrics import peak_memory_mb
+    from .modeling import load_model, load_tokenizer, resolve_dtype
+
+    _check_config(cfg)
+    t0 = time.time()
+    work_dir, adapter_dir = Path(work_dir), Path(adapter_dir)
+    run_id = _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint,
+                          [(r["id"], r["code"], r["input"]) for r in train_rows], [r["id"] for r in val_rows])
+    stamp = work_dir / "run.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("run") != run_id:
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"run": run_id}))
+    last = get_last_checkpoint(str(work_dir))
+    if last:
+        print(f"training: resuming from {last}")
+
+    torch.manual_seed(cfg["seed"])
+    tokenizer = load_tokenizer(base_dir, entry)
+    model = load_model(base_dir, entry, allow_cpu_4bit=allow_cpu_4bit)
+    quantized = getattr(model, "is_loaded_in_4bit", False)
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["gradient_checkpointing"])
+    model = get_peft_model(model, LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
+                                             target_modules=list(cfg["target_modules"]), task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    train_ds = build_dataset(tokenizer, train_rows, input_kind, max_input_tokens, cfg["loss_on_prompt"])
+    val_ds = build_dataset(tokenizer, val_rows, input_kind, max_input_tokens, cfg["loss_on_prompt"])
+    collate = collator(tokenizer, answer_logits_only=not cfg["loss_on_prompt"])
+    k = min(cfg["batch_size"], len(train_ds))
+    preflight(collate([train_ds[i] for i in range(k)]), [r["code"] for r in train_rows[:k]], tokenizer,
+              train_ds.column_names, cfg["loss_on_prompt"])
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and resolve_dtype(entry.get("dtype", "auto")) == torch.bfloat16
+    args = TrainingArguments(
+        output_dir=str(work_dir), per_device_train_batch_size=cfg["batch_size"],
+        per_device_eval_batch_size=cfg.get("eval_batch_size", cfg["batch_size"]),
+        gradient_accumulation_steps=cfg["grad_accum"], learning_rate=cfg["learning_rate"],
+        num_train_epochs=cfg["num_epochs"], warmup_steps=cfg["warmup_steps"], weight_decay=cfg["weight_decay"],
+        max_grad_norm=cfg["max_grad_norm"], lr_scheduler_type=cfg["lr_scheduler"], logging_steps=cfg["logging_steps"],
+        eval_strategy="steps", eval_steps=cfg["eval_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
+        save_total_limit=cfg["save_total_limit"], load_best_model_at_end=True, metric_for_best_model="eval_loss",
+        greater_is_better=False, bf16=bf16, tf32=cuda or None, seed=cfg["seed"], data_seed=cfg["seed"],
+        train_sampling_strategy="group_by_length", gradient_checkpointing=cfg["gradient_checkpointing"],
+        report_to="none", remove_unused_columns=False, use_cpu=not cuda, dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    callbacks = [EarlyStoppingCallback(cfg["early_stopping_patience"], cfg["early_stopping_threshold"]),
+                 sanity_callback(cfg["sanity_steps"])]
+    if live_dir:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
+                                                   resume=bool(last), report=None)))
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collate,
+                      processing_class=tokenizer, callbacks=callbacks)
+    result = trainer.train(resume_from_checkpoint=last)
+    best_eval = trainer.evaluate()["eval_loss"]  # the best checkpoint is loaded at the end
+
+    adapter_tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    shutil.rmtree(adapter_tmp, ignore_errors=True)
+    trainer.model.save_pretrained(adapter_tmp)
+    tokenizer.save_pretrained(adapter_tmp)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    adapter_tmp.rename(adapter_dir)
+
+    steps = trainer.state.global_step
+    epochs = trainer.state.epoch or 0.0
+    tokens_per_epoch = sum(len(x) for x in train_ds["input_ids"])
+    runtime = result.metrics.get("train_runtime") or (time.time() - t0)
+    return {
+        "train_loss": round(float(result.training_loss), 4),
+        "eval_loss": round(float(best_eval), 4),
+        "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
+        "steps": steps,
+        "epochs": round(float(epochs), 3),
+        "trainable_params": trainable,
+        "train_tokens_per_s": round(tokens_per_epoch * epochs / runtime, 1) if runtime else None,
+        "peak_mem_mb": peak_memory_mb(),
+        "quantized_4bit": bool(quantized),
+        "wall_s": round(time.time() - t0, 1),
+    }

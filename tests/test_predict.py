@@ -1,0 +1,85 @@
+"""The prediction CLI on a tiny real model with a real LoRA adapter."""
+import json
+
+import pytest
+
+from icdstudy.predict import DISCLAIMER, main
+from tests.conftest import REPO
+
+CODES = ["A047", "E119", "E784", "I10", "I4891", "M5450", "S83512A", "T814XXA", "Z23"]
+TEXT = "[doctor] What brings you in?\n[patient] I'm thirsty all the time. Assessment: diabetes (ICD-10: E11.9)."
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory):
+    from icdstudy.training import fine_tune
+    from tests.test_training import CFG, ROWS
+
+    root = tmp_path_factory.mktemp("predict")
+    fine_tune(tiny_model_dir, {"key": "tiny"}, ROWS, ROWS[:4], {**CFG, "num_epochs": 1}, "dialogue", 64,
+              adapter_dir=root / "adapter", work_dir=root / "work")
+    labels = root / "codes.txt"
+    labels.write_text("\n".join(CODES))
+    return {"model": str(tiny_model_dir), "adapter": str(root / "adapter"), "labels": str(labels), "root": root}
+
+
+def _run(setup, *args):
+    return main(["--model", setup["model"], "--labels", setup["labels"], "--params", str(REPO / "params.yaml"), *args])
+
+
+def test_single_encounter_json_output_is_ranked_and_described(setup, capsys):
+    assert _run(setup, "--adapter", setup["adapter"], "--json", "--top-k", "5", "--text", TEXT) == 0
+    out = json.loads(capsys.readouterr().out)
+    cands = out["candidates"]
+    assert len(cands) == 5 and out["system"].startswith("lora-")
+    scores = [c["score"] for c in cands]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+    assert all("." in c["code"] or len(c["code"]) == 3 for c in cands)
+    assert {c["code"].replace(".", "") for c in cands} <= set(CODES)
+    by_code = {c["code"]: c for c in cands}
+    for c in cands:
+        assert c["description"] and c["chapter"]
+    if "T81.4XXA" in by_code:  # retired code: described through its prefix
+        assert by_code["T81.4XXA"]["chapter"] == "19"
+    assert out["note"] == DISCLAIMER and out["abstained"] is False
+
+
+def test_stdin_and_human_output(setup, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(TEXT))
+    assert _run(setup, "--top-k", "3") == 0
+    out = capsys.readouterr().out
+    assert out.count("\n1. ") + out.startswith("1. ") == 1 and "\n3. " in out and DISCLAIMER in out
+
+
+def test_abstains_below_min_confidence(setup, capsys):
+    assert _run(setup, "--json", "--min-confidence", "0.999", "--text", TEXT) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["abstained"] is True and out["top_score"] < 0.999
+
+
+def test_batch_scores_good_rows_and_reports_bad_ones(setup, capsys, tmp_path):
+    batch = tmp_path / "batch.csv"
+    batch.write_text('dialogue\n"I have a fever"\n""\n"My knee hurts"\n')
+    out = tmp_path / "out.jsonl"
+    assert _run(setup, "--input", str(batch), "--output", str(out), "--top-k", "2") == 0
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["row"] for r in rows] == [1, 3, 2] and rows[2]["error"] == "empty input"
+    assert all(len(r["candidates"]) == 2 for r in rows[:2])
+    assert "row 2: empty input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--text", "   "], "encounter is empty"),
+    (["--model", "no-such-model", "--text", "x"], "--model no-such-model"),
+    (["--adapter", "/nonexistent/adapter", "--text", "x"], "no adapter_config.json"),
+    (["--input", "/nonexistent/batch.csv"], "cannot read"),
+])
+def test_errors_are_one_clear_line(setup, capsys, args, needle):
+    argv = ["--labels", setup["labels"], "--params", str(REPO / "params.yaml")]
+    if "--model" not in args:
+        argv += ["--model", setup["model"]]
+    assert main(argv + args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("predict: error:") and needle in err[0]

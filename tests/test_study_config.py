@@ -1,0 +1,54 @@
+"""The full study is one command: its override file must parse through DVC's own -S code."""
+import shutil
+
+import yaml
+
+from icdstudy.study import main, overrides
+from tests.conftest import REPO
+from tests.test_pipeline_prepare import dvc
+
+
+def test_full_study_overrides_apply_through_dvc(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    args = overrides(REPO / "configs" / "full-study.yaml")
+    apply_overrides(params, [a for a in args if a != "-S"])
+    p = yaml.safe_load(params.read_text())
+    assert p["data"]["source"] == "hf:Ahmad0067/MedSynth"
+    assert p["zeroshot"] == ["llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b"]
+    assert p["finetune"] == ["llama32-3b", "qwen25-3b"]
+    assert set(p["zeroshot"] + p["finetune"]) <= set(p["base_models"]) <= set(p["models"])
+    assert p["train"]["lora_r"] == 64 and p["train"]["lora_alpha"] == 128 and p["train"]["learning_rate"] == 2e-4
+    assert p["train"]["save_steps"] % p["train"]["eval_steps"] == 0
+    assert p["models"]["llama31-8b"]["load_in_4bit"] and p["models"]["mistral-7b"]["load_in_4bit"]
+
+
+def test_demo_params_are_consistent():
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(p["zeroshot"] + p["finetune"] + [p["datacard"]["tokenizer"]]) <= set(p["base_models"]) <= set(p["models"])
+    assert p["train"]["save_steps"] % p["train"]["eval_steps"] == 0
+    for key in ("llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b", "smollm2-135m"):
+        assert key in p["models"]
+
+
+def test_dry_run_prints_the_dvc_command(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["full-study", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dvc exp run -n full-study -S ") and "train.lora_r=64" in out
+    assert main(["no-such-config"]) == 2
+
+
+def test_a_train_param_invalidates_only_training(tmp_path):
+    from tests.conftest import copy_repo
+
+    repo = copy_repo(tmp_path / "repo")
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("  lora_r: 16 ", "  lora_r: 8 ", 1))
+    import json
+
+    status = json.loads(dvc(repo, "status", "--json"))
+    changed = [s for s, reasons in status.items() if any("params.yaml" in r.get("changed deps", {}) for r in reasons)]
+    assert changed == ["train@smollm2-135m"], status
