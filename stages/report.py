@@ -1,0 +1,64 @@
+"""Stage `report`: the study's answer, table, paired tests and plots.
+
+Reads every metrics/eval/*.json with its predictions/<system>.jsonl, metrics/train/*.json,
+metrics/data.json and the DVCLive curves; writes reports/report.md and plots/*.png.
+Imports no torch: it runs in seconds.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from icdstudy import metrics, plots
+from icdstudy.io import read_json, read_jsonl, write_json, write_text_atomic
+from icdstudy.params import load_params
+from icdstudy.report import per_chapter_accuracy, render
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--root", default=".", help="project folder holding metrics/, predictions/, dvclive/")
+    parser.add_argument("--out", default="reports/report.md")
+    parser.add_argument("--plots", default="plots")
+    parser.add_argument("--systems", default="reports/systems.json", help="per-system metrics for `dvc plots`")
+    args = parser.parse_args()
+    root, plot_dir = Path(args.root), Path(args.plots)
+    params = load_params(args.params)
+
+    evals = {p.stem: read_json(p) for p in sorted((root / "metrics/eval").glob("*.json"))}
+    if not evals:
+        print("report: error: no metrics/eval/*.json; run the evaluation stages first", file=sys.stderr)
+        return 1
+    preds = {s: read_jsonl(root / "predictions" / f"{s}.jsonl") for s in evals
+             if (root / "predictions" / f"{s}.jsonl").exists()}
+    trains = {p.stem: read_json(p) for p in sorted((root / "metrics/train").glob("*.json"))}
+    data = read_json(root / "metrics/data.json")
+
+    made = [plots.accuracy_by_system(evals, plot_dir / "accuracy_by_system.png"),
+            plots.accuracy_vs_latency(evals, plot_dir / "accuracy_vs_latency.png"),
+            plots.accuracy_vs_params(evals, plot_dir / "accuracy_vs_params.png"),
+            plots.chapter_heatmap(per_chapter_accuracy(preds), plot_dir / "chapter_accuracy.png")]
+    scored = {s: metrics.reliability_bins([r["confidence"] for r in rows], [r["pred"] == r["gold"] for r in rows])
+              for s, rows in preds.items() if rows and all(r.get("confidence") is not None for r in rows)}
+    if scored:
+        made.append(plots.reliability(scored, plot_dir / "reliability.png"))
+    curves = plots.training_curves({m: root / "dvclive" / m for m in trains}, plot_dir / "training_curves.png")
+    if curves:
+        made.append(curves)
+
+    write_json(args.systems, [{"system": s, **{k: m[k] for k in ("exact_match", "category_match", "chapter_match",
+                                                                     "valid_rate", "macro_f1")}} for s, m in evals.items()])
+    out = Path(args.out)
+    import os
+
+    rel = [os.path.relpath(p, out.parent) for p in made]
+    write_text_atomic(out, render(evals, preds, trains, data, params, rel))
+    print(f"report: {len(evals)} systems, {len(made)} plots -> {out}")
+    for line in render(evals, preds, trains, data, params, []).splitlines()[2:]:
+        if line.startswith("- **"):
+            print("  " + line[2:].replace("**", ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+import pytest
+
+from icdstudy.stats import mcnemar_exact, paired_bootstrap_diff
+
+
+def test_mcnemar_against_a_hand_computed_table():
+    # 2x2 table: both right 5, only A 6, only B 1, both wrong 3.
+    a = [1] * 5 + [1] * 6 + [0] * 1 + [0] * 3
+    b = [1] * 5 + [0] * 6 + [1] * 1 + [0] * 3
+    r = mcnemar_exact(a, b)
+    assert (r["only_a"], r["only_b"]) == (6, 1)
+    # two-sided binomial: 2 * P(X <= 1 | n=7, p=.5) = 2 * (1 + 7) / 128 = 0.125
+    assert r["p_value"] == pytest.approx(0.125)
+
+
+def test_mcnemar_without_discordant_pairs_is_one():
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1])["p_value"] == 1.0
+
+
+def test_mcnemar_symmetric_and_small_for_lopsided_tables():
+    a, b = [1] * 20 + [0] * 5, [0] * 20 + [0] * 5
+    assert mcnemar_exact(a, b)["p_value"] == pytest.approx(2 * 0.5 ** 20)
+    assert mcnemar_exact(a, b)["p_value"] == mcnemar_exact(b, a)["p_value"]
+
+
+def test_paired_bootstrap_diff_matches_the_point_estimate_and_is_seeded():
+    a = [1] * 30 + [0] * 10
+    b = [1] * 10 + [0] * 30
+    r = paired_bootstrap_diff(a, b, seed=3)
+    assert r["diff"] == pytest.approx(0.5)
+    lo, hi = r["ci95"]
+    assert lo < 0.5 < hi and lo > 0.25 and hi < 0.75
+    assert paired_bootstrap_diff(a, b, seed=3) == r
+    same = paired_bootstrap_diff(a, a)
+    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0]  # identical predictions: no uncertainty
