@@ -113,8 +113,11 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None]:
 def _result(res: dict, labels: dict, min_conf: float) -> dict:
     from . import icd10
 
+    def describe(code):  # a retired code keeps the data set's own description, not its prefix's
+        return (icd10.description(code) if icd10.is_valid(code) else labels.get(code)) or icd10.description(code)
+
     candidates = [{"code": icd10.dotted(c["code"]),
-                   "description": icd10.description(c["code"]) or labels.get(c["code"]),
+                   "description": describe(c["code"]),
                    "score": c["score"],
                    "chapter": icd10.chapter(c["code"])} for c in (res["candidates"] or [])]
     top = candidates[0]["score"] if candidates else 0.0
@@ -149,6 +152,9 @@ def _print_human(result: dict) -> None:
 
 
 def main(argv=None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
     args = _parser().parse_args(argv)
     try:
         if args.top_k < 1:

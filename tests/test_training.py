@@ -166,10 +166,10 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
 
     frame = data.canonicalize(data.load_source("demo"), "dialogue", "demo")
     rows = data.split_by_code(data.clean(frame, "dialogue").rows, 0.15, 0.15, 42)
-    cfg = {**CFG, "lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-3, "num_epochs": 1, "batch_size": 8,
-           "eval_steps": 12, "save_steps": 12, "warmup_steps": 2, "sanity_steps": 10, "logging_steps": 2}
+    cfg = {**CFG, "lora_r": 8, "lora_alpha": 16, "learning_rate": 2e-3, "num_epochs": 1, "batch_size": 4,
+           "eval_steps": 24, "save_steps": 24, "warmup_steps": 2, "sanity_steps": 10, "logging_steps": 2}
     result = fine_tune(smollm2_dir, {"key": "smollm2-135m"}, rows.train[:96], rows.val[:16], cfg, "dialogue", 256,
                        adapter_dir=tmp_path / "a", work_dir=tmp_path / "w", live_dir=tmp_path / "live")
     losses = [float(l.split("\t")[1]) for l in (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     assert losses[-1] < 0.5 * losses[0], losses
-    assert result["eval_loss"] < 1.0
+    assert result["eval_loss"] < 0.4 * losses[0], (result, losses)  # held-out loss fell too, not just memorization
