@@ -83,7 +83,8 @@ def _hardware(evals: dict) -> str:
     import os
 
     devices = sorted({m.get("device", "?") for m in evals.values()})
-    return f"{', '.join(devices)}; CPU {cpu} ({os.cpu_count()} cores), {platform.system()} {platform.release()}"
+    return (f"models ran on {' and '.join(devices)}; host CPU {cpu} ({os.cpu_count()} cores), "
+            f"{platform.system()} {platform.release()}")
 
 
 def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str]) -> str:
@@ -120,7 +121,7 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
         out += ["", "CI: paired bootstrap over test rows (5,000 resamples, seed 42). McNemar: exact binomial test on "
                 "the rows where exactly one system is right.", ""]
     if trains:
-        out += ["## Training", "", "| model | trainable params | steps | epochs | train loss | best val loss "
+        out += ["## Training", "", "| model | trainable params | steps | epochs | mean train loss | best val loss "
                 "| tokens/s | peak memory MB | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for k, t in sorted(trains.items()):
             out.append(f"| {k} | {t['trainable_params']:,} | {t['steps']} | {t['epochs']} | {t['train_loss']} "
@@ -132,8 +133,9 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             f"{data['rows_out']} kept, dropped: {data['dropped'] or 'none'}.",
             f"- {data['n_codes']} codes; train / val / test = {data['train']} / {data['val']} / {data['test']} "
             f"(split per code, seed {params.get('split', {}).get('seed')}).",
-            f"- Leakage control: code mentions redacted ({data['code_mentions_before']} inputs before, "
-            f"{data['code_mentions_after']} after); description phrases redacted: {d.get('redact_descriptions')}.",
+            f"- Leakage control: ICD-10 code mentions in the {data.get('input')} texts redacted "
+            f"({data['code_mentions_before']} inputs had one before, {data['code_mentions_after']} after); "
+            f"label description phrases redacted too: {'yes' if d.get('redact_descriptions') else 'no'}.",
             f"- Decoding: constrained to the label set = {params.get('eval', {}).get('constrained')}, "
             f"top-k {params.get('eval', {}).get('top_k')}, few-shot {params.get('eval', {}).get('few_shot')}.",
             f"- Hardware: {_hardware(evals)}.", ""]
