@@ -20,19 +20,8 @@ def bootstrap_ci(hits, n_boot: int = 2000, seed: int = 42, alpha: float = 0.05) 
     return [round(float(lo), 4), round(float(hi), 4)]
 
 
-def expected_calibration_error(confidences, correct, n_bins: int = 10) -> float:
-    conf = np.asarray(confidences, dtype=float)
-    corr = np.asarray(correct, dtype=float)
-    edges = np.linspace(0, 1, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        in_bin = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(conf[in_bin].mean() - corr[in_bin].mean())
-    return round(float(ece), 4)
-
-
 def reliability_bins(confidences, correct, n_bins: int = 10) -> list[dict]:
+    """Equal-width confidence bins (the first one closed at 0) with their mean confidence and accuracy."""
     conf = np.asarray(confidences, dtype=float)
     corr = np.asarray(correct, dtype=float)
     edges = np.linspace(0, 1, n_bins + 1)
@@ -43,6 +32,12 @@ def reliability_bins(confidences, correct, n_bins: int = 10) -> list[dict]:
             out.append({"lo": float(lo), "hi": float(hi), "n": int(in_bin.sum()),
                         "confidence": float(conf[in_bin].mean()), "accuracy": float(corr[in_bin].mean())})
     return out
+
+
+def expected_calibration_error(confidences, correct, n_bins: int = 10) -> float:
+    bins = reliability_bins(confidences, correct, n_bins)
+    total = sum(b["n"] for b in bins)
+    return round(float(sum(b["n"] / total * abs(b["confidence"] - b["accuracy"]) for b in bins)), 4) if total else 0.0
 
 
 def macro_f1(gold: list[str], pred: list[str | None]) -> float:
