@@ -87,6 +87,7 @@ class GenerationSettings:
     max_input_tokens: int | None = 1024
     few_shot: int = 0
     repetition_penalty: float = 1.0
+    share_prefill: bool = True  # beam search reads each prompt once, not num_beams times
 
     @classmethod
     def from_params(cls, section: dict) -> "GenerationSettings":
@@ -109,6 +110,25 @@ def _logp_until_eos(token_logps: list[float], tokens: list[int], eos: int) -> fl
     return total
 
 
+def prefill_once(model, enc, copies: int):
+    """KV cache of every prompt but its last token, computed once and repeated ``copies`` times.
+
+    ``generate`` with beam search copies each prompt num_beams times before its first forward
+    pass, so a 700-token note is read five times for top-5 beams. Handing it this cache leaves
+    it only the last prompt token per beam to compute. Positions follow the attention mask, as
+    in ``generate``, so left padding gives the same rotary positions.
+    """
+    from transformers import DynamicCache
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], past_key_values=cache,
+          use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(copies)
+    return cache
+
+
 def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSettings,
                    trie: LabelTrie | None, label_set: frozenset[str]) -> list[dict]:
     """One left-padded batch -> one result per prompt: raw text, parsed code, ranked candidates."""
@@ -129,6 +149,8 @@ def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSet
         # search may stop with fewer than k finished labels and pad the rest with -1e9.
         common.update(num_beams=beams, num_return_sequences=k, length_penalty=0.0, early_stopping=False)
     with torch.inference_mode():
+        if beams > 1 and settings.share_prefill:
+            common["past_key_values"] = prefill_once(model, enc, beams)
         out = model.generate(**enc, **common)
     seqs = out.sequences[:, prompt_len:].tolist()
     if beams > 1:

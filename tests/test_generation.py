@@ -135,3 +135,21 @@ def test_unreachable_hub_model_fails_with_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "model 'ghost'" in lines[0] and "models.ghost.path" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_beams_reading_the_prompt_once_rank_like_plain_beam_search(smollm2_dir):
+    """prefill_once hands generate a cache of each prompt repeated per beam: same candidates, same scores."""
+    from dataclasses import replace
+
+    from icdstudy.generation import generate_batch
+
+    model = load_model(smollm2_dir, {"key": "smollm2-135m", "dtype": "float32"})
+    tok = load_tokenizer(smollm2_dir)
+    texts = [prompts.prompt_for(tok, r["input"], "dialogue")[0] for r in ROWS[:4]]  # different lengths: left padding
+    trie = build_trie(tok, LABELS)
+    settings = GenerationSettings(top_k=3, max_new_tokens=8)
+    shared = generate_batch(model, tok, texts, settings, trie, frozenset(LABELS))
+    plain = generate_batch(model, tok, texts, replace(settings, share_prefill=False), trie, frozenset(LABELS))
+    for a, b in zip(shared, plain):
+        assert [c["code"] for c in a["candidates"]] == [c["code"] for c in b["candidates"]]
+        assert [c["score"] for c in a["candidates"]] == pytest.approx([c["score"] for c in b["candidates"]], abs=1e-4)
