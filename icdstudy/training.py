@@ -192,17 +192,44 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _code_version() -> str:
+    """Hash of the modules that decide what a training step computes: checkpoints written by
+    other code are not resumed."""
+    here = Path(__file__).parent
+    return _fingerprint(*[(here / f).read_text() for f in ("training.py", "modeling.py", "prompts.py")])
+
+
+def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(work_dir), per_device_train_batch_size=cfg["batch_size"],
+        per_device_eval_batch_size=cfg.get("eval_batch_size", cfg["batch_size"]),
+        gradient_accumulation_steps=cfg["grad_accum"], learning_rate=cfg["learning_rate"],
+        num_train_epochs=cfg["num_epochs"], warmup_steps=cfg["warmup_steps"], weight_decay=cfg["weight_decay"],
+        max_grad_norm=cfg["max_grad_norm"], lr_scheduler_type=cfg["lr_scheduler"], logging_steps=cfg["logging_steps"],
+        eval_strategy="steps", eval_steps=cfg["eval_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
+        save_total_limit=cfg["save_total_limit"], load_best_model_at_end=True, metric_for_best_model="eval_loss",
+        greater_is_better=False, bf16=bf16, tf32=cuda or None, seed=cfg["seed"], data_seed=cfg["seed"],
+        train_sampling_strategy="group_by_length", gradient_checkpointing=cfg["gradient_checkpointing"],
+        report_to="none", remove_unused_columns=False, use_cpu=not cuda, dataloader_num_workers=0,
+        disable_tqdm=False, ddp_find_unused_parameters=False,
+    )
+
+
 def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
               max_input_tokens: int | None, adapter_dir, work_dir, live_dir=None, allow_cpu_4bit: bool = False,
               model_fingerprint: str = "") -> dict:
     """Train a LoRA adapter on ``train_rows``, keep the best by validation loss, return metrics.
 
     Checkpoints go to ``work_dir``; a rerun with the same data, model and params resumes from
-    the last one. The best adapter and the tokenizer are saved to ``adapter_dir``.
+    the last one. The best adapter and the tokenizer are saved to ``adapter_dir``. Under
+    ``accelerate launch`` (train.num_processes > 1) the Trainer runs data-parallel; only the
+    first process writes files and gets the metrics, the others get None.
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
     from .metrics import peak_memory_mb
@@ -211,20 +238,31 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     _check_config(cfg)
     t0 = time.time()
     work_dir, adapter_dir = Path(work_dir), Path(adapter_dir)
-    run_id = _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint,
+    cuda = torch.cuda.is_available()
+    # bf16 autocast wherever the hardware has it; not over 4-bit weights on CPU (test-only path).
+    bf16 = resolve_dtype(entry.get("dtype", "auto")) == torch.bfloat16 and (cuda or not entry.get("load_in_4bit"))
+    args = _training_args(cfg, work_dir, bf16, cuda)
+    main = args.process_index == 0  # under `accelerate launch`, one process of several writes files
+    run_id = _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint, _code_version(),
                           [(r["id"], r["code"], r["input"]) for r in train_rows], [r["id"] for r in val_rows])
     stamp = work_dir / "run.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("run") != run_id:
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"run": run_id}))
+    with args.main_process_first(local=False, desc="checkpoint check"):
+        if main and stamp.exists() and json.loads(stamp.read_text()).get("run") != run_id:
+            shutil.rmtree(work_dir)
+        if main:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps({"run": run_id}))
     last = get_last_checkpoint(str(work_dir))
+    start = {"epoch": 0.0, "global_step": 0}
     if last:
-        print(f"training: resuming from {last}")
+        start = json.loads((Path(last) / "trainer_state.json").read_text())
+        print(f"training: resuming from {last} (epoch {start['epoch']:.2f})")
 
     torch.manual_seed(cfg["seed"])
     tokenizer = load_tokenizer(base_dir, entry)
-    model = load_model(base_dir, entry, allow_cpu_4bit=allow_cpu_4bit)
+    # On CPU, bf16 autocast over float32 weights is the fast mix: with bf16 weights the
+    # element-wise ops (norms, activations, residuals) run in emulated bf16 (benchmarks/README.md).
+    model = load_model(base_dir, entry, allow_cpu_4bit=allow_cpu_4bit, dtype=None if cuda else torch.float32)
     quantized = getattr(model, "is_loaded_in_4bit", False)
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["gradient_checkpointing"])
@@ -239,24 +277,9 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     preflight(collate([train_ds[i] for i in range(k)]), [r["code"] for r in train_rows[:k]], tokenizer,
               train_ds.column_names, cfg["loss_on_prompt"])
 
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and resolve_dtype(entry.get("dtype", "auto")) == torch.bfloat16
-    args = TrainingArguments(
-        output_dir=str(work_dir), per_device_train_batch_size=cfg["batch_size"],
-        per_device_eval_batch_size=cfg.get("eval_batch_size", cfg["batch_size"]),
-        gradient_accumulation_steps=cfg["grad_accum"], learning_rate=cfg["learning_rate"],
-        num_train_epochs=cfg["num_epochs"], warmup_steps=cfg["warmup_steps"], weight_decay=cfg["weight_decay"],
-        max_grad_norm=cfg["max_grad_norm"], lr_scheduler_type=cfg["lr_scheduler"], logging_steps=cfg["logging_steps"],
-        eval_strategy="steps", eval_steps=cfg["eval_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
-        save_total_limit=cfg["save_total_limit"], load_best_model_at_end=True, metric_for_best_model="eval_loss",
-        greater_is_better=False, bf16=bf16, tf32=cuda or None, seed=cfg["seed"], data_seed=cfg["seed"],
-        train_sampling_strategy="group_by_length", gradient_checkpointing=cfg["gradient_checkpointing"],
-        report_to="none", remove_unused_columns=False, use_cpu=not cuda, dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
     callbacks = [EarlyStoppingCallback(cfg["early_stopping_patience"], cfg["early_stopping_threshold"]),
                  sanity_callback(cfg["sanity_steps"])]
-    if live_dir:
+    if live_dir and main:
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
@@ -266,6 +289,8 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
                       processing_class=tokenizer, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=last)
     best_eval = trainer.evaluate()["eval_loss"]  # the best checkpoint is loaded at the end
+    if not main:
+        return None
 
     adapter_tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
     shutil.rmtree(adapter_tmp, ignore_errors=True)
@@ -273,20 +298,24 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     tokenizer.save_pretrained(adapter_tmp)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     adapter_tmp.rename(adapter_dir)
+    shutil.rmtree(work_dir)  # checkpoints only serve an interrupted run; a forced rerun trains afresh
 
     steps = trainer.state.global_step
     epochs = trainer.state.epoch or 0.0
     tokens_per_epoch = sum(len(x) for x in train_ds["input_ids"])
     runtime = result.metrics.get("train_runtime") or (time.time() - t0)
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the whole run, resumed or not
     return {
-        "train_loss": round(float(result.training_loss), 4),
+        "train_loss": round(float(sum(logged) / len(logged)), 4) if logged else round(float(result.training_loss), 4),
         "eval_loss": round(float(best_eval), 4),
         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
         "steps": steps,
+        "resumed_from_step": start["global_step"],
         "epochs": round(float(epochs), 3),
         "trainable_params": trainable,
-        "train_tokens_per_s": round(tokens_per_epoch * epochs / runtime, 1) if runtime else None,
+        "train_tokens_per_s": round(tokens_per_epoch * (epochs - start["epoch"]) / runtime, 1) if runtime else None,
         "peak_mem_mb": peak_memory_mb(),
         "quantized_4bit": bool(quantized),
+        "num_processes": args.world_size,
         "wall_s": round(time.time() - t0, 1),
     }

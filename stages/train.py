@@ -4,8 +4,13 @@ Reads params `train`, `eval.max_input_tokens`, `data.input` and `models.<model>`
 best adapter (by validation loss) to models/adapters/<model>, training curves to
 dvclive/<model>, and metrics/train/<model>.json. Checkpoints live in .resume/train/<model>:
 an interrupted run resumes from the last one.
+
+With train.num_processes > 1 the stage re-runs itself under `accelerate launch` (one process per
+GPU, or per CPU with gloo) and the Trainer trains data-parallel.
 """
 import argparse
+import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +35,11 @@ def main() -> int:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
 
+    processes = cfg.get("num_processes", 1)
+    if processes > 1 and "LOCAL_RANK" not in os.environ:
+        return subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                                "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                                "--dynamo_backend", "no", __file__, *sys.argv[1:]])
     warnings.filterwarnings("ignore", category=FutureWarning)
     from icdstudy.evaluation import model_fingerprint
     from icdstudy.training import PreflightError, TrainingSanityError, fine_tune
@@ -37,7 +47,8 @@ def main() -> int:
     base_dir = Path("models/base") / args.model
     train_rows = read_jsonl(Path(args.data) / "train.jsonl")
     val_rows = read_jsonl(Path(args.data) / "val.jsonl")
-    print(f"train: {args.model}: {len(train_rows)} train / {len(val_rows)} val examples, LoRA r={cfg['lora_r']}")
+    print(f"train: {args.model}: {len(train_rows)} train / {len(val_rows)} val examples, LoRA r={cfg['lora_r']}"
+          + (f", process {os.environ['RANK']} of {processes}" if processes > 1 else ""))
     try:
         result = fine_tune(base_dir, entry, train_rows, val_rows, cfg, input_kind, max_input_tokens,
                            adapter_dir=Path("models/adapters") / args.model,
@@ -46,6 +57,8 @@ def main() -> int:
     except (PreflightError, TrainingSanityError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
+    if result is None:  # not the first of several processes: it writes nothing
+        return 0
     result["model"] = args.model
     write_json(Path("metrics/train") / f"{args.model}.json", result)
     print(f"train: {args.model}: train loss {result['train_loss']}, best val loss {result['eval_loss']}, "

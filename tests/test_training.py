@@ -124,23 +124,38 @@ def _tiny_run(model_dir, tmp_path, cfg=CFG, **kw):
                      work_dir=tmp_path / "work", live_dir=tmp_path / "live", **kw)
 
 
-def test_training_writes_a_loadable_adapter_and_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+class Interrupted(Exception):
+    pass
 
-    first = _tiny_run(tiny_model_dir, tmp_path)
-    assert first["steps"] == 6 and first["trainable_params"] > 0 and math.isfinite(first["eval_loss"])
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path, monkeypatch):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    import icdstudy.training as training
+
+    real_sanity = training.sanity_callback
+
+    class StopAfterSave(TrainerCallback):  # the process dies right after checkpoint-4 is written
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 4:
+                raise Interrupted
+
+    monkeypatch.setattr(training, "sanity_callback", lambda n: StopAfterSave())
+    with pytest.raises(Interrupted):
+        _tiny_run(tiny_model_dir, tmp_path)
+    assert (tmp_path / "work" / "checkpoint-4").exists() and not (tmp_path / "adapter").exists()
+
+    monkeypatch.setattr(training, "sanity_callback", real_sanity)
+    result = _tiny_run(tiny_model_dir, tmp_path)
+    assert result["steps"] == 6 and result["resumed_from_step"] == 4
+    assert math.isfinite(result["train_loss"]) and result["train_loss"] > 0
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter")
     assert any("lora_" in n for n, _ in model.named_parameters())
-    # Simulate an interruption after step 4: drop the final checkpoint, run again.
-    import shutil
+    assert not (tmp_path / "work").exists()  # a finished run leaves no checkpoint to "resume" from
 
-    shutil.rmtree(tmp_path / "work" / "checkpoint-6")
-    again = _tiny_run(tiny_model_dir, tmp_path)
-    assert again["steps"] == 6
-    state = json.loads((tmp_path / "work" / "checkpoint-6" / "trainer_state.json").read_text())
-    logged_steps = [e["step"] for e in state["log_history"] if "loss" in e]
-    assert logged_steps == sorted(set(logged_steps))  # continued from step 4, not restarted
+    again = _tiny_run(tiny_model_dir, tmp_path)  # a forced rerun trains from scratch
+    assert again["resumed_from_step"] == 0 and again["steps"] == 6
 
 
 def test_qlora_path_on_cpu(tmp_path):
@@ -173,3 +188,33 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
     losses = [float(l.split("\t")[1]) for l in (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert result["eval_loss"] < 0.4 * losses[0], (result, losses)  # held-out loss fell too, not just memorization
+
+
+@pytest.mark.slow
+def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_path):
+    """train.num_processes: 2 runs the stage as two gloo processes on CPU; one writes the outputs."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from icdstudy.io import read_json, write_jsonl
+    from tests.conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["models"]["tiny"] = {"path": None, "dtype": "float32", "load_in_4bit": False, "chat_template": None}
+    params["train"].update({**CFG, "num_processes": 2, "num_epochs": 1})
+    params["eval"]["max_input_tokens"] = 64
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_jsonl(tmp_path / "data" / "processed" / "train.jsonl", ROWS * 2)
+    write_jsonl(tmp_path / "data" / "processed" / "val.jsonl", ROWS[:4])
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base" / "tiny")
+    run = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "tiny"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "process 0 of 2" in run.stdout and "process 1 of 2" in run.stdout
+    metrics = read_json(tmp_path / "metrics" / "train" / "tiny.json")
+    # 24 examples, 2 processes x batch 4: 3 optimizer steps per epoch (one process would take 6)
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 3
+    assert (tmp_path / "models" / "adapters" / "tiny" / "adapter_config.json").exists()
