@@ -204,6 +204,21 @@ def split_by_code(rows: list[dict], val: float, test: float, seed: int, min_rows
     return out
 
 
+def check_split(parts: Split, scfg: dict, origin: str) -> None:
+    """Refuse splits that would make a silently wrong study (empty evaluation, one class)."""
+    codes = {r["code"] for r in parts.train}
+    evaluated = {r["code"] for r in parts.val + parts.test}
+    if len(codes) < 2:
+        raise DataError(f"{origin}: only {len(codes)} distinct code(s) after cleaning; a coding study needs at least two")
+    if not evaluated:
+        raise DataError(f"{origin}: no code has at least split.min_rows_per_code={scfg['min_rows_per_code']} rows, so "
+                        "validation and test are empty; use a larger data set or lower split.min_rows_per_code")
+    for name, share in (("val", scfg["val"]), ("test", scfg["test"])):
+        if not getattr(parts, name):
+            raise DataError(f"{origin}: the {name} split is empty (split.{name}={share}, {len(parts.train)} training rows); "
+                            f"raise split.{name} or use more rows per code")
+
+
 def labels_table(train_rows: list[dict]) -> dict[str, dict]:
     """The label set (training codes) with description, category, chapter and table status."""
     labels = {}

@@ -102,17 +102,70 @@ def count_parameters(model) -> int:
     return total
 
 
+def check_adapter(adapter: str | Path, base_dir: str | Path, key: str) -> None:
+    """Raise ModelError naming the folder unless it holds a readable adapter for this base model."""
+    import json
+
+    adapter = Path(adapter)
+    retrain = f"train it with `dvc repro train@{key}` or pass the folder of a trained adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise ModelError(f"adapter {adapter}: no adapter_config.json there; {retrain}")
+    try:
+        json.loads((adapter / "adapter_config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"adapter {adapter}: adapter_config.json is not valid JSON ({exc}); {retrain}") from None
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.exists():
+        raise ModelError(f"adapter {adapter}: no adapter_model.safetensors there; {retrain}")
+    base_cfg = Path(base_dir) / "config.json"
+    if not base_cfg.exists():
+        return
+    cfg = json.loads(base_cfg.read_text())
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            shapes = {name: fh.get_slice(name).get_shape() for name in fh.keys()}
+    except Exception as exc:
+        raise ModelError(f"adapter {adapter}: adapter_model.safetensors cannot be read ({exc}); {retrain}") from None
+    for name, shape in shapes.items():
+        if ".q_proj.lora_A" in name and shape[-1] != cfg["hidden_size"]:
+            raise ModelError(f"adapter {adapter}: trained on another base model (its layers take {shape[-1]} inputs, "
+                             f"{base_dir} has hidden size {cfg['hidden_size']}); evaluate it with its own base model "
+                             f"or retrain it with `dvc repro train@{key}`")
+        if ".layers." in name and int(name.split(".layers.")[1].split(".")[0]) >= cfg["num_hidden_layers"]:
+            raise ModelError(f"adapter {adapter}: trained on another base model (it adapts more than the "
+                             f"{cfg['num_hidden_layers']} layers of {base_dir}); retrain it with `dvc repro train@{key}`")
+
+
+def oom_message(what: str, knobs: str) -> str:
+    return (f"{what}: out of memory. Lower {knobs}; check any change first with `python -m icdstudy.study plan` "
+            "(with the same -S overrides). Finished work is kept: rerunning continues from it.")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA out of memory, or the host allocator failing (a host OOM kill cannot be caught)."""
+    import torch
+
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def load_for_inference(base_dir: str | Path, entry: dict, adapter: str | Path | None = None):
     """Tokenizer (left padding) and model in eval mode; a LoRA adapter is merged into full-precision
     weights (one matmul per layer at inference) and kept separate on 4-bit weights."""
-    if adapter and not (Path(adapter) / "adapter_config.json").exists():
-        raise ModelError(f"adapter {adapter}: no adapter_config.json there; train it with `dvc repro train@{entry['key']}`")
+    if adapter:
+        check_adapter(adapter, base_dir, entry["key"])
     tokenizer = load_tokenizer(adapter or base_dir, entry)
     model = load_model(base_dir, entry)
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ModelError(f"adapter {adapter}: does not load onto {base_dir} ({str(exc).splitlines()[0][:200]}); "
+                             f"it was probably trained on another base model: retrain it with `dvc repro train@{entry['key']}`") from None
         if not getattr(model, "is_loaded_in_4bit", False) and not entry.get("load_in_4bit"):
             model = model.merge_and_unload()
     model.eval()

@@ -1,4 +1,4 @@
-"""Reading params.yaml: one section per stage, with errors that name the missing key."""
+"""Reading params.yaml: validated against icdstudy.schema, errors that name the key at fault."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +10,23 @@ class ParamError(Exception):
     pass
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+def load_params(path: str | Path = "params.yaml", validate: bool = True) -> dict:
+    """The params as a dict; with ``validate`` (the default) every key is checked first."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            params = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ParamError(f"{path}: not found; run from the project folder or pass --params") from None
+    except yaml.YAMLError as exc:
+        raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if validate:
+        from .schema import validate as check
+
+        try:
+            check(params, str(path))
+        except ValueError as exc:
+            raise ParamError(str(exc)) from None
+    return params
 
 
 def section(params: dict, name: str) -> dict:

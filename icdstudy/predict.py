@@ -103,8 +103,6 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None]:
     adapter = None
     if args.adapter:
         adapter = Path(args.adapter)
-        if not (adapter / "adapter_config.json").exists():
-            raise PredictError(f"--adapter {adapter}: no adapter_config.json there")
     elif not args.no_adapter and (Path("models/adapters") / entry["key"] / "adapter_config.json").exists():
         adapter = Path("models/adapters") / entry["key"]
     return base, entry, adapter
@@ -173,9 +171,12 @@ def main(argv=None) -> int:
                 raise PredictError("the encounter is empty: pass --text, --file, or text on standard input")
             rows = [(1, text.strip())]
 
-        from .params import load_params
+        from .params import ParamError, load_params
 
-        params = load_params(args.params)
+        try:
+            params = load_params(args.params)
+        except ParamError as exc:
+            raise PredictError(str(exc)) from None
         base, entry, adapter = _resolve_model(args, params)
         labels = _label_set(args.labels, Path(args.data))
         input_kind = args.input_kind or params.get("data", {}).get("input", "dialogue")

@@ -132,6 +132,13 @@ def plan_main(argv) -> int:
     if not 0 < args.mfu <= 1 or not 0 <= args.margin < 1:
         p.error("--mfu must be in (0, 1] and --margin in [0, 1)")
     params = resolved_params(args.name, args.sets, args.params)
+    from .schema import validate
+
+    try:
+        validate(params, f"{args.params}{' + configs/' + args.name + '.yaml' if args.name else ''}{' + -S' if args.sets else ''}")
+    except ValueError as exc:
+        print(f"plan: error: {exc}", file=sys.stderr)
+        return 2
     hw = hardware(args.gpu_mem_gb, args.gpu, args.mfu, args.margin)
     stats = data_stats(params)
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from icdstudy import metrics
 from icdstudy.baseline import train_and_predict
 from icdstudy.io import read_jsonl, write_json, write_jsonl
-from icdstudy.params import load_params, section
+from icdstudy.params import ParamError, load_params, section
 
 SYSTEM = "tfidf-logreg"
 
@@ -21,11 +21,19 @@ def main() -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
     args = parser.parse_args()
-    params = load_params(args.params)
-    cfg, top_k = section(params, "baseline"), section(params, "eval")["top_k"]
+    try:
+        params = load_params(args.params)
+        cfg, top_k = section(params, "baseline"), section(params, "eval")["top_k"]
+    except ParamError as exc:
+        print(f"baseline: error: {exc}", file=sys.stderr)
+        return 1
     t0 = time.time()
     train_rows = read_jsonl(Path(args.data) / "train.jsonl")
     test_rows = read_jsonl(Path(args.data) / "test.jsonl")
+    if not test_rows or not train_rows:
+        print(f"baseline: error: {args.data}: no {'test' if train_rows else 'training'} samples; "
+              "rerun `dvc repro prepare` (it refuses empty splits)", file=sys.stderr)
+        return 1
     predictions, n_params, fit_s = train_and_predict(train_rows, test_rows, cfg, top_k=max(top_k, 5))
     result = metrics.quality(predictions)
     result.update(metrics.efficiency(predictions))

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from icdstudy.io import read_json, read_jsonl, write_text_atomic
-from icdstudy.params import load_params, section
+from icdstudy.params import ParamError, load_params, section
 
 
 def main() -> int:
@@ -14,7 +14,11 @@ def main() -> int:
     parser.add_argument("--data", default="data/processed")
     parser.add_argument("--out", default="reports/data.md")
     args = parser.parse_args()
-    params = load_params(args.params)
+    try:
+        params = load_params(args.params)
+    except ParamError as exc:
+        print(f"datacard: error: {exc}", file=sys.stderr)
+        return 1
     key = section(params, "datacard")["tokenizer"]
 
     from transformers import AutoTokenizer

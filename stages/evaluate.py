@@ -40,7 +40,7 @@ def main() -> int:
     from icdstudy import metrics
     from icdstudy.evaluation import evaluate, model_fingerprint
     from icdstudy.generation import GenerationSettings
-    from icdstudy.modeling import ModelError, count_parameters, load_for_inference
+    from icdstudy.modeling import ModelError, count_parameters, is_oom, load_for_inference, oom_message
 
     torch.manual_seed(ecfg.get("seed", 42))
     t_start = time.time()
@@ -55,17 +55,28 @@ def main() -> int:
     test_rows = read_jsonl(Path(args.data) / f"{args.split}.jsonl")
     if ecfg.get("max_samples"):
         test_rows = test_rows[: ecfg["max_samples"]]
+    if not test_rows:
+        print(f"evaluate: error: {args.data}/{args.split}.jsonl has no samples; rerun `dvc repro prepare` "
+              "(it refuses empty splits)", file=sys.stderr)
+        return 1
     train_rows = read_jsonl(Path(args.data) / "train.jsonl")
     labels = read_json(Path(args.data) / "labels.json")
     settings = GenerationSettings.from_params(ecfg)
     print(f"evaluate: {system} on {len(test_rows)} {args.split} samples, {len(labels)} labels, "
           f"{'constrained top-' + str(settings.top_k) if settings.constrained else 'free text'}, load {load_s:.1f}s")
 
-    predictions, result = evaluate(
-        model, tokenizer, test_rows, labels, settings, input_kind, train_rows,
-        fingerprint_parts={"model": model_fingerprint(base_dir, args.adapter)},
-        resume_file=Path(".resume") / f"{system}.jsonl",
-    )
+    try:
+        predictions, result = evaluate(
+            model, tokenizer, test_rows, labels, settings, input_kind, train_rows,
+            fingerprint_parts={"model": model_fingerprint(base_dir, args.adapter)},
+            resume_file=Path(".resume") / f"{system}.jsonl",
+        )
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        print(f"evaluate: error: {oom_message(system, 'eval.batch_size, eval.top_k / eval.num_beams or eval.max_input_tokens')}",
+              file=sys.stderr)
+        return 1
     result.update({
         "system": system,
         "model": args.model,

@@ -4,13 +4,14 @@ Reads params `data` and `split`; writes data/processed/{train,val,test}.jsonl, l
 and metrics/data.json.
 """
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from icdstudy import data
 from icdstudy.io import write_json, write_jsonl
-from icdstudy.params import load_params, section
+from icdstudy.params import ParamError, load_params, section
 
 
 def main() -> int:
@@ -20,10 +21,10 @@ def main() -> int:
     parser.add_argument("--metrics", default="metrics/data.json")
     args = parser.parse_args()
 
-    params = load_params(args.params)
-    dcfg, scfg = section(params, "data"), section(params, "split")
     t0 = time.time()
     try:
+        params = load_params(args.params)
+        dcfg, scfg = section(params, "data"), section(params, "split")
         raw = data.load_source(str(dcfg["source"]))
         frame = data.canonicalize(raw, dcfg["input"], origin=f"data.source {dcfg['source']!r}")
         cleaned = data.clean(frame, dcfg["input"], dcfg["unknown_codes"], dcfg["redact_descriptions"])
@@ -31,15 +32,21 @@ def main() -> int:
             raise data.DataError(f"data.source {dcfg['source']!r}: no rows left after cleaning "
                                  f"(dropped: {dict(cleaned.dropped)}); check data.input and the file's columns")
         parts = data.split_by_code(cleaned.rows, scfg["val"], scfg["test"], scfg["seed"], scfg["min_rows_per_code"])
-    except data.DataError as exc:
+        data.check_split(parts, scfg, f"data.source {dcfg['source']!r}")
+    except (data.DataError, ParamError) as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
         return 1
 
+    # Written to a sibling folder and renamed, so a killed run never leaves a partial set of splits.
     out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     for name in ("train", "val", "test"):
-        write_jsonl(out / f"{name}.jsonl", getattr(parts, name))
+        write_jsonl(tmp / f"{name}.jsonl", getattr(parts, name))
     labels = data.labels_table(parts.train)
-    write_json(out / "labels.json", labels)
+    write_json(tmp / "labels.json", labels)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
     metrics = {
         "rows_in": cleaned.rows_in,
         "rows_out": len(cleaned.rows),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from icdstudy import metrics, plots
 from icdstudy.io import read_json, read_jsonl, write_json, write_text_atomic
-from icdstudy.params import load_params
+from icdstudy.params import ParamError, load_params
 from icdstudy.report import per_chapter_accuracy, render
 
 
@@ -23,7 +23,11 @@ def main() -> int:
     parser.add_argument("--systems", default="reports/systems.json", help="per-system metrics for `dvc plots`")
     args = parser.parse_args()
     root, plot_dir = Path(args.root), Path(args.plots)
-    params = load_params(args.params)
+    try:
+        params = load_params(args.params)
+    except ParamError as exc:
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 1
 
     evals = {p.stem: read_json(p) for p in sorted((root / "metrics/eval").glob("*.json"))}
     if not evals:

@@ -57,6 +57,15 @@ def main() -> int:
     except (PreflightError, TrainingSanityError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        from icdstudy.modeling import is_oom, oom_message
+
+        if not is_oom(exc):
+            raise
+        print("train: error: " + oom_message(f"train@{args.model}", "train.batch_size (raising train.grad_accum keeps "
+              "the effective batch), set train.gradient_checkpointing: true, or lower eval.max_input_tokens; checkpoints "
+              f"in .resume/train/{args.model} are kept"), file=sys.stderr)
+        return 1
     if result is None:  # not the first of several processes: it writes nothing
         return 0
     result["model"] = args.model

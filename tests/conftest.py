@@ -55,3 +55,22 @@ def copy_repo(dest: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(["git", "commit", "-qm", "copy"], cwd=dest, check=True, env=env)
     return dest
+
+
+@pytest.fixture(scope="session")
+def sample_x3_csv(sample_csv, tmp_path_factory) -> Path:
+    """The real sample with each row three times (texts made distinct), so every code has the 3 rows
+    a validation and test split need; the sample alone has too few rows per code and is refused."""
+    import pandas as pd
+
+    frame = pd.read_csv(sample_csv)
+    text_cols = [c for c in frame.columns if str(c).strip().lower() in ("note", "dialogue")]
+    copies = []
+    for k in range(3):
+        copy = frame.copy()
+        for c in text_cols:
+            copy[c] = copy[c].where(copy[c].isna(), copy[c].astype(str) + f" (copy {k})")
+        copies.append(copy)
+    out = tmp_path_factory.mktemp("sample") / "medsynth_sample_x3.csv"
+    pd.concat(copies, ignore_index=True).to_csv(out, index=False)
+    return out

@@ -146,12 +146,15 @@ def test_prepare_bad_input_fails_with_one_clear_line(tmp_path, make_source, need
     assert not out.exists() and not (tmp_path / "data.json").exists()
 
 
-def test_prepare_runs_on_the_real_sample(tmp_path, sample_csv):
-    proc, out = _run_prepare(tmp_path, sample_csv, "note")
+def test_prepare_refuses_the_sample_alone_and_runs_on_enough_rows(tmp_path, sample_csv, sample_x3_csv):
+    (tmp_path / "alone").mkdir()
+    proc, _ = _run_prepare(tmp_path / "alone", sample_csv, "note")
+    assert proc.returncode == 1 and "split.min_rows_per_code" in proc.stderr  # val/test would be empty
+    proc, out = _run_prepare(tmp_path, sample_x3_csv, "note")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "data.json").read_text())
-    assert metrics["rows_in"] == 505 and metrics["code_mentions_after"] == 0
-    assert metrics["rows_out"] + sum(metrics["dropped"].values()) == 505
+    assert metrics["rows_in"] == 1515 and metrics["code_mentions_after"] == 0 and metrics["test"] > 0
+    assert metrics["rows_out"] + sum(metrics["dropped"].values()) == 1515
     for name in ("train", "val", "test"):
         for line in (out / f"{name}.jsonl").read_text().splitlines():
             assert set(json.loads(line)) == {"id", "input", "code", "description"}

