@@ -203,7 +203,7 @@ def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_
     from tests.conftest import REPO
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["models"]["tiny"] = {"path": None, "dtype": "float32", "load_in_4bit": False, "chat_template": None}
+    params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False, "chat_template": None}
     params["train"].update({**CFG, "num_processes": 2, "num_epochs": 1})
     params["eval"]["max_input_tokens"] = 64
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
