@@ -17,11 +17,32 @@ from . import metrics, prompts
 from .generation import GenerationSettings, run_generation
 from .io import JsonlAppender, iter_jsonl
 
+RETRIEVAL_DEFAULTS = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True}
 
-def few_shot_examples(train_rows: list[dict], k: int, seed: int = 42) -> list[dict]:
-    if k <= 0:
-        return []
-    return random.Random(seed).sample(train_rows, k=min(k, len(train_rows)))
+
+def few_shot_examples(train_rows: list[dict], test_rows: list[dict], k: int, strategy: str = "random",
+                      seed: int = 42, retrieval: dict | None = None) -> list[list[dict]]:
+    """The training rows shown before each test row, best first.
+
+    random: one seeded draw for every row (the seed notebooks' way); nearest: the row's own ``k``
+    TF-IDF neighbours. Neither ever shows the row itself or a training row with the same text.
+    """
+    if k <= 0 or not train_rows:
+        return [[] for _ in test_rows]
+    from .retrieval import Retriever, text_key
+
+    if strategy == "nearest":
+        retriever = Retriever.from_params(train_rows, retrieval or RETRIEVAL_DEFAULTS)
+        return [[train_rows[n.index] for n in found] for found in retriever.search(test_rows, k)]
+    if strategy != "random":
+        raise ValueError(f"eval.few_shot_strategy = {strategy!r}: use random or nearest")
+    order = random.Random(seed).sample(range(len(train_rows)), k=min(len(train_rows), 4 * k + 4))
+    keys = {i: text_key(train_rows[i]["input"]) for i in order}
+    out = []
+    for row in test_rows:
+        own = text_key(row["input"])
+        out.append([train_rows[i] for i in order if train_rows[i]["id"] != row.get("id") and keys[i] != own][:k])
+    return out
 
 
 def model_fingerprint(*dirs) -> str:
@@ -53,14 +74,19 @@ def _resume_rows(path: Path, fingerprint: str) -> dict[str, dict]:
 
 def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: GenerationSettings,
              input_kind: str, train_rows: list[dict] = (), fingerprint_parts: dict | None = None,
-             resume_file: str | Path | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+             resume_file: str | Path | None = None, progress: bool = True,
+             retrieval: dict | None = None) -> tuple[list[dict], dict]:
     """Returns (per-sample predictions in test order, quality + speed metrics)."""
-    shots = few_shot_examples(list(train_rows), settings.few_shot)
-    built = [prompts.prompt_for(tokenizer, r["input"], input_kind, settings.max_input_tokens, shots) for r in test_rows]
+    shots = few_shot_examples(list(train_rows), test_rows, settings.few_shot, settings.few_shot_strategy,
+                              settings.seed, retrieval)
+    # The best neighbour goes last, next to the encounter it resembles.
+    built = [prompts.prompt_for(tokenizer, r["input"], input_kind, settings.max_input_tokens, s[::-1],
+                                settings.max_shot_tokens) for r, s in zip(test_rows, shots)]
     texts = [p for p, _ in built]
     fingerprint = hashlib.sha256(json.dumps({
         "settings": asdict(settings), "input": input_kind, "labels": sorted(label_codes),
         "test": [(r["id"], r["code"], r["input"]) for r in test_rows], **(fingerprint_parts or {}),
+        "shots": [[x["id"] for x in s] for s in shots],
     }, sort_keys=True).encode()).hexdigest()[:16]
 
     done: dict[str, dict] = {}
@@ -78,6 +104,8 @@ def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: Gen
         for i, res in zip(indices, results):
             row = {"id": test_rows[i]["id"], "gold": test_rows[i]["code"], **res,
                    "latency_s": round(seconds / len(indices), 5), "input_truncated": built[i][1]}
+            if settings.few_shot:
+                row["shot_ids"] = [x["id"] for x in shots[i]]
             done[row["id"]] = row
             if appender:
                 appender.write(row)

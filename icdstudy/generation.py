@@ -86,6 +86,9 @@ class GenerationSettings:
     num_beams: int | None = None
     max_input_tokens: int | None = 1024
     few_shot: int = 0
+    few_shot_strategy: str = "random"  # random | nearest (TF-IDF neighbours of each input)
+    max_shot_tokens: int | None = None  # each shown example is cut to this (None = max_input_tokens)
+    seed: int = 42
     repetition_penalty: float = 1.0
     share_prefill: bool = True  # beam search reads each prompt once, not num_beams times
 

@@ -71,3 +71,16 @@ class JsonlAppender:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_splits(data_dir: str | Path, *names: str) -> list[list[dict]]:
+    """The named splits (``train``, ``test`` ...) of a processed data folder; ValueError naming
+    the first one that is missing rows."""
+    out = []
+    for name in names:
+        path = Path(data_dir) / f"{name}.jsonl"
+        rows = read_jsonl(path) if path.exists() else []
+        if not rows:
+            raise ValueError(f"{path}: no {name} samples; rerun `dvc repro prepare` (it refuses empty splits)")
+        out.append(rows)
+    return out

@@ -105,3 +105,18 @@ def peak_memory_mb() -> float:
     except ImportError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def seed_summary(by_seed: dict) -> dict:
+    """Spread of one fine-tuned model's exact match over training seeds (first seed first).
+    SD is the sample SD (n - 1); None with a single seed, where there is no spread to report."""
+    seeds = list(by_seed)
+    em = np.asarray([by_seed[s]["exact_match"] for s in seeds], dtype=float)
+    return {
+        "seeds": seeds,
+        "exact_match_by_seed": {str(s): float(v) for s, v in zip(seeds, em)},
+        "exact_match_mean": round(float(em.mean()), 4),
+        "exact_match_sd": round(float(em.std(ddof=1)), 4) if em.size > 1 else None,
+        "exact_match_min": float(em.min()),
+        "exact_match_max": float(em.max()),
+    }

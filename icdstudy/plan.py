@@ -247,7 +247,7 @@ def _train_fix(key, tcfg, peak, hw, max_input_tokens, stats, four_bit) -> str:
 
 
 def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict, stats: DataStats,
-              hw: Hardware, few_shot: int = 0) -> StagePlan:
+              hw: Hardware, few_shot: int = 0, batch_key: str = "eval.batch_size") -> StagePlan:
     four_bit = bool(entry.get("load_in_4bit"))
     beams = (ecfg.get("num_beams") or ecfg["top_k"]) if ecfg["constrained"] else 1
     shot_tokens = few_shot * (min(ecfg.get("max_shot_tokens") or ecfg["max_input_tokens"], stats.mean_input_tokens)
@@ -267,10 +267,10 @@ def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict
     seconds += decode_seconds(arch, hw, batches, ecfg["max_new_tokens"], parts["weights"], kv_mean)
     fix = None
     if not fits:
-        fix = next((f"-S eval.batch_size={b} (peak {_gb(peak(batch=b))} GB)" for b in
+        fix = next((f"-S {batch_key}={b} (peak {_gb(peak(batch=b))} GB)" for b in
                     (ecfg["batch_size"] // 2 ** k for k in range(1, 8)) if b >= 1 and _fits(peak(batch=b), hw)), None)
         if fix is None and not four_bit and _fits(peak(batch=1, fb=True), hw):
-            fix = f"-S models.{key}.load_in_4bit=true -S eval.batch_size=1"
+            fix = f"-S models.{key}.load_in_4bit=true -S {batch_key}=1"
         fix = fix or f"does not fit a {hw.mem_gb:.0f} GB GPU at batch 1; shorten eval.max_input_tokens"
     return StagePlan(f"{system}", _gb(_peak(parts)), fits, round(seconds / 3600, 2), fix, {
         "params_total": arch.params_total, "batch": ecfg["batch_size"], "beams": beams, "seq_len": seq,

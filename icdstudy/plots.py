@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 
 from .icd10 import CHAPTER_TITLES  # noqa: E402
 
-COLORS = {"lora": "#1b9e77", "zeroshot": "#d95f02", "tfidf": "#7570b3"}
+COLORS = {"lora": "#1b9e77", "zeroshot": "#d95f02", "fewshot": "#e6ab02", "tfidf": "#7570b3", "knn": "#e7298a"}
 
 
 def _color(system: str) -> str:

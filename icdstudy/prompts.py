@@ -58,10 +58,12 @@ def truncate_tokens(tokenizer, text: str, max_tokens: int | None) -> Truncated:
 
 
 def prompt_for(tokenizer, text: str, input_kind: str, max_input_tokens: int | None = None,
-               shots: list[dict] = ()) -> tuple[str, bool]:
-    """Rendered prompt text for one encounter, and whether its input was cut."""
+               shots: list[dict] = (), max_shot_tokens: int | None = None) -> tuple[str, bool]:
+    """Rendered prompt text for one encounter, and whether its input was cut. Each shot's input
+    is cut to ``max_shot_tokens`` (default ``max_input_tokens``), so shots cannot crowd it out."""
     cut = truncate_tokens(tokenizer, text, max_input_tokens)
-    shots = [{**s, "input": truncate_tokens(tokenizer, s["input"], max_input_tokens).text} for s in shots]
+    shots = [{**s, "input": truncate_tokens(tokenizer, s["input"], max_shot_tokens or max_input_tokens).text}
+             for s in shots]
     return render(tokenizer, build_messages(cut.text, input_kind, shots)), cut.was_cut
 
 

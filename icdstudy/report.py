@@ -9,7 +9,8 @@ from .stats import mcnemar_exact, paired_bootstrap_diff
 
 DEMO_CAVEAT = ("These numbers come from the **synthetic demo data** and the 135M embedded model: they show the "
                "pipeline works and learns, not how well anything codes real encounters. Each synthetic code has its "
-               "own phrases, which is why the TF-IDF baseline does so well here. Run the full study for real numbers.")
+               "own phrases, which is why the TF-IDF floors, and a small model shown its nearest training examples, do so well "
+               "here. Run the full study for real numbers.")
 
 
 def _kind(system: str) -> str:
@@ -28,34 +29,76 @@ def _ratio(a, b) -> float | None:
     return (a / b) if a and b else None
 
 
-def compare(a: str, b: str, evals: dict, preds: dict) -> dict:
-    """A vs B on the rows both predicted: exact-match difference, McNemar, and cost ratios."""
-    pa = {r["id"]: r for r in preds[a]}
-    pb = {r["id"]: r for r in preds[b]}
+def compare_rows(rows_a: list[dict], rows_b: list[dict]) -> dict:
+    """Exact-match difference (A - B) with its bootstrap CI and McNemar's test, on the rows both predicted."""
+    pa = {r["id"]: r for r in rows_a}
+    pb = {r["id"]: r for r in rows_b}
     ids = [i for i in pa if i in pb]
     ca = [pa[i]["pred"] == pa[i]["gold"] for i in ids]
     cb = [pb[i]["pred"] == pb[i]["gold"] for i in ids]
+    return {"n": len(ids), **paired_bootstrap_diff(ca, cb), "mcnemar": mcnemar_exact(ca, cb)}
+
+
+def compare(a: str, b: str, evals: dict, preds: dict, seed_preds: dict | None = None) -> dict:
+    """A vs B on the rows both predicted: exact-match difference, McNemar, cost ratios, and (with
+    several training seeds) in how many seeds the verdict holds."""
     ma, mb = evals[a], evals[b]
+    c = {"a": a, "b": b, **compare_rows(preds[a], preds[b])}
+    c["seeds"] = seed_agreement(a, b, c, seed_preds or {}, preds)
     return {
-        "a": a, "b": b, "n": len(ids), **paired_bootstrap_diff(ca, cb), "mcnemar": mcnemar_exact(ca, cb),
+        **c,
         "speed_ratio": _ratio(ma.get("samples_per_s"), mb.get("samples_per_s")),
         "latency_ratio": _ratio(mb.get("latency_p50_s"), ma.get("latency_p50_s")),
         "memory_ratio": _ratio(mb.get("peak_mem_mb"), ma.get("peak_mem_mb")),
     }
 
 
+# What each fine-tuned model is compared with, in the order the verdicts are listed.
+OPPONENTS = ("zeroshot", "fewshot", "tfidf", "knn")
+ORDER = {"lora": 0, "zeroshot": 1, "fewshot": 2, "tfidf": 3, "knn": 4}
+
+
 def pairs(systems: list[str]) -> list[tuple[str, str]]:
     tuned = [s for s in systems if _kind(s) == "lora"]
-    others = [s for s in systems if _kind(s) in ("zeroshot", "tfidf")]
+    others = sorted((s for s in systems if _kind(s) in OPPONENTS), key=lambda s: (OPPONENTS.index(_kind(s)), s))
     return [(a, b) for a in tuned for b in others]
 
 
-def verdict(c: dict) -> str:
+def describe(system: str, m: dict | None = None) -> str:
+    """A system as a sentence names it."""
+    kind, _, model = system.partition("-")
+    if kind == "lora":
+        return f"fine-tuned {model}"
+    if kind == "zeroshot":
+        return f"zero-shot {model}"
+    if kind == "fewshot":
+        k = (m or {}).get("few_shot")
+        return f"few-shot {model}" + (f" ({k} retrieved examples)" if k else "")
+    return {"tfidf-logreg": "the TF-IDF baseline", "knn-tfidf": "the TF-IDF nearest-neighbour floor"}.get(system, system)
+
+
+def seed_agreement(a: str, b: str, first: dict, seed_preds: dict, preds: dict) -> dict | None:
+    """In how many of A's training seeds the first seed's verdict against B holds: the same
+    direction, and significant (McNemar p < 0.05). None with a single seed."""
+    runs = seed_preds.get(a) or {}
+    if not runs:
+        return None
+    sign = (first["diff"] > 0) - (first["diff"] < 0)
+    same = significant = 0
+    for rows in [preds[a], *runs.values()]:
+        c = compare_rows(rows, preds[b])
+        s = (c["diff"] > 0) - (c["diff"] < 0)
+        same += s == sign
+        significant += s == sign and c["mcnemar"]["p_value"] < 0.05
+    return {"seeds": 1 + len(runs), "same_direction": same, "significant": significant}
+
+
+def verdict(c: dict, evals: dict | None = None) -> str:
     d = 100 * c["diff"]
     lo, hi = (100 * x for x in c["ci95"])
     verb = "beats" if d > 0 else ("trails" if d < 0 else "ties with")
-    who_a = f"fine-tuned {c['a'].removeprefix('lora-')}"
-    who_b = f"zero-shot {c['b'].removeprefix('zeroshot-')}" if _kind(c["b"]) == "zeroshot" else "the TF-IDF baseline"
+    who_a = describe(c["a"])
+    who_b = describe(c["b"], (evals or {}).get(c["b"]))
     p = c["mcnemar"]["p_value"]
     sig = "significant" if p < 0.05 else "not significant"
     cost = []
@@ -66,9 +109,25 @@ def verdict(c: dict) -> str:
         m = c["memory_ratio"]
         cost.append("about the same memory" if 0.9 <= m <= 1.1 else
                     (f"{m:.2g}× less memory" if m > 1 else f"{1 / m:.2g}× more memory"))
-    return (f"**{who_a.capitalize()} {verb} {who_b}** by {abs(d):.1f} points of exact match "
-            f"(95% CI {lo:+.1f} to {hi:+.1f}; McNemar p = {p:.2g}, {sig}; n = {c['n']})"
-            + (f", at {' and '.join(cost)}." if cost else "."))
+    seeds = c.get("seeds")
+    held = (f" It holds in {seeds['same_direction']} of {seeds['seeds']} training seeds "
+            f"(significant in {seeds['significant']}).") if seeds else ""
+    return (f"**{who_a[0].upper() + who_a[1:]} {verb} {who_b}** by {abs(d):.1f} points of exact match "
+            f"(`{c['a']}` vs `{c['b']}`; 95% CI {lo:+.1f} to {hi:+.1f}; McNemar p = {p:.2g}, {sig}; n = {c['n']})"
+            + (f", at {' and '.join(cost)}." if cost else ".") + held)
+
+
+def _fewshot_settings(evals: dict, params: dict) -> list[str]:
+    e, r = params.get("eval", {}), params.get("retrieval", {})
+    lines = []
+    if any(_kind(s) == "fewshot" for s in evals):
+        lines.append(f"- Few-shot systems: each test input follows its {e.get('retrieval_k')} nearest training examples "
+                     f"(TF-IDF cosine, 1–{r.get('ngram_max')}-grams; never the row itself or a copy of its text), "
+                     f"each cut to {e.get('max_shot_tokens') or e.get('max_input_tokens')} tokens, the nearest last.")
+    if "knn-tfidf" in evals:
+        lines.append(f"- knn-tfidf: the code with the largest summed similarity among the {r.get('neighbours')} "
+                     "nearest training inputs (same retriever): what an LLM adds beyond retrieval.")
+    return lines
 
 
 def _hardware(evals: dict) -> str:
@@ -87,12 +146,27 @@ def _hardware(evals: dict) -> str:
             f"{platform.system()} {platform.release()}")
 
 
-def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str]) -> str:
-    systems = sorted(evals, key=lambda s: ({"lora": 0, "zeroshot": 1}.get(_kind(s), 2), s))
-    comparisons = [compare(a, b, evals, preds) for a, b in pairs(systems) if a in preds and b in preds]
+def seed_table(evals: dict) -> list[str]:
+    """Mean, SD and range of exact match over training seeds, for models trained with several."""
+    rows = [(s, m["seeds"]) for s, m in sorted(evals.items()) if len((m.get("seeds") or {}).get("seeds", [])) > 1]
+    if not rows:
+        return []
+    out = ["## Training seeds", "", "| system | seeds | exact % by seed | mean % | SD (points) | range % |",
+           "|---|---|---|---:|---:|---|"]
+    for s, sd in rows:
+        by = ", ".join(f"{k}: {_pct(v)}" for k, v in sd["exact_match_by_seed"].items())
+        out.append(f"| {s} | {len(sd['seeds'])} | {by} | {_pct(sd['exact_match_mean'])} | {_pct(sd['exact_match_sd'])} "
+                   f"| {_pct(sd['exact_match_min'])}–{_pct(sd['exact_match_max'])} |")
+    return out + ["", "The table and verdicts above use the first seed; the verdicts say in how many seeds they hold.", ""]
+
+
+def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str],
+           seed_preds: dict | None = None) -> str:
+    systems = sorted(evals, key=lambda s: (ORDER.get(_kind(s), 9), s))
+    comparisons = [compare(a, b, evals, preds, seed_preds) for a, b in pairs(systems) if a in preds and b in preds]
     out = ["# Can a fine-tuned small model code ICD-10-CM better than zero-shot larger models?", ""]
     out += ["## Answer", ""]
-    out += [f"- {verdict(c)}" for c in comparisons] or ["- No fine-tuned system was evaluated."]
+    out += [f"- {verdict(c, evals)}" for c in comparisons] or ["- No fine-tuned system was evaluated."]
     if str(params.get("data", {}).get("source")) == "demo":
         out += ["", f"> {DEMO_CAVEAT}"]
     out += ["", "## All systems", "",
@@ -120,6 +194,7 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
                        f"| {c['speed_ratio'] or 0:.2g} | {c['memory_ratio'] or 0:.2g} |")
         out += ["", "CI: paired bootstrap over test rows (5,000 resamples, seed 42). McNemar: exact binomial test on "
                 "the rows where exactly one system is right.", ""]
+    out += seed_table(evals)
     if trains:
         out += ["## Training", "", "| model | trainable params | steps | epochs | mean train loss | best val loss "
                 "| tokens/s | peak memory MB | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -138,6 +213,7 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             f"label description phrases redacted too: {'yes' if d.get('redact_descriptions') else 'no'}.",
             f"- Decoding: constrained to the label set = {params.get('eval', {}).get('constrained')}, "
             f"top-k {params.get('eval', {}).get('top_k')}, few-shot {params.get('eval', {}).get('few_shot')}.",
+            *_fewshot_settings(evals, params),
             f"- Hardware: {_hardware(evals)}.", ""]
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]

@@ -58,6 +58,11 @@ class Eval(_Section):
     max_new_tokens: int = Field(ge=4, le=64, description="tokens generated per answer")
     max_input_tokens: int | None = Field(ge=16, description="longer inputs are cut (head and tail kept)")
     few_shot: int = Field(ge=0, le=16, description="training examples shown as earlier chat turns")
+    few_shot_strategy: Literal["random", "nearest"] = Field(
+        description="random: one seeded draw for all rows; nearest: each row's TF-IDF neighbours")
+    retrieval_k: int = Field(ge=1, le=16, description="retrieved examples per input in fewshot@<model>")
+    fewshot_batch_size: int | None = Field(ge=1, description="fewshot@<model>'s batch (null = batch_size); its prompts are longer")
+    max_shot_tokens: int | None = Field(ge=16, description="each shown example is cut to this (null = max_input_tokens)")
     repetition_penalty: float = Field(gt=0, description="1.0 = off")
     max_samples: int | None = Field(ge=1, description="evaluate only the first N test rows (null = all)")
     seed: int = Field(description="evaluation seed")
@@ -85,7 +90,7 @@ class Train(_Section):
     grad_accum: int = Field(ge=1, description="micro-batches per optimizer step")
     num_processes: int = Field(default=1, ge=1, description="data-parallel processes")
     max_grad_norm: float = Field(gt=0, description="gradient clipping")
-    seed: int = Field(description="training seed")
+    seeds: list[int] = Field(min_length=1, description="training seeds; the first is lora-<model>, more give the spread")
     logging_steps: int = Field(ge=1, description="log every N steps")
     eval_steps: int = Field(ge=1, description="validation loss every N steps")
     save_steps: int = Field(ge=1, description="checkpoint every N steps (a multiple of eval_steps)")
@@ -98,10 +103,19 @@ class Train(_Section):
 
     @model_validator(mode="after")
     def _checkpoints_are_evaluated(self):
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"train.seeds {self.seeds} repeats a seed; each run must differ")
         if self.save_steps % self.eval_steps:
             raise ValueError(f"train.save_steps ({self.save_steps}) must be a multiple of train.eval_steps "
                              f"({self.eval_steps}), so the best checkpoint is one that was evaluated")
         return self
+
+
+class Retrieval(_Section):
+    ngram_max: int = Field(ge=1, le=5, description="longest word n-gram of the TF-IDF vectors")
+    min_df: int = Field(ge=1, description="minimum document frequency of an n-gram")
+    sublinear_tf: bool = Field(description="1 + log(tf) instead of raw counts")
+    neighbours: int = Field(ge=1, le=100, description="knn-tfidf: training rows whose codes are voted on")
 
 
 class Baseline(_Section):
@@ -123,6 +137,7 @@ class Params(_Section):
     models: dict[str, ModelEntry] = Field(description="the model registry")
     eval: Eval
     train: Train
+    retrieval: Retrieval
     baseline: Baseline
 
     @model_validator(mode="after")

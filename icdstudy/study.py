@@ -93,17 +93,22 @@ def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
     for key in params["zeroshot"]:
         arch, entry = archs[key]
         stages.append(plan_eval(f"zeroshot@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0)))
-        if "fewshot" in params:
-            stages.append(plan_eval(f"fewshot@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("retrieval_k", 3)))
+        fewshot = {**ecfg, "batch_size": ecfg.get("fewshot_batch_size") or ecfg["batch_size"]}
+        stages.append(plan_eval(f"fewshot@{key}", key, arch, entry, fewshot, stats, hw, ecfg["retrieval_k"],
+                                "eval.fewshot_batch_size"))
     for key in params["finetune"]:
         arch, entry = archs[key]
-        seeds = len(params["train"].get("seeds") or [params["train"]["seed"]])
+        seeds = len(params["train"]["seeds"])
         train = plan_train(key, arch, entry, params["train"], ecfg["max_input_tokens"], stats, hw)
         if seeds > 1:
             train.est_hours = round(train.est_hours * seeds, 2)
             train.detail["seeds"] = seeds
         stages.append(train)
-        stages.append(plan_eval(f"evaluate@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0)))
+        evaluate = plan_eval(f"evaluate@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0))
+        if seeds > 1:
+            evaluate.est_hours = round(evaluate.est_hours * seeds, 2)
+            evaluate.detail["seeds"] = seeds
+        stages.append(evaluate)
     return stages
 
 

@@ -219,13 +219,15 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
 
 def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
               max_input_tokens: int | None, adapter_dir, work_dir, live_dir=None, allow_cpu_4bit: bool = False,
-              model_fingerprint: str = "") -> dict:
+              model_fingerprint: str = "", done_file=None) -> dict:
     """Train a LoRA adapter on ``train_rows``, keep the best by validation loss, return metrics.
 
     Checkpoints go to ``work_dir``; a rerun with the same data, model and params resumes from
     the last one. The best adapter and the tokenizer are saved to ``adapter_dir``. Under
     ``accelerate launch`` (train.num_processes > 1) the Trainer runs data-parallel; only the
-    first process writes files and gets the metrics, the others get None.
+    first process writes files and gets the metrics, the others get None. With ``done_file``
+    a finished run records its metrics there, and a rerun with the same settings whose adapter
+    is still in place returns them without training (a multi-seed stage resumes per seed).
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -245,6 +247,11 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     main = args.process_index == 0  # under `accelerate launch`, one process of several writes files
     run_id = _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint, _code_version(),
                           [(r["id"], r["code"], r["input"]) for r in train_rows], [r["id"] for r in val_rows])
+    if done_file and Path(done_file).exists() and (adapter_dir / "adapter_config.json").exists():
+        done = json.loads(Path(done_file).read_text())
+        if done.get("run") == run_id:
+            print(f"training: {adapter_dir} was already trained with these settings; kept")
+            return done["result"] if main else None
     stamp = work_dir / "run.json"
     with args.main_process_first(local=False, desc="checkpoint check"):
         if main and stamp.exists() and json.loads(stamp.read_text()).get("run") != run_id:
@@ -305,7 +312,7 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     tokens_per_epoch = sum(len(x) for x in train_ds["input_ids"])
     runtime = result.metrics.get("train_runtime") or (time.time() - t0)
     logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the whole run, resumed or not
-    return {
+    result = {
         "train_loss": round(float(sum(logged) / len(logged)), 4) if logged else round(float(result.training_loss), 4),
         "eval_loss": round(float(best_eval), 4),
         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
@@ -317,5 +324,9 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
         "peak_mem_mb": peak_memory_mb(),
         "quantized_4bit": bool(quantized),
         "num_processes": args.world_size,
+        "seed": cfg["seed"],
         "wall_s": round(time.time() - t0, 1),
     }
+    if done_file:
+        Path(done_file).write_text(json.dumps({"run": run_id, "result": result}))
+    return result

@@ -6,11 +6,10 @@ predictions/tfidf-logreg.jsonl, scored by the same metrics code as every other s
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from icdstudy import metrics
 from icdstudy.baseline import train_and_predict
-from icdstudy.io import read_jsonl, write_json, write_jsonl
+from icdstudy.io import read_splits, write_json, write_jsonl
 from icdstudy.params import ParamError, load_params, section
 
 SYSTEM = "tfidf-logreg"
@@ -24,15 +23,10 @@ def main() -> int:
     try:
         params = load_params(args.params)
         cfg, top_k = section(params, "baseline"), section(params, "eval")["top_k"]
-    except ParamError as exc:
+        t0 = time.time()
+        train_rows, test_rows = read_splits(args.data, "train", "test")
+    except (ParamError, ValueError) as exc:
         print(f"baseline: error: {exc}", file=sys.stderr)
-        return 1
-    t0 = time.time()
-    train_rows = read_jsonl(Path(args.data) / "train.jsonl")
-    test_rows = read_jsonl(Path(args.data) / "test.jsonl")
-    if not test_rows or not train_rows:
-        print(f"baseline: error: {args.data}: no {'test' if train_rows else 'training'} samples; "
-              "rerun `dvc repro prepare` (it refuses empty splits)", file=sys.stderr)
         return 1
     predictions, n_params, fit_s = train_and_predict(train_rows, test_rows, cfg, top_k=max(top_k, 5))
     result = metrics.quality(predictions)

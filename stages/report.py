@@ -1,6 +1,7 @@
 """Stage `report`: the study's answer, table, paired tests and plots.
 
-Reads every metrics/eval/*.json with its predictions/<system>.jsonl, metrics/train/*.json,
+Reads every metrics/eval/*.json with its predictions/<system>.jsonl (and the other training
+seeds' predictions/seeds/<system>/seed-*.jsonl), metrics/train/*.json,
 metrics/data.json and the DVCLive curves; writes reports/report.md and plots/*.png.
 Imports no torch: it runs in seconds.
 """
@@ -35,6 +36,10 @@ def main() -> int:
         return 1
     preds = {s: read_jsonl(root / "predictions" / f"{s}.jsonl") for s in evals
              if (root / "predictions" / f"{s}.jsonl").exists()}
+    # The other training seeds' predictions (evaluate@<model> with several train.seeds).
+    seed_preds = {s: {p.stem: read_jsonl(p) for p in sorted((root / "predictions/seeds" / s).glob("seed-*.jsonl"))}
+                  for s in preds}
+    seed_preds = {s: runs for s, runs in seed_preds.items() if runs}
     trains = {p.stem: read_json(p) for p in sorted((root / "metrics/train").glob("*.json"))}
     data = read_json(root / "metrics/data.json")
 
@@ -56,9 +61,9 @@ def main() -> int:
     import os
 
     rel = [os.path.relpath(p, out.parent) for p in made]
-    write_text_atomic(out, render(evals, preds, trains, data, params, rel))
+    write_text_atomic(out, render(evals, preds, trains, data, params, rel, seed_preds))
     print(f"report: {len(evals)} systems, {len(made)} plots -> {out}")
-    for line in render(evals, preds, trains, data, params, []).splitlines()[2:]:
+    for line in render(evals, preds, trains, data, params, [], seed_preds).splitlines()[2:]:
         if line.startswith("- **"):
             print("  " + line[2:].replace("**", ""))
     return 0

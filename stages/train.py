@@ -5,11 +5,17 @@ best adapter (by validation loss) to models/adapters/<model>, training curves to
 dvclive/<model>, and metrics/train/<model>.json. Checkpoints live in .resume/train/<model>:
 an interrupted run resumes from the last one.
 
+With several `train.seeds` the first seed's adapter is the one above (system lora-<model>);
+each other seed trains after it, in .resume/train/<model>-seed<n>, and lands with its curves in
+models/seeds/<model>/seed-<n>/ once all are done. An interrupted stage keeps finished seeds.
+models/seeds/<model>/seeds.json lists the seeds; metrics/train/<model>.json has each one's losses.
+
 With train.num_processes > 1 the stage re-runs itself under `accelerate launch` (one process per
 GPU, or per CPU with gloo) and the Trainer trains data-parallel.
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -47,27 +53,56 @@ def main() -> int:
     base_dir = Path("models/base") / args.model
     train_rows = read_jsonl(Path(args.data) / "train.jsonl")
     val_rows = read_jsonl(Path(args.data) / "val.jsonl")
-    print(f"train: {args.model}: {len(train_rows)} train / {len(val_rows)} val examples, LoRA r={cfg['lora_r']}"
+    seeds = cfg["seeds"]
+    print(f"train: {args.model}: {len(train_rows)} train / {len(val_rows)} val examples, LoRA r={cfg['lora_r']}, "
+          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
           + (f", process {os.environ['RANK']} of {processes}" if processes > 1 else ""))
-    try:
-        result = fine_tune(base_dir, entry, train_rows, val_rows, cfg, input_kind, max_input_tokens,
-                           adapter_dir=Path("models/adapters") / args.model,
-                           work_dir=Path(".resume/train") / args.model, live_dir=Path("dvclive") / args.model,
-                           model_fingerprint=model_fingerprint(base_dir))
-    except (PreflightError, TrainingSanityError) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        from icdstudy.modeling import is_oom, oom_message
+    done_root = Path(".resume/train-done")
+    by_seed = {}
+    for i, seed in enumerate(seeds):
+        tag = args.model if i == 0 else f"{args.model}-seed{seed}"
+        first = i == 0
+        try:
+            run = fine_tune(base_dir, entry, train_rows, val_rows, {**cfg, "seed": seed}, input_kind, max_input_tokens,
+                            adapter_dir=Path("models/adapters") / args.model if first else done_root / tag / "adapter",
+                            work_dir=Path(".resume/train") / tag,
+                            live_dir=Path("dvclive") / args.model if first else done_root / tag / "dvclive",
+                            model_fingerprint=model_fingerprint(base_dir),
+                            done_file=None if first else done_root / f"{tag}.json")
+        except (PreflightError, TrainingSanityError) as exc:
+            print(f"train: error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            from icdstudy.modeling import is_oom, oom_message
 
-        if not is_oom(exc):
-            raise
-        print("train: error: " + oom_message(f"train@{args.model}", "train.batch_size (raising train.grad_accum keeps "
-              "the effective batch), set train.gradient_checkpointing: true, or lower eval.max_input_tokens; checkpoints "
-              f"in .resume/train/{args.model} are kept"), file=sys.stderr)
-        return 1
-    if result is None:  # not the first of several processes: it writes nothing
+            if not is_oom(exc):
+                raise
+            print("train: error: " + oom_message(f"train@{args.model}", "train.batch_size (raising train.grad_accum keeps "
+                  "the effective batch), set train.gradient_checkpointing: true, or lower eval.max_input_tokens; checkpoints "
+                  f"in .resume/train/{tag} are kept"), file=sys.stderr)
+            return 1
+        if run is None:  # not the first of several processes: it writes nothing
+            continue
+        by_seed[seed] = run
+    if not by_seed:
         return 0
+    result = dict(by_seed[seeds[0]])
+    result["seeds"] = seeds
+    if len(seeds) > 1:
+        result["by_seed"] = {str(s): {k: r[k] for k in ("train_loss", "eval_loss", "steps", "epochs", "wall_s")}
+                             for s, r in by_seed.items()}
+    seed_dir = Path("models/seeds") / args.model
+    shutil.rmtree(seed_dir, ignore_errors=True)
+    seed_dir.mkdir(parents=True)
+    for seed in seeds[1:]:
+        tag = f"{args.model}-seed{seed}"
+        shutil.copytree(done_root / tag / "adapter", seed_dir / f"seed-{seed}")
+        if (done_root / tag / "dvclive").exists():
+            shutil.copytree(done_root / tag / "dvclive", seed_dir / f"seed-{seed}" / "dvclive")
+    write_json(seed_dir / "seeds.json", {"seeds": seeds, "first_seed_adapter": f"models/adapters/{args.model}"})
+    for seed in seeds[1:]:
+        shutil.rmtree(done_root / f"{args.model}-seed{seed}", ignore_errors=True)
+        (done_root / f"{args.model}-seed{seed}.json").unlink(missing_ok=True)
     result["model"] = args.model
     write_json(Path("metrics/train") / f"{args.model}.json", result)
     print(f"train: {args.model}: train loss {result['train_loss']}, best val loss {result['eval_loss']}, "

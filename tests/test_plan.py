@@ -33,6 +33,24 @@ def test_full_study_fits_one_80gb_gpu_with_margin():
     assert result["total_est_hours"] > 0 and result["gpu_mem_gb"] == 80
 
 
+def test_fewshot_stages_are_planned_with_their_own_batch_and_seeds_multiply_hours():
+    def stages(*extra):
+        run = _plan("full-study", "--gpu-mem-gb", "80", "--json", *extra)
+        return run.returncode, {s["stage"]: s for s in json.loads(run.stdout)["stages"]}
+
+    rc, planned = stages()
+    assert rc == 0
+    for key in ("llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b"):
+        few, zero = planned[f"fewshot@{key}"], planned[f"zeroshot@{key}"]
+        assert few["fits"] and few["est_hours"] > zero["est_hours"]  # three examples per prompt cost more
+    # at the zero-shot batch the 8B model's few-shot prompts do not fit, and the plan names the fix
+    rc, planned = stages("-S", "eval.fewshot_batch_size=null")
+    assert rc == 1 and not planned["fewshot@llama31-8b"]["fits"] and "eval.fewshot_batch_size=" in planned["fewshot@llama31-8b"]["fix"]
+    _, three = stages("-S", "train.seeds=[42,43,44]")
+    one = stages()[1]
+    assert three["train@qwen25-3b"]["est_hours"] == pytest.approx(3 * one["train@qwen25-3b"]["est_hours"], abs=0.02)
+
+
 def test_the_seed_batch_does_not_fit_and_the_fix_is_named():
     run = _plan("full-study", "--gpu-mem-gb", "80", "-S", "train.batch_size=32", "-S", "train.grad_accum=1",
                 "-S", "train.gradient_checkpointing=false")

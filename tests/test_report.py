@@ -9,20 +9,62 @@ from tests.conftest import REPO
 CODES = ["E119", "I10", "J069", "M25562", "S83512A", "Z23"]
 
 
-def _write_system(root, system, hit_rate, ranked=True, latency=0.5, mem=1000.0, params=1e8):
+def _write_system(root, system, hit_rate, ranked=True, latency=0.5, mem=1000.0, params=1e8, path=None, mix=7919,
+                  extra=None):
     rows = []
     for i in range(60):
         gold = CODES[i % len(CODES)]
-        right = (i * 7919 % 100) < hit_rate * 100
+        right = (i * mix % 100) < hit_rate * 100
         pred = gold if right else CODES[(i + 1) % len(CODES)]
         cands = [{"code": pred, "score": 0.6}, {"code": gold if not right else "I10", "score": 0.2}] if ranked else None
         rows.append({"id": f"t{i}", "gold": gold, "raw": pred, "pred": pred, "valid": True, "candidates": cands,
                      "confidence": 0.6 if ranked else None, "latency_s": latency, "input_truncated": False})
-    (root / "predictions").mkdir(exist_ok=True)
-    (root / "predictions" / f"{system}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m = {**metrics.quality(rows), **metrics.efficiency(rows), "params_total": params, "peak_mem_mb": mem, "device": "cpu"}
+    out = root / (path or f"predictions/{system}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = {**metrics.quality(rows), **metrics.efficiency(rows), "params_total": params, "peak_mem_mb": mem, "device": "cpu",
+         **(extra or {})}
+    if path:
+        return m
     (root / "metrics" / "eval").mkdir(parents=True, exist_ok=True)
     (root / "metrics" / "eval" / f"{system}.json").write_text(json.dumps(m))
+
+
+def _run_report(tmp_path):
+    code = ("import runpy, sys; sys.argv = ['report', '--root', sys.argv[1], '--out', sys.argv[1] + '/reports/report.md', "
+            "'--plots', sys.argv[1] + '/plots', '--params', sys.argv[2], '--systems', sys.argv[1] + '/systems.json']\n"
+            "try:\n    runpy.run_path('stages/report.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'the report stage imported torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(REPO / "params.yaml")], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return (tmp_path / "reports" / "report.md").read_text()
+
+
+def test_verdicts_cover_fewshot_and_floors_and_say_in_how_many_seeds_they_hold(tmp_path):
+    from icdstudy.metrics import seed_summary
+
+    seed43 = _write_system(tmp_path, "lora-qwen25-3b", 0.3, path="predictions/seeds/lora-qwen25-3b/seed-43.jsonl", mix=31)
+    first = _write_system(tmp_path, "lora-qwen25-3b", 0.8, path="predictions/lora-qwen25-3b.jsonl")
+    _write_system(tmp_path, "lora-qwen25-3b", 0.8, extra={"seeds": seed_summary({42: first, 43: seed43})})
+    _write_system(tmp_path, "zeroshot-llama31-8b", 0.2, mix=13)
+    _write_system(tmp_path, "fewshot-llama31-8b", 0.5, mix=17, extra={"few_shot": 3, "few_shot_strategy": "nearest"})
+    _write_system(tmp_path, "knn-tfidf", 0.45, mix=23)
+    (tmp_path / "metrics" / "train").mkdir()
+    (tmp_path / "metrics" / "data.json").write_text(json.dumps(
+        {"rows_in": 60, "rows_out": 60, "dropped": {}, "n_codes": 6, "train": 30, "val": 0, "test": 60,
+         "code_mentions_before": 0, "code_mentions_after": 0, "input": "dialogue"}))
+    report = _run_report(tmp_path)
+    answer = report.split("## All systems")[0]
+    lines = [line for line in answer.splitlines() if line.startswith("- **")]
+    assert [line.split("`")[3] for line in lines] == ["zeroshot-llama31-8b", "fewshot-llama31-8b", "knn-tfidf"]
+    assert "few-shot llama31-8b (3 retrieved examples)" in lines[1] and "nearest-neighbour floor" in lines[2]
+    # seed 43 (30%) loses to the 50% few-shot system where seed 42 (80%) wins: 1 of 2 seeds
+    assert "It holds in 1 of 2 training seeds" in lines[1], lines[1]
+    assert "It holds in 2 of 2 training seeds" in lines[0], lines[0]
+    assert "## Training seeds" in report and "| lora-qwen25-3b | 2 | 42: 80.0, 43: 30.0 | 55.0 |" in report
+    assert "Few-shot systems: each test input follows its 3 nearest training examples" in report
 
 
 def test_report_from_fixture_metrics(tmp_path):
@@ -42,15 +84,7 @@ def test_report_from_fixture_metrics(tmp_path):
     (tmp_path / "metrics" / "data.json").write_text(json.dumps(
         {"rows_in": 100, "rows_out": 90, "dropped": {"duplicate_input": 10}, "n_codes": 6, "train": 30, "val": 0,
          "test": 60, "train_only_codes": 0, "code_mentions_before": 5, "code_mentions_after": 0, "input": "dialogue"}))
-    code = ("import runpy, sys; sys.argv = ['report', '--root', sys.argv[1], '--out', sys.argv[1] + '/reports/report.md', "
-            "'--plots', sys.argv[1] + '/plots', '--params', sys.argv[2], '--systems', sys.argv[1] + '/systems.json']\n"
-            "try:\n    runpy.run_path(sys.argv[0] if False else 'stages/report.py', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'the report stage imported torch'\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(REPO / "params.yaml")], cwd=REPO,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    report = (tmp_path / "reports" / "report.md").read_text()
+    report = _run_report(tmp_path)
     for system in ("lora-qwen25-3b", "zeroshot-llama31-8b", "zeroshot-mistral-7b", "tfidf-logreg"):
         assert f"| {system} |" in report
     answer = report.split("## All systems")[0]

@@ -204,7 +204,8 @@ def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False, "chat_template": None}
-    params["train"].update({**CFG, "num_processes": 2, "num_epochs": 1})
+    params["train"].update({**{k: v for k, v in CFG.items() if k != "seed"}, "seeds": [0], "num_processes": 2,
+                            "num_epochs": 1})
     params["eval"]["max_input_tokens"] = 64
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_jsonl(tmp_path / "data" / "processed" / "train.jsonl", ROWS * 2)
@@ -218,3 +219,60 @@ def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_
     # 24 examples, 2 processes x batch 4: 3 optimizer steps per epoch (one process would take 6)
     assert metrics["num_processes"] == 2 and metrics["steps"] == 3
     assert (tmp_path / "models" / "adapters" / "tiny" / "adapter_config.json").exists()
+
+
+def test_a_finished_seed_is_kept_and_not_retrained(tiny_model_dir, tmp_path, capsys):
+    done = tmp_path / "seed.json"
+    first = _tiny_run(tiny_model_dir, tmp_path, cfg={**CFG, "num_epochs": 1}, done_file=done)
+    again = _tiny_run(tiny_model_dir, tmp_path, cfg={**CFG, "num_epochs": 1}, done_file=done)
+    assert again == first and "already trained with these settings" in capsys.readouterr().out
+    other = _tiny_run(tiny_model_dir, tmp_path, cfg={**CFG, "num_epochs": 1, "seed": 5}, done_file=done)
+    assert other["seed"] == 5 and other["steps"] == first["steps"] and other["train_loss"] != first["train_loss"]
+
+
+def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tmp_path):
+    """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/seeds/tiny; evaluate@ scores both."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from icdstudy.io import read_json, write_json, write_jsonl
+    from tests.conftest import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False, "chat_template": None}
+    cfg = {k: v for k, v in CFG.items() if k != "seed"}
+    params["train"].update({**cfg, "seeds": [0, 7], "num_epochs": 1})
+    params["eval"].update({"max_input_tokens": 64, "batch_size": 6, "top_k": 2})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    data = tmp_path / "data" / "processed"
+    write_jsonl(data / "train.jsonl", ROWS * 2)
+    write_jsonl(data / "val.jsonl", ROWS[:4])
+    write_jsonl(data / "test.jsonl", ROWS)
+    write_json(data / "labels.json", sorted({r["code"] for r in ROWS}))
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base" / "tiny")
+
+    def stage(*args):
+        run = subprocess.run([sys.executable, *map(str, args)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        return run
+
+    stage(REPO / "stages" / "train.py", "tiny")
+    metrics = read_json(tmp_path / "metrics" / "train" / "tiny.json")
+    assert metrics["seeds"] == [0, 7] and metrics["seed"] == 0 and set(metrics["by_seed"]) == {"0", "7"}
+    assert metrics["by_seed"]["0"]["train_loss"] != metrics["by_seed"]["7"]["train_loss"]
+    assert (tmp_path / "models" / "adapters" / "tiny" / "adapter_config.json").exists()
+    assert (tmp_path / "models" / "seeds" / "tiny" / "seed-7" / "adapter_config.json").exists()
+    assert read_json(tmp_path / "models" / "seeds" / "tiny" / "seeds.json")["seeds"] == [0, 7]
+    assert not (tmp_path / ".resume" / "train-done" / "tiny-seed7").exists()
+
+    stage(REPO / "stages" / "evaluate.py", "tiny", "--adapter", "models/adapters/tiny", "--seed-adapters", "models/seeds/tiny")
+    result = read_json(tmp_path / "metrics" / "eval" / "lora-tiny.json")
+    spread = result["seeds"]
+    assert spread["seeds"] == [0, 7] and spread["exact_match_by_seed"]["0"] == result["exact_match"]
+    assert spread["exact_match_min"] <= spread["exact_match_mean"] <= spread["exact_match_max"]
+    assert spread["exact_match_sd"] is not None
+    seed7 = (tmp_path / "predictions" / "seeds" / "lora-tiny" / "seed-7.jsonl").read_text().splitlines()
+    assert len(seed7) == len(ROWS)

@@ -1,0 +1,77 @@
+"""TF-IDF nearest neighbours over the training inputs: the examples a few-shot prompt shows and
+the `knn-tfidf` floor's votes come from this one retriever, so the report can say what a
+model adds beyond retrieval.
+
+A query never gets back its own row (same id) or a training row whose input is the same text
+(after case and whitespace folding): that would hand the model its answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(re.sub(r"\s+", " ", text).strip().lower().encode()).hexdigest()
+
+
+@dataclass
+class Neighbour:
+    index: int      # position in the training rows
+    id: str
+    code: str
+    score: float    # cosine similarity of the TF-IDF vectors, in [0, 1]
+
+
+class Retriever:
+    def __init__(self, train_rows: list[dict], ngram_max: int = 2, min_df: int = 1, sublinear_tf: bool = True):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if not train_rows:
+            raise ValueError("retrieval needs at least one training row")
+        self.rows = train_rows
+        self.vectorizer = TfidfVectorizer(ngram_range=(1, ngram_max), min_df=min_df, sublinear_tf=sublinear_tf)
+        self.matrix = self.vectorizer.fit_transform([r["input"] for r in train_rows])  # rows are L2-normalized
+        self.same_text: dict[str, list[int]] = {}
+        for i, r in enumerate(train_rows):
+            self.same_text.setdefault(text_key(r["input"]), []).append(i)
+
+    @classmethod
+    def from_params(cls, train_rows: list[dict], cfg: dict) -> "Retriever":
+        return cls(train_rows, cfg["ngram_max"], cfg["min_df"], cfg["sublinear_tf"])
+
+    def search(self, queries: list[dict], k: int) -> list[list[Neighbour]]:
+        """The ``k`` most similar training rows for each query row (``id`` and ``input``), best first;
+        ties go to the earlier training row, so results are deterministic."""
+        if k <= 0 or not queries:
+            return [[] for _ in queries]
+        sims = (self.vectorizer.transform([q["input"] for q in queries]) @ self.matrix.T).toarray()
+        ids = {r["id"]: i for i, r in enumerate(self.rows)}
+        out = []
+        for q, row in zip(queries, sims):
+            banned = set(self.same_text.get(text_key(q["input"]), []))
+            if q.get("id") in ids:
+                banned.add(ids[q["id"]])
+            row[list(banned)] = -np.inf
+            take = min(k, len(self.rows) - len(banned))
+            order = np.lexsort((np.arange(row.size), -row))[:max(take, 0)]
+            out.append([Neighbour(int(i), self.rows[i]["id"], self.rows[i]["code"], round(float(row[i]), 6))
+                        for i in order])
+        return out
+
+
+def knn_candidates(neighbours: list[Neighbour], top_k: int) -> list[dict]:
+    """Codes ranked by the summed similarity of the neighbours that carry them; each score is
+    that code's share of the total, so the top score reads as a confidence."""
+    votes: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for n in neighbours:
+        votes[n.code] = votes.get(n.code, 0.0) + max(n.score, 0.0)
+        best[n.code] = max(best.get(n.code, 0.0), n.score)
+    total = sum(votes.values())
+    ranked = sorted(votes, key=lambda c: (-votes[c], -best[c], c))[:top_k]
+    share = (lambda c: votes[c] / total) if total > 0 else (lambda c: 1.0 / len(votes))
+    return [{"code": c, "score": round(share(c), 6)} for c in ranked]

@@ -1,0 +1,106 @@
+"""Retrieval few-shot and the knn-tfidf floor: neighbours are real, never the row itself or a
+copy of its text, and reach the prompt and the predictions."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from icdstudy import prompts
+from icdstudy.evaluation import evaluate, few_shot_examples
+from icdstudy.generation import GenerationSettings
+from icdstudy.modeling import load_model, load_tokenizer
+from icdstudy.retrieval import Neighbour, Retriever, knn_candidates, text_key
+from tests.conftest import REPO
+
+TRAIN = [
+    {"id": "t0", "code": "E119", "input": "Thirst, polyuria and a raised HbA1c of 8.1 percent."},
+    {"id": "t1", "code": "E119", "input": "Type 2 diabetes follow up, HbA1c 7.4, metformin refill."},
+    {"id": "t2", "code": "I10", "input": "Blood pressure 162/98 on two visits, no target organ damage."},
+    {"id": "t3", "code": "I10", "input": "Hypertension review: amlodipine, blood pressure now 138/86."},
+    {"id": "t4", "code": "S83512A", "input": "Twisted the left knee playing football, ACL tear on MRI."},
+    {"id": "t5", "code": "Z23", "input": "Here for the influenza vaccine, no complaints today."},
+]
+
+
+def test_nearest_neighbours_rank_by_content_and_are_deterministic():
+    r = Retriever(TRAIN)
+    query = {"id": "q", "input": "Knee gave way at football, MRI shows a torn ACL."}
+    found = r.search([query], 3)[0]
+    assert found[0].id == "t4" and found[0].code == "S83512A"
+    assert [n.score for n in found] == sorted((n.score for n in found), reverse=True)
+    assert 0 < found[0].score <= 1
+    assert r.search([query], 3) == [found]
+
+
+def test_a_row_never_retrieves_itself_or_a_copy_of_its_text():
+    train = TRAIN + [{"id": "t6", "code": "E119", "input": "  THIRST, polyuria and a raised   HbA1c of 8.1 percent. "}]
+    r = Retriever(train)
+    own = r.search([train[0]], 10)[0]  # a training row queried against its own split
+    assert "t0" not in {n.id for n in own} and "t6" not in {n.id for n in own}, own
+    assert len(own) == len(train) - 2
+    # a test row whose text duplicates training rows (after case and whitespace folding)
+    dup = r.search([{"id": "new", "input": "thirst, polyuria and a raised HbA1c of 8.1 percent."}], 3)[0]
+    assert {"t0", "t6"}.isdisjoint(n.id for n in dup) and dup[0].code == "E119"
+    for strategy in ("random", "nearest"):
+        shots = few_shot_examples(train, train, 3, strategy, seed=1)
+        for row, chosen in zip(train, shots):
+            assert len(chosen) == 3 and row["id"] not in {s["id"] for s in chosen}, (strategy, row["id"])
+            assert all(text_key(s["input"]) != text_key(row["input"]) for s in chosen), (strategy, row["id"])
+
+
+def test_random_strategy_shows_one_draw_and_nearest_each_rows_own():
+    queries = [{"id": "a", "input": "HbA1c 9 and thirst"}, {"id": "b", "input": "knee ACL tear at football"}]
+    rand = few_shot_examples(TRAIN, queries, 2, "random", seed=3)
+    assert [s["id"] for s in rand[0]] == [s["id"] for s in rand[1]]
+    near = few_shot_examples(TRAIN, queries, 2, "nearest")
+    assert near[0][0]["code"] == "E119" and near[1][0]["code"] == "S83512A"
+    with pytest.raises(ValueError, match="random or nearest"):
+        few_shot_examples(TRAIN, queries, 2, "closest")
+
+
+def test_knn_candidates_vote_by_summed_similarity():
+    ns = [Neighbour(0, "a", "I10", 0.5), Neighbour(1, "b", "E119", 0.6), Neighbour(2, "c", "I10", 0.3)]
+    cands = knn_candidates(ns, 5)
+    assert [c["code"] for c in cands] == ["I10", "E119"]  # 0.8 summed beats the single best 0.6
+    assert cands[0]["score"] == pytest.approx(0.8 / 1.4, abs=1e-6) and sum(c["score"] for c in cands) == pytest.approx(1)
+    assert knn_candidates(ns, 1) == cands[:1]
+
+
+def test_shots_are_cut_to_max_shot_tokens_and_the_input_keeps_its_budget(smollm2_dir):
+    tok = load_tokenizer(smollm2_dir)
+    long = "HEAD " + "the patient describes a long history " * 60 + " TAIL"
+    text, cut = prompts.prompt_for(tok, "Doctor: knee pain", "dialogue", 64, [{"input": long, "code": "I10"}], 24)
+    assert not cut and "Doctor: knee pain" in text and prompts.ELISION in text
+    assert "HEAD" in text and "TAIL" in text and text.count("long history") < 12
+
+
+def test_fewshot_evaluation_records_the_shown_examples(tiny_model_dir):
+    model, tok = load_model(tiny_model_dir, {"key": "tiny"}), load_tokenizer(tiny_model_dir)
+    test = [{"id": "q1", "code": "I10", "input": "Blood pressure 170/100, started amlodipine."},
+            {"id": "t4", "code": "S83512A", "input": "Twisted the left knee playing football, ACL tear on MRI."}]
+    settings = GenerationSettings(batch_size=2, top_k=2, max_input_tokens=64, few_shot=2, few_shot_strategy="nearest",
+                                  max_shot_tokens=32)
+    preds, _ = evaluate(model, tok, test, ["E119", "I10", "S83512A", "Z23"], settings, "note", TRAIN, progress=False)
+    assert preds[0]["shot_ids"][0] in ("t2", "t3") and len(preds[0]["shot_ids"]) == 2
+    assert "t4" not in preds[1]["shot_ids"]  # the same id (and text) as a training row is never shown to itself
+    plain, _ = evaluate(model, tok, test, ["E119", "I10"], GenerationSettings(batch_size=2, top_k=2), "note", TRAIN,
+                        progress=False)
+    assert "shot_ids" not in plain[0]
+
+
+def test_knn_stage_writes_ranked_neighbours_and_standard_metrics(tmp_path):
+    from icdstudy.io import write_jsonl
+
+    data = tmp_path / "data" / "processed"
+    write_jsonl(data / "train.jsonl", TRAIN)
+    write_jsonl(data / "test.jsonl", [{"id": "q1", "code": "I10", "input": "Blood pressure 170/100 on amlodipine."},
+                                      {"id": "q2", "code": "Z23", "input": "Wants the influenza vaccine today."}])
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("neighbours: 10", "neighbours: 4"))
+    run = subprocess.run([sys.executable, str(REPO / "stages" / "knn.py")], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    m = json.loads((tmp_path / "metrics" / "eval" / "knn-tfidf.json").read_text())
+    assert m["exact_match"] == 1.0 and m["neighbours"] == 4 and m["n"] == 2 and m["top5_match"] == 1.0
+    rows = [json.loads(line) for line in (tmp_path / "predictions" / "knn-tfidf.jsonl").read_text().splitlines()]
+    assert len(rows[0]["neighbours"]) == 4 and rows[0]["candidates"][0]["code"] == "I10"
+    assert [n["score"] for n in rows[0]["neighbours"]] == sorted((n["score"] for n in rows[0]["neighbours"]), reverse=True)
