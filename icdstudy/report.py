@@ -212,7 +212,8 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             f"({data['code_mentions_before']} inputs had one before, {data['code_mentions_after']} after); "
             f"label description phrases redacted too: {'yes' if d.get('redact_descriptions') else 'no'}.",
             f"- Decoding: constrained to the label set = {params.get('eval', {}).get('constrained')}, "
-            f"top-k {params.get('eval', {}).get('top_k')}, few-shot {params.get('eval', {}).get('few_shot')}.",
+            f"top-k {params.get('eval', {}).get('top_k')}, examples in the zero-shot and fine-tuned prompts: "
+            f"{params.get('eval', {}).get('few_shot')}.",
             *_fewshot_settings(evals, params),
             f"- Hardware: {_hardware(evals)}.", ""]
     if plots:
