@@ -39,13 +39,12 @@ sys.path.insert(0, str(REPO))
 from icdstudy import prompts  # noqa: E402
 from icdstudy.io import write_json, write_text_atomic  # noqa: E402
 from icdstudy.params import load_params, section  # noqa: E402
+from icdstudy.plan import GPUS  # noqa: E402
 
 NOTEBOOK_MAX_LENGTH = 512  # the seed config's max_sequence_length, with padding="max_length"
 NOTEBOOK_LORA_DROPOUT = 0.1
 TARGETS = {"train_padding_speedup": (">=", 2.0), "eval_batching_speedup": (">=", 3.0),
            "constrained_overhead": ("<=", 1.5), "noop_repro_s": ("<", 3.0)}
-# Dense bf16 tensor-core peaks (FLOP/s) for MFU; other devices get achieved FLOP/s only.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 
 
 def timed(fn, repeats: int, warm_up: bool = True) -> list[float]:
@@ -131,7 +130,8 @@ def train_tokens_per_s(model_dir, entry, examples, batches, collate, cfg, lora_d
     # adapter only (frozen weights get none); attention scores are left out, so this undercounts.
     flops_per_token = 4 * (frozen + trainable) + 2 * trainable
     tps = useful / statistics.median(seconds)
-    peak = PEAK_BF16.get(next((k for k in PEAK_BF16 if cuda and k in torch.cuda.get_device_name()), ""), None)
+    # dense bf16 peaks of known GPUs (the plan's table); other devices get achieved FLOP/s only
+    peak = next((flops for name, (flops, _) in GPUS.items() if cuda and name in torch.cuda.get_device_name()), None)
 
     return {"tokens_per_s": round(tps, 1), "seconds": [round(s, 2) for s in seconds], "useful_tokens": useful,
             "padded_slots": slots, "padding_fraction": round(1 - useful / slots, 3), "bf16": bf16,

@@ -34,7 +34,10 @@ COLUMN_ALIASES = {
 
 # --- loading ----------------------------------------------------------------------------
 def load_source(source: str) -> pd.DataFrame:
-    """``demo``, ``hf:<dataset id>[:<split>]``, or a local CSV / Parquet / JSONL path."""
+    """``demo``, ``hf:<dataset id>[@<revision>][:<split>]``, or a local CSV / Parquet / JSONL path.
+
+    ``frame.attrs["revision"]`` says which version was read: the hub commit hash, or
+    ``sha256:<hash>`` of a local file's bytes (None for the demo, which the code defines)."""
     if source == "demo":
         from .demo_data import build_demo_frame
 
@@ -46,19 +49,31 @@ def load_source(source: str) -> pd.DataFrame:
     return _load_file(Path(source))
 
 
+def parse_hub_source(spec: str) -> tuple[str, str | None, str]:
+    """``<dataset id>[@<revision>][:<split>]`` -> (dataset id, revision or None, split)."""
+    rest, _, split = spec.partition(":")
+    dataset_id, _, revision = rest.partition("@")
+    return dataset_id, revision or None, split or "train"
+
+
 def _load_hub(spec: str) -> pd.DataFrame:
-    dataset_id, _, split = spec.partition(":")
+    dataset_id, revision, split = parse_hub_source(spec)
     try:
         import datasets
+        from huggingface_hub import HfApi
 
-        ds = datasets.load_dataset(dataset_id, split=split or "train")
+        # Resolve the revision to its commit once and read exactly that commit.
+        commit = HfApi().dataset_info(dataset_id, revision=revision).sha
+        ds = datasets.load_dataset(dataset_id, split=split, revision=commit)
     except Exception as exc:  # offline, gated, misspelled: all end the same way for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"data.source 'hf:{spec}': cannot load from the Hugging Face hub ({first}). "
-            "Download the CSV on a machine with access and set data.source to its local path."
+            "Check the id and @revision, or download the CSV on a machine with access and set data.source to its local path."
         ) from None
-    return ds.to_pandas()
+    frame = ds.to_pandas()
+    frame.attrs["revision"] = commit
+    return frame
 
 
 def _load_file(path: Path) -> pd.DataFrame:
@@ -70,9 +85,11 @@ def _load_file(path: Path) -> pd.DataFrame:
     if suffix not in readers:
         raise DataError(f"data.source {str(path)!r}: unknown format {suffix or '(no suffix)'}; use .csv, .parquet or .jsonl")
     try:
-        return readers[suffix](path)
+        frame = readers[suffix](path)
     except Exception as exc:
         raise DataError(f"data.source {str(path)!r}: cannot read as {suffix[1:]}: {str(exc).splitlines()[0]}") from None
+    frame.attrs["revision"] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return frame
 
 
 def canonicalize(df: pd.DataFrame, input_field: str, origin: str) -> pd.DataFrame:

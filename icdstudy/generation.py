@@ -132,21 +132,19 @@ def prefill_once(model, enc, copies: int):
     return cache
 
 
-def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSettings,
-                   trie: LabelTrie | None, label_set: frozenset[str]) -> list[dict]:
-    """One left-padded batch -> one result per prompt: raw text, parsed code, ranked candidates."""
+def decode(model, enc: dict, settings: GenerationSettings, trie: LabelTrie | None, eos_id: int, pad_id: int):
+    """Generation over one left-padded, tokenized batch: (new token ids per returned sequence, their
+    log-probabilities). With k = top_k candidates per prompt, rows i*k .. i*k+k-1 belong to prompt i."""
     import torch
 
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     prompt_len = enc["input_ids"].shape[1]
-    eos = tokenizer.eos_token_id
     k = max(1, settings.top_k) if settings.constrained else 1
     beams = settings.num_beams or k
-    common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+    common = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id,
                   return_dict_in_generate=True, output_scores=True, do_sample=False,
                   repetition_penalty=settings.repetition_penalty)
     if settings.constrained:
-        common["logits_processor"] = [TrieLogitsProcessor(trie, prompt_len, eos)]
+        common["logits_processor"] = [TrieLogitsProcessor(trie, prompt_len, eos_id)]
     if beams > 1:
         # length_penalty 0: scores stay plain log-probabilities. early_stopping False: with True, beam
         # search may stop with fewer than k finished labels and pad the rest with -1e9.
@@ -160,7 +158,17 @@ def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSet
         seq_logp = out.sequences_scores.tolist()
     else:
         trans = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        seq_logp = [_logp_until_eos(row, seq, eos) for row, seq in zip(trans.tolist(), seqs)]
+        seq_logp = [_logp_until_eos(row, seq, eos_id) for row, seq in zip(trans.tolist(), seqs)]
+    return seqs, seq_logp
+
+
+def generate_batch(model, tokenizer, prompts: list[str], settings: GenerationSettings,
+                   trie: LabelTrie | None, label_set: frozenset[str]) -> list[dict]:
+    """One left-padded batch -> one result per prompt: raw text, parsed code, ranked candidates."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    eos = tokenizer.eos_token_id
+    k = max(1, settings.top_k) if settings.constrained else 1
+    seqs, seq_logp = decode(model, enc, settings, trie, eos, tokenizer.pad_token_id)
     results = []
     for i in range(len(prompts)):
         rows = range(i * k, (i + 1) * k)

@@ -55,6 +55,33 @@ def load_tokenizer(path: str | Path, entry: dict | None = None, padding_side: st
     return tokenizer
 
 
+def local_rank() -> int:
+    """This process's GPU under `accelerate launch`/torchrun (LOCAL_RANK), 0 in a single process."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def device_map_4bit(cuda: bool) -> dict:
+    """Where a 4-bit model is loaded: the whole model on this process's own GPU (each data-parallel
+    process holds a full copy), or on the CPU (tests)."""
+    return {"": local_rank()} if cuda else {"": "cpu"}
+
+
+def enable_tf32() -> None:
+    """TF32 matmuls on CUDA through the same API the Trainer's ``tf32`` uses (transformers'
+    ``enable_tf32``: ``torch.backends.fp32_precision`` on torch >= 2.9). Setting the legacy
+    ``allow_tf32`` flags beside it mixes two APIs, which recent PyTorch warns about or refuses."""
+    try:
+        from transformers.utils.import_utils import enable_tf32 as set_tf32
+    except ImportError:  # transformers before 5.x: the same setting by hand
+        import torch
+
+        torch.backends.fp32_precision = "tf32"
+        return
+    set_tf32(True)
+
+
 def quantization_config(entry: dict, allow_cpu: bool = False):
     """NF4 4-bit where asked for and CUDA is present (or ``allow_cpu``, for tests); else None."""
     if not entry.get("load_in_4bit"):
@@ -75,19 +102,19 @@ def load_model(path: str | Path, entry: dict, allow_cpu_4bit: bool = False, dtyp
     import torch
     from transformers import AutoModelForCausalLM
 
-    if cuda_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    cuda = cuda_available()
+    if cuda:
+        enable_tf32()
     quant = quantization_config(entry, allow_cpu=allow_cpu_4bit)
     kwargs = {"dtype": dtype or resolve_dtype(entry.get("dtype", "auto")), "attn_implementation": "sdpa"}
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if cuda_available() else {"": "cpu"}
+        kwargs["device_map"] = device_map_4bit(cuda)
     if not Path(path).exists():
         raise ModelError(f"model {entry['key']}: {path} does not exist; run `dvc repro base@{entry['key']}` first")
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    if quant is None and cuda_available():
-        model = model.to("cuda")
+    if quant is None and cuda:
+        model = model.to(f"cuda:{local_rank()}")
     return model
 
 

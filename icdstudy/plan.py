@@ -12,8 +12,10 @@ data's token lengths:
   summing saved tensors (icdstudy.measure.saved_activation_bytes) and fitted over hidden,
   intermediate and KV widths; gradient checkpointing keeps only each layer's bf16 input and
   recomputes one layer at a time. tests/test_plan.py holds the model to a measured run;
-- evaluation: weights + KV cache (batch x beams x tokens x 2 x layers x KV width x 2 bytes) + one
-  layer's prefill tensors + per-step logits;
+- evaluation: weights + the larger of two phases (eval_phases): reading the prompts (their cache,
+  one layer's tensors, the padding mask, the grouped-query repeat_kv copy) and decoding (the KV
+  cache, batch x beams x tokens x 2 x layers x KV width x 2 bytes, plus one layer's copy, the
+  repeat_kv copy at beam width, the step's logits and every step's kept scores);
 - time: FLOPs (4 x matmul params per trained token, + 2 with checkpointing, + 6 x LoRA params,
   + attention) at an assumed MFU of the GPU's dense bf16 peak; decoding is bandwidth-bound
   (weights + KV cache read per step) plus a fixed per-step overhead for the label trie.
@@ -41,6 +43,7 @@ CUDA_OVERHEAD_GB = 1.5  # CUDA context, cuBLAS workspace, allocator slack
 PROMPT_OVERHEAD_TOKENS = 90  # system message, chat template and question around the input
 ANSWER_TOKENS = 8  # dotted code + EOS
 ANSWER_LOGIT_POSITIONS = 10  # logits_to_keep: the longest answer + 1
+LOGIT_FP32_COPIES = 4  # per decode step: float32 upcast, log-softmax, trie mask + masked scores, beam scores
 CHARS_PER_TOKEN = 4.0  # English clinical text with 32k-152k vocabularies (MedSynth sample: 3.9-4.3)
 DECODE_BANDWIDTH_EFFICIENCY = 0.6
 DECODE_STEP_OVERHEAD_S = 0.03  # trie masking and beam bookkeeping per generation step
@@ -132,9 +135,23 @@ def activation_bytes(arch: Architecture, tokens: int, lora_dropout: float, check
 
 
 def outside_layers_bytes(arch: Architecture, batch: int, seq: int) -> float:
-    """Saved tensors outside the decoder layers: answer-position logits (bf16 and their fp32 upcast)
-    and the final norm's input."""
-    return batch * ANSWER_LOGIT_POSITIONS * arch.vocab * 6.0 + batch * seq * arch.hidden * 2
+    """Saved tensors outside the decoder layers: the float32 log-probabilities at the answer
+    positions (cross-entropy) and the final norm's float32 input."""
+    return batch * ANSWER_LOGIT_POSITIONS * arch.vocab * 4.0 + batch * seq * arch.hidden * 4
+
+
+def shared_tensors_bytes(arch: Architecture, batch: int, seq: int) -> float:
+    """Tensors every layer uses, alive for the whole step: the padding mask (one byte per
+    query-key pair) and the rotary cos/sin tables (bf16). Autograd saves them once; with
+    checkpointing the recomputation keeps them instead."""
+    return batch * seq * seq + batch * seq * arch.head_dim * 2 * 2
+
+
+def saved_tensor_bytes(arch: Architecture, batch: int, seq: int, lora_dropout: float, checkpointing: bool) -> float:
+    """What autograd saves for backward in one training forward pass: the quantity a CPU run can
+    measure exactly (measure.saved_activation_bytes)."""
+    shared = 0 if checkpointing else shared_tensors_bytes(arch, batch, seq)
+    return activation_bytes(arch, batch * seq, lora_dropout, checkpointing) + outside_layers_bytes(arch, batch, seq) + shared
 
 
 def train_peak_bytes(arch: Architecture, batch: int, seq: int, lora_params: int, lora_dropout: float,
@@ -148,19 +165,78 @@ def train_peak_bytes(arch: Architecture, batch: int, seq: int, lora_params: int,
         # backward holds one layer's gradients beside the saved tensors; checkpointing also
         # rebuilds one layer's activations at a time
         "backward_transient": one_layer * (2 if checkpointing else 1),
-        "outside_layers": outside_layers_bytes(arch, batch, seq),
+        "outside_layers": outside_layers_bytes(arch, batch, seq) + shared_tensors_bytes(arch, batch, seq),
         "logits_grad": batch * ANSWER_LOGIT_POSITIONS * arch.vocab * 4.0,
     }
     return parts
 
 
-def eval_peak_bytes(arch: Architecture, batch: int, beams: int, seq: int, four_bit: bool) -> dict:
-    return {
-        "weights": weight_bytes(arch, four_bit),
-        "kv_cache": batch * beams * seq * 2 * arch.layers * arch.kv_dim * 2 + seq * batch * 2 * arch.kv_dim * 2,
-        "prefill": batch * seq * (4 * arch.hidden + 2 * arch.kv_dim + 3 * arch.intermediate) * 2 + batch * seq * seq,
-        "logits": batch * beams * arch.vocab * 4 * 4,
+def packs_single_query_gqa() -> bool:
+    """Whether transformers' SDPA attention runs a one-token query on the grouped key/value heads
+    (``pack_gqa``, transformers >= 5.2x) instead of expanding them with repeat_kv under a mask."""
+    try:
+        from transformers.integrations import sdpa_attention
+    except ImportError:
+        return False
+    return hasattr(sdpa_attention, "pack_gqa")
+
+
+def layer_kv_bytes(arch: Architecture, rows: int, seq: int) -> float:
+    """One decoder layer's cached keys and values for ``rows`` sequences of ``seq`` tokens (bf16)."""
+    return rows * seq * 2 * arch.kv_dim * 2
+
+
+def eval_phases(arch: Architecture, batch: int, beams: int, seq: int, four_bit: bool, new_tokens: int) -> dict:
+    """Bytes alive at the two peaks of constrained beam search over one batch (generation.decode).
+
+    prefill: the prompts are read once at ``batch`` rows (prefill_once): the cache filling up, one
+    layer's intermediate tensors, the padding mask, and repeat_kv's copy of that layer's keys and
+    values at full head count (grouped-query models under a padding mask: SDPA cannot take the
+    grouped layout with a mask, so transformers expands it).
+    decode: ``batch x beams`` rows: the whole cache and ``output_scores`` (every step's float32
+    log-probabilities are kept to the end: sequences_scores needs them), plus the larger of two
+    transients that never coexist: a layer's attention (the copy torch.cat / index_select make of
+    its keys or values, and the repeat_kv copy at beam width where the installed transformers
+    still expands grouped heads for a one-token query) or the step's logits with their float32
+    copies (upcast, log-softmax, the trie mask, beam scores).
+    """
+    rows = batch * beams
+    group = arch.heads // arch.kv_heads
+    full_heads = lambda r: r * seq * 2 * arch.q_dim * 2 if group > 1 else 0  # noqa: E731
+    prefill = {
+        "kv_cache": arch.layers * layer_kv_bytes(arch, batch, seq),
+        "layer_tensors": batch * seq * (4 * arch.hidden + 2 * arch.kv_dim + 3 * arch.intermediate) * 2,
+        "padding_mask": batch * seq * seq,
+        "gqa_repeat_kv": full_heads(batch),
     }
+    decode = {
+        "kv_cache": arch.layers * layer_kv_bytes(arch, rows, seq),
+        "output_scores": new_tokens * rows * arch.vocab * 4,
+        # prefill_once repeats the cache per beam one layer at a time; later each step rebuilds a layer
+        "cache_concat": max(layer_kv_bytes(arch, batch, seq), layer_kv_bytes(arch, rows, seq) / 2),
+        "gqa_repeat_kv": 0 if packs_single_query_gqa() else full_heads(rows),
+        "logits": rows * arch.vocab * (2 + 4 * LOGIT_FP32_COPIES),
+    }
+    return {"weights": weight_bytes(arch, four_bit), "prefill": prefill, "decode": decode}
+
+
+def phase_bytes(phase: str, terms: dict) -> float:
+    if phase == "prefill":
+        return sum(terms.values())
+    return (terms["kv_cache"] + terms["output_scores"]
+            + max(terms["cache_concat"] + terms["gqa_repeat_kv"], terms["logits"]))
+
+
+def eval_peak_bytes(arch: Architecture, batch: int, beams: int, seq: int, four_bit: bool, new_tokens: int = 12) -> float:
+    phases = eval_phases(arch, batch, beams, seq, four_bit, new_tokens)
+    return phases["weights"] + max(phase_bytes(k, phases[k]) for k in ("prefill", "decode"))
+
+
+def eval_parts(arch: Architecture, batch: int, beams: int, seq: int, four_bit: bool, new_tokens: int = 12) -> dict:
+    """The terms of the phase that sets the peak, named ``<phase>:<term>``, beside the weights."""
+    phases = eval_phases(arch, batch, beams, seq, four_bit, new_tokens)
+    phase = max(("prefill", "decode"), key=lambda k: phase_bytes(k, phases[k]))
+    return {"weights": phases["weights"], **{f"{phase}:{k}": v for k, v in phases[phase].items()}}
 
 
 # --- time ---------------------------------------------------------------------------------
@@ -255,16 +331,19 @@ def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict
     seq, mean_seq = seq_lengths(stats, ecfg["max_input_tokens"], ecfg["max_new_tokens"] + int(shot_tokens))
     n = min(stats.test, ecfg.get("max_samples") or stats.test)
 
-    def peak(batch=ecfg["batch_size"], fb=four_bit, s=seq):
-        return _peak(eval_peak_bytes(arch, batch, beams, s, fb))
+    new_tokens = ecfg["max_new_tokens"]
 
-    parts = eval_peak_bytes(arch, ecfg["batch_size"], beams, seq, four_bit)
-    fits = _fits(_peak(parts), hw)
+    def peak(batch=ecfg["batch_size"], fb=four_bit, s=seq):
+        return eval_peak_bytes(arch, batch, beams, s, fb, new_tokens)
+
+    parts = eval_parts(arch, ecfg["batch_size"], beams, seq, four_bit, new_tokens)
+    total = peak()
+    fits = _fits(total, hw)
     batches = math.ceil(n / ecfg["batch_size"])
     prefill = n * mean_seq * (2 * arch.matmul_params + 2 * arch.layers * arch.q_dim * mean_seq)
-    kv_mean = ecfg["batch_size"] * beams * mean_seq * 2 * arch.layers * arch.kv_dim * 2
+    kv_mean = arch.layers * layer_kv_bytes(arch, ecfg["batch_size"] * beams, mean_seq)
     seconds = prefill / (hw.flops * hw.mfu * (2 / 3 if four_bit else 1))
-    seconds += decode_seconds(arch, hw, batches, ecfg["max_new_tokens"], parts["weights"], kv_mean)
+    seconds += decode_seconds(arch, hw, batches, new_tokens, parts["weights"], kv_mean)
     fix = None
     if not fits:
         fix = next((f"-S {batch_key}={b} (peak {_gb(peak(batch=b))} GB)" for b in
@@ -272,7 +351,7 @@ def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict
         if fix is None and not four_bit and _fits(peak(batch=1, fb=True), hw):
             fix = f"-S models.{key}.load_in_4bit=true -S {batch_key}=1"
         fix = fix or f"does not fit a {hw.mem_gb:.0f} GB GPU at batch 1; shorten eval.max_input_tokens"
-    return StagePlan(f"{system}", _gb(_peak(parts)), fits, round(seconds / 3600, 2), fix, {
+    return StagePlan(f"{system}", _gb(total), fits, round(seconds / 3600, 2), fix, {
         "params_total": arch.params_total, "batch": ecfg["batch_size"], "beams": beams, "seq_len": seq,
         "samples": n, "parts_gb": {k: _gb(v) for k, v in parts.items()}})
 
@@ -292,6 +371,17 @@ def to_json(stages: list[StagePlan], hw: Hardware, usd_per_hour: float | None = 
     return out
 
 
+def render_eval_parts(parts: dict) -> str:
+    phase = next(k.split(":")[0] for k in parts if ":" in k)
+    t = {k.split(":")[1]: v for k, v in parts.items() if ":" in k}
+    if phase == "prefill":
+        return "prefill GB: weights {:g} + ".format(parts["weights"]) + " + ".join(
+            f"{k.replace('_', ' ')} {v:g}" for k, v in t.items() if v)
+    attention = f"cache concat {t['cache_concat']:g}" + (f" + gqa repeat_kv {t['gqa_repeat_kv']:g}" if t["gqa_repeat_kv"] else "")
+    return (f"decode GB: weights {parts['weights']:g} + kv cache {t['kv_cache']:g} + output scores {t['output_scores']:g} "
+            f"+ max(attention: {attention}; logits {t['logits']:g})")
+
+
 def render(plan: dict) -> str:
     lines = [f"Plan for one {plan['gpu']} with {plan['gpu_mem_gb']:.0f} GB (fits = predicted peak + "
              f"{CUDA_OVERHEAD_GB} GB CUDA overhead within {100 * (1 - plan['margin']):.0f}%, i.e. "
@@ -307,6 +397,8 @@ def render(plan: dict) -> str:
         else:
             what = f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']} tokens, {d['samples']} samples"
         lines.append(f"{s['stage']:<28} {s['peak_gb']:>8.1f} {'yes' if s['fits'] else 'NO':>5} {s['est_hours']:>7.2f}  {what}")
+        if not s["stage"].startswith(("train@", "base@")):  # where the peak comes from, term by term
+            lines.append(f"{'':<28} {render_eval_parts(d['parts_gb'])}")
         if s["fix"]:
             lines.append(f"{'':<28} fix: {s['fix']}")
     lines += ["", f"total: {plan['total_est_hours']:.2f} GPU hours" +

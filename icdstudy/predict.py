@@ -195,8 +195,12 @@ def main(argv=None) -> int:
     good = [(n, t) for n, t in rows if t is not None]
     for n, _ in (r for r in rows if r[1] is None):
         print(f"predict: row {n}: empty input, skipped", file=sys.stderr)
-    results = predict([t for _, t in good], tokenizer, model, labels, args.top_k, input_kind, max_tokens,
-                      args.min_confidence, progress=bool(args.input))
+    try:
+        results = predict([t for _, t in good], tokenizer, model, labels, args.top_k, input_kind, max_tokens,
+                          args.min_confidence, progress=bool(args.input))
+    except ModelError as exc:
+        print(f"predict: error: {exc}", file=sys.stderr)
+        return 2
     system = f"{'lora' if adapter else 'zeroshot'}-{entry['key']}"
     if args.input:
         lines = [json.dumps({"row": n, "system": system, **r}) for (n, _), r in zip(good, results)]

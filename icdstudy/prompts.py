@@ -1,18 +1,24 @@
 """The one prompt builder used by evaluation, training and prediction, so they cannot drift.
 
 Prompts are rendered only with the tokenizer's own chat template: no special token is
-written by hand here.
+written by hand here. Templates that write today's date (Llama-3.x: ``strftime_now``, or
+``date_string``) get TEMPLATE_DATE instead, so a prompt is the same bytes on every day: an
+adapter is trained and evaluated on the same prompts, and a rerun next month changes nothing.
 """
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 
 from . import icd10
+from .modeling import ModelError
 
 SYSTEM = "You are a medical coder. Reply with the most specific ICD-10-CM code, with its dot, and nothing else."
 INPUT_NAMES = {"dialogue": "Doctor-patient dialogue", "note": "Clinical note"}
 QUESTION = "Which ICD-10-CM code fits this encounter best?"
 ELISION = " [...] "
+# The fallback date of the Llama-3.1 template itself, so its prompts look as they would with no clock.
+TEMPLATE_DATE = datetime.date(2024, 7, 26)
 
 
 def answer_text(code: str) -> str:
@@ -34,8 +40,15 @@ def build_messages(text: str, input_kind: str, shots: list[dict] = ()) -> list[d
     return messages
 
 
+def chat_text(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The chat template's text for ``messages``, rendered on TEMPLATE_DATE whatever the clock says."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+        date_string=TEMPLATE_DATE.strftime("%d %b %Y"), strftime_now=TEMPLATE_DATE.strftime)
+
+
 def render(tokenizer, messages: list[dict]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return chat_text(tokenizer, messages, add_generation_prompt=True)
 
 
 @dataclass
@@ -73,16 +86,26 @@ def answer_ids(tokenizer, code: str) -> list[int]:
 
 
 def answer_ids_batch(tokenizer, codes) -> list[list[int]]:
-    """Token ids of each code's answer, tokenized in context (after a rendered prompt) rather
-    than alone, because SentencePiece tokenizers give a word at the start of a string a
-    different piece than the same word after a prompt. Each ends with EOS."""
-    probe = render(tokenizer, [{"role": "user", "content": "x"}])
-    base = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    texts = [answer_text(c) for c in codes]
-    full = tokenizer([probe + t for t in texts], add_special_tokens=False)["input_ids"]
+    """Token ids of each code's answer exactly as the chat template renders an assistant turn after
+    its generation prompt, up to and including EOS. Mistral's template, for one, writes a space
+    before the answer (``[/INST] E11.9</s>``): the answer starts with the piece ``▁E``, which a
+    model has seen there, not ``E``. Training labels and the constrained-decoding trie both come
+    from here, so what the model learns, what it may generate and what the template shows agree."""
+    probe = [{"role": "user", "content": "x"}]
+    prompt = chat_text(tokenizer, probe, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    codes = list(codes)
+    texts = [chat_text(tokenizer, probe + [{"role": "assistant", "content": answer_text(c)}], add_generation_prompt=False)
+             for c in codes]
+    eos = tokenizer.eos_token_id
     out = []
-    for ids, text in zip(full, texts):
-        if ids[:len(base)] != base:
-            ids = base + tokenizer(text, add_special_tokens=False)["input_ids"]
-        out.append(ids[len(base):] + [tokenizer.eos_token_id])
+    for code, text, ids in zip(codes, texts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+        if not text.startswith(prompt) or ids[:len(prompt_ids)] != prompt_ids:
+            raise ModelError(
+                f"the chat template of {getattr(tokenizer, 'name_or_path', 'this tokenizer')!r} renders an assistant "
+                f"answer that does not continue its generation prompt ({text[len(prompt) - 20:][:60]!r} after "
+                f"{prompt[-20:]!r}), so the model cannot be asked for {code} token by token; set "
+                "models.<key>.chat_template to a template whose assistant turn follows its generation prompt")
+        answer = ids[len(prompt_ids):]
+        out.append(answer[:answer.index(eos) + 1] if eos in answer else answer + [eos])
     return out

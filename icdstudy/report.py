@@ -160,8 +160,18 @@ def seed_table(evals: dict) -> list[str]:
     return out + ["", "The table and verdicts above use the first seed; the verdicts say in how many seeds they hold.", ""]
 
 
+def _provenance(bases: dict) -> str:
+    """Where each base model's weights came from, with the revision actually used."""
+    parts = []
+    for key, b in sorted(bases.items()):
+        origin = b.get("hub_id") or b.get("package") or b.get("path") or b.get("source")
+        rev = b.get("revision")
+        parts.append(f"`{key}` = {origin}" + (f" @ `{rev[:19] if rev.startswith('sha256:') else rev[:12]}`" if rev else ""))
+    return "; ".join(parts)
+
+
 def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str],
-           seed_preds: dict | None = None) -> str:
+           seed_preds: dict | None = None, bases: dict | None = None) -> str:
     systems = sorted(evals, key=lambda s: (ORDER.get(_kind(s), 9), s))
     comparisons = [compare(a, b, evals, preds, seed_preds) for a, b in pairs(systems) if a in preds and b in preds]
     out = ["# Can a fine-tuned small model code ICD-10-CM better than zero-shot larger models?", ""]
@@ -204,7 +214,9 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
         out.append("")
     d = params.get("data", {})
     out += ["## Data and settings", "",
-            f"- Source `{d.get('source')}`, input field `{data.get('input')}`; {data['rows_in']} rows read, "
+            f"- Source `{d.get('source')}`"
+            + (f" (revision `{data['source_revision']}`)" if data.get("source_revision") else "")
+            + f", input field `{data.get('input')}`; {data['rows_in']} rows read, "
             f"{data['rows_out']} kept, dropped: {data['dropped'] or 'none'}.",
             f"- {data['n_codes']} codes; train / val / test = {data['train']} / {data['val']} / {data['test']} "
             f"(split per code, seed {params.get('split', {}).get('seed')}).",
@@ -215,6 +227,7 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             f"top-k {params.get('eval', {}).get('top_k')}, examples in the zero-shot and fine-tuned prompts: "
             f"{params.get('eval', {}).get('few_shot')}.",
             *_fewshot_settings(evals, params),
+            *([f"- Base models: {_provenance(bases)}."] if bases else []),
             f"- Hardware: {_hardware(evals)}.", ""]
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]

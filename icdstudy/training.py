@@ -23,6 +23,10 @@ MODEL_COLUMNS = {"input_ids", "labels"}
 # By train.sanity_steps the loss must be this much (relative) below its first logged value:
 # batch-to-batch noise alone moves it by well under 1%.
 SANITY_MIN_DROP = 0.02
+# Non-reentrant activation checkpointing: works with frozen inputs (LoRA), with 4-bit weights and
+# under DDP with ddp_find_unused_parameters=False, where the reentrant default fails with "Expected
+# to mark a variable ready only once"; it is what torch, transformers and peft recommend.
+NON_REENTRANT = {"use_reentrant": False}
 
 
 class PreflightError(Exception):
@@ -35,10 +39,11 @@ class TrainingSanityError(Exception):
 
 # --- examples ---------------------------------------------------------------------------
 def build_example(tokenizer, row: dict, input_kind: str, max_input_tokens: int | None,
-                  loss_on_prompt: bool = False) -> dict:
+                  loss_on_prompt: bool = False, answer: list[int] | None = None) -> dict:
+    """``answer``: the code's answer ids when already known (prompts.answer_ids otherwise)."""
     prompt, _ = prompts.prompt_for(tokenizer, row["input"], input_kind, max_input_tokens)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer = prompts.answer_ids(tokenizer, row["code"])
+    answer = answer or prompts.answer_ids(tokenizer, row["code"])
     labels = (prompt_ids if loss_on_prompt else [IGNORE] * len(prompt_ids)) + answer
     return {"input_ids": prompt_ids + answer, "labels": list(labels)}
 
@@ -48,7 +53,10 @@ def build_dataset(tokenizer, rows: list[dict], input_kind: str, max_input_tokens
     """A datasets.Dataset holding token ids only: strings never reach the collator."""
     from datasets import Dataset
 
-    return Dataset.from_list([build_example(tokenizer, r, input_kind, max_input_tokens, loss_on_prompt) for r in rows])
+    codes = sorted({r["code"] for r in rows})
+    answers = dict(zip(codes, prompts.answer_ids_batch(tokenizer, codes)))
+    return Dataset.from_list([build_example(tokenizer, r, input_kind, max_input_tokens, loss_on_prompt, answers[r["code"]])
+                              for r in rows])
 
 
 class CausalCollator:
@@ -133,16 +141,16 @@ def preflight(batch: dict, codes: list[str], tokenizer, dataset_columns, loss_on
 
 def _generation_prompt(tokenizer) -> str:
     msgs = [{"role": "user", "content": "x"}]
-    with_gen = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    without = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    with_gen = prompts.chat_text(tokenizer, msgs, add_generation_prompt=True)
+    without = prompts.chat_text(tokenizer, msgs, add_generation_prompt=False)
     return with_gen[len(without):]
 
 
 def _check_template_eos(tokenizer) -> None:
     """The chat template must close an assistant turn with the tokenizer's EOS, or the model
     learns to stop with a token that generation does not stop on."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": "E11.9"}],
-                                         tokenize=False)
+    text = prompts.chat_text(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "E11.9"}],
+                             add_generation_prompt=False)
     after = text[text.rindex("E11.9") + len("E11.9"):]
     if not after.lstrip(" ").startswith(tokenizer.eos_token):
         raise PreflightError(f"preflight: the chat template ends an assistant turn with {after.strip()[:20]!r}, not the "
@@ -212,6 +220,7 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
         save_total_limit=cfg["save_total_limit"], load_best_model_at_end=True, metric_for_best_model="eval_loss",
         greater_is_better=False, bf16=bf16, tf32=cuda or None, seed=cfg["seed"], data_seed=cfg["seed"],
         train_sampling_strategy="group_by_length", gradient_checkpointing=cfg["gradient_checkpointing"],
+        gradient_checkpointing_kwargs=NON_REENTRANT,
         report_to="none", remove_unused_columns=False, use_cpu=not cuda, dataloader_num_workers=0,
         disable_tqdm=False, ddp_find_unused_parameters=False,
     )
@@ -219,7 +228,7 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
 
 def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
               max_input_tokens: int | None, adapter_dir, work_dir, live_dir=None, allow_cpu_4bit: bool = False,
-              model_fingerprint: str = "", done_file=None) -> dict:
+              model_fingerprint: str = "", done_file=None, extra_callbacks=()) -> dict:
     """Train a LoRA adapter on ``train_rows``, keep the best by validation loss, return metrics.
 
     Checkpoints go to ``work_dir``; a rerun with the same data, model and params resumes from
@@ -228,6 +237,7 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     first process writes files and gets the metrics, the others get None. With ``done_file``
     a finished run records its metrics there, and a rerun with the same settings whose adapter
     is still in place returns them without training (a multi-seed stage resumes per seed).
+    ``extra_callbacks`` are TrainerCallbacks added to the run (tests record losses with them).
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -272,7 +282,8 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     model = load_model(base_dir, entry, allow_cpu_4bit=allow_cpu_4bit, dtype=None if cuda else torch.float32)
     quantized = getattr(model, "is_loaded_in_4bit", False)
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["gradient_checkpointing"])
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["gradient_checkpointing"],
+                                                gradient_checkpointing_kwargs=NON_REENTRANT)
     model = get_peft_model(model, LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
                                              target_modules=list(cfg["target_modules"]), task_type="CAUSAL_LM"))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -287,11 +298,16 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     callbacks = [EarlyStoppingCallback(cfg["early_stopping_patience"], cfg["early_stopping_threshold"]),
                  sanity_callback(cfg["sanity_steps"])]
     if live_dir and main:
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
+        try:
+            from dvclive import Live
+        except ImportError:  # a bare CUDA image (the GPU check) trains without curves
+            print(f"training: DVCLive is not installed; no training curves in {live_dir}")
+        else:
+            from transformers.integrations import DVCLiveCallback
 
-        callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
-                                                   resume=bool(last), report=None)))
+            callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
+                                                       resume=bool(last), report=None)))
+    callbacks += list(extra_callbacks)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collate,
                       processing_class=tokenizer, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=last)

@@ -90,6 +90,9 @@ def main() -> int:
                 fingerprint_parts={"model": model_fingerprint(base_dir, adapter)},
                 resume_file=Path(".resume") / f"{name}.jsonl", retrieval=retrieval,
             )
+        except ModelError as exc:
+            print(f"evaluate: error: {exc}", file=sys.stderr)
+            return None
         except Exception as exc:
             if not is_oom(exc):
                 raise

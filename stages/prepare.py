@@ -61,6 +61,8 @@ def main() -> int:
         "codes_not_in_icd10cm_rows": cleaned.unknown_codes_kept,
         "nonbillable_code_rows": cleaned.nonbillable_rows,
         "input": dcfg["input"],
+        "source": str(dcfg["source"]),
+        "source_revision": raw.attrs.get("revision"),  # the hub commit read, or the local file's hash
     }
     write_json(args.metrics, metrics)
     print(f"prepare: {metrics['rows_in']} rows in, {metrics['rows_out']} out, dropped {metrics['dropped'] or 'none'}; "

@@ -2,7 +2,7 @@
 
 Reads every metrics/eval/*.json with its predictions/<system>.jsonl (and the other training
 seeds' predictions/seeds/<system>/seed-*.jsonl), metrics/train/*.json,
-metrics/data.json and the DVCLive curves; writes reports/report.md and plots/*.png.
+metrics/data.json, metrics/base/*.json (each base model's revision) and the DVCLive curves; writes reports/report.md and plots/*.png.
 Imports no torch: it runs in seconds.
 """
 import argparse
@@ -42,6 +42,7 @@ def main() -> int:
     seed_preds = {s: runs for s, runs in seed_preds.items() if runs}
     trains = {p.stem: read_json(p) for p in sorted((root / "metrics/train").glob("*.json"))}
     data = read_json(root / "metrics/data.json")
+    bases = {p.stem: read_json(p) for p in sorted((root / "metrics/base").glob("*.json"))}
 
     made = [plots.accuracy_by_system(evals, plot_dir / "accuracy_by_system.png"),
             plots.accuracy_vs_latency(evals, plot_dir / "accuracy_vs_latency.png"),
@@ -61,9 +62,9 @@ def main() -> int:
     import os
 
     rel = [os.path.relpath(p, out.parent) for p in made]
-    write_text_atomic(out, render(evals, preds, trains, data, params, rel, seed_preds))
+    write_text_atomic(out, render(evals, preds, trains, data, params, rel, seed_preds, bases))
     print(f"report: {len(evals)} systems, {len(made)} plots -> {out}")
-    for line in render(evals, preds, trains, data, params, [], seed_preds).splitlines()[2:]:
+    for line in render(evals, preds, trains, data, params, [], seed_preds, bases).splitlines()[2:]:
         if line.startswith("- **"):
             print("  " + line[2:].replace("**", ""))
     return 0

@@ -48,6 +48,7 @@ def main() -> int:
                                 "--dynamo_backend", "no", __file__, *sys.argv[1:]])
     warnings.filterwarnings("ignore", category=FutureWarning)
     from icdstudy.evaluation import model_fingerprint
+    from icdstudy.modeling import ModelError
     from icdstudy.training import PreflightError, TrainingSanityError, fine_tune
 
     base_dir = Path("models/base") / args.model
@@ -69,7 +70,7 @@ def main() -> int:
                             live_dir=Path("dvclive") / args.model if first else done_root / tag / "dvclive",
                             model_fingerprint=model_fingerprint(base_dir),
                             done_file=None if first else done_root / f"{tag}.json")
-        except (PreflightError, TrainingSanityError) as exc:
+        except (PreflightError, TrainingSanityError, ModelError) as exc:
             print(f"train: error: {exc}", file=sys.stderr)
             return 1
         except Exception as exc:

@@ -11,11 +11,19 @@ templates follow each Instruct model's published conventions:
   user turn, no system role of its own.
 """
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
 
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}"
+# Llama-3.1/3.2-Instruct: the system turn carries a knowledge date and today's date, from the
+# template's own clock (strftime_now) unless date_string is given, as the published templates do.
+LLAMA3 = ("{{ bos_token }}{% if date_string is not defined %}{% if strftime_now is defined %}"
+          "{% set date_string = strftime_now('%d %b %Y') %}{% else %}{% set date_string = '26 Jul 2024' %}{% endif %}{% endif %}"
+          "{% if messages[0]['role'] == 'system' %}{% set system_message = messages[0]['content'] | trim %}"
+          "{% set messages = messages[1:] %}{% else %}{% set system_message = '' %}{% endif %}"
+          "{{ '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: ' + date_string "
+          "+ '\n\n' + system_message + '<|eot_id|>' }}{% for m in messages %}"
           "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 QWEN25 = ("{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. "
@@ -39,9 +47,10 @@ FAMILIES = {
 
 
 def package_file(package: str | None, name: str) -> Path:
-    """A file inside an installed package, or (package None) in .venv/assets, unpacked by the Makefile."""
+    """A file inside an installed package, or (package None) in $ICDSTUDY_ASSETS, else .venv/assets,
+    unpacked by the Makefile (and by tools/gpu_wheels.sh into .whl/assets for the GPU check)."""
     if package is None:
-        path = Path(sys.prefix) / "assets" / name
+        path = Path(os.environ.get("ICDSTUDY_ASSETS") or Path(sys.prefix) / "assets") / name
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `make setup` (it unpacks it from mistral-common's wheel)")
         return path
@@ -85,4 +94,24 @@ def build_family_model(family: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    return out
+
+
+def random_model_folder(family: str, arch, out: Path, device: str = "cpu") -> Path:
+    """A model of ``arch`` (icdstudy.architectures.Architecture) with random bf16 weights and the family's
+    real tokenizer and chat template, saved as an HF folder: the benchmarks' subject where no weights can
+    be downloaded (the GPU check)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = load_family_tokenizer(family, out.parent / f"{out.name}-spm")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(arch.to_config(vocab=len(tok), bos_token_id=tok.bos_token_id,
+                                                                eos_token_id=tok.eos_token_id,
+                                                                pad_token_id=tok.pad_token_id), dtype=torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    del model
     return out

@@ -52,3 +52,26 @@ def test_a_train_param_invalidates_only_training(tmp_path):
     status = json.loads(dvc(repo, "status", "--json"))
     changed = [s for s, reasons in status.items() if any("params.yaml" in r.get("changed deps", {}) for r in reasons)]
     assert changed == ["train@smollm2-135m"], status
+
+
+def test_overrides_without_dvc_give_the_same_params(tmp_path):
+    """The GPU check's environment has no DVC: its plain dotted overrides must agree with DVC's."""
+    import shutil
+
+    import yaml
+
+    from icdstudy import study
+
+    args = [a for a in study.overrides(REPO / "configs/full-study.yaml") if a != "-S"] + ["train.seeds=[42,43]"]
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", path)
+    study._apply_plain_overrides(path, args)
+    plain = yaml.safe_load(path.read_text())
+    import os
+
+    here = os.getcwd()
+    os.chdir(REPO)
+    try:
+        assert plain == study.resolved_params("full-study", ["train.seeds=[42,43]"])
+    finally:
+        os.chdir(here)

@@ -191,6 +191,8 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
+                    reason="two data-parallel processes need two GPUs where CUDA is present (gloo on CPU otherwise)")
 def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_path):
     """train.num_processes: 2 runs the stage as two gloo processes on CPU; one writes the outputs."""
     import shutil
