@@ -21,6 +21,19 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
+def replace_tree(src: str | Path, dest: str | Path) -> None:
+    """Copy folder ``src`` to ``dest``, replacing what was there: copied beside it, then renamed,
+    so a kill leaves the old folder or the new one, never half of it."""
+    import shutil
+
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
 def write_json(path: str | Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 

@@ -143,3 +143,26 @@ def training_curves(live_dirs: dict[str, Path], out: Path) -> str | None:
     ax.grid(alpha=0.3)
     ax.set_title("LoRA training and validation loss", fontsize=10)
     return _save(fig, out)
+
+
+def error_breakdown(breakdown: dict, out: Path) -> str:
+    """Each system's test rows split into correct and the three places an error can land."""
+    kinds = [("correct", "correct", "#1b9e77"), ("right category, wrong code", "right category, wrong code", "#a6d854"),
+             ("right chapter, wrong category", "right chapter, wrong category", "#fdae61"),
+             ("wrong chapter", "wrong chapter", "#d7191c"), ("no prediction", "no prediction", "#999999")]
+    systems = list(breakdown)
+    fig, ax = plt.subplots(figsize=(7.5, 1.3 + 0.45 * len(systems)))
+    left = np.zeros(len(systems))
+    for key, label, color in kinds:
+        n = np.array([breakdown[s][key] for s in systems], dtype=float)
+        total = np.array([sum(breakdown[s].values()) for s in systems], dtype=float)
+        share = 100 * n / np.maximum(total, 1)
+        if share.any():
+            ax.barh(systems, share, left=left, color=color, label=label, edgecolor="white")
+        left += share
+    ax.invert_yaxis()
+    ax.set_xlabel("test rows (%)")
+    ax.set_xlim(0, 100)
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.set_title("Where predictions land in the ICD-10-CM hierarchy", fontsize=10, pad=22)
+    return _save(fig, out)

@@ -7,10 +7,10 @@ from pathlib import Path
 from . import icd10
 from .stats import mcnemar_exact, paired_bootstrap_diff
 
-DEMO_CAVEAT = ("These numbers come from the **synthetic demo data** and the 135M embedded model: they show the "
-               "pipeline works and learns, not how well anything codes real encounters. Each synthetic code has its "
-               "own phrases, which is why the TF-IDF floors, and a small model shown its nearest training examples, do so well "
-               "here. Run the full study for real numbers.")
+DEMO_CAVEAT = ("These numbers come from the **synthetic demo data** (codes in groups of siblings that share a "
+               "category, 5 to 7 generated encounters each) and the 135M embedded model: they show that the pipeline "
+               "works and learns on a task shaped like the study's, not how well anything codes real encounters. "
+               "Run the full study for real numbers.")
 
 
 def _kind(system: str) -> str:
@@ -171,7 +171,8 @@ def _provenance(bases: dict) -> str:
 
 
 def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str],
-           seed_preds: dict | None = None, bases: dict | None = None) -> str:
+           seed_preds: dict | None = None, bases: dict | None = None, inputs: dict | None = None) -> str:
+    """``inputs``: test row id -> input text, for the error examples."""
     systems = sorted(evals, key=lambda s: (ORDER.get(_kind(s), 9), s))
     comparisons = [compare(a, b, evals, preds, seed_preds) for a, b in pairs(systems) if a in preds and b in preds]
     out = ["# Can a fine-tuned small model code ICD-10-CM better than zero-shot larger models?", ""]
@@ -204,6 +205,9 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
                        f"| {c['speed_ratio'] or 0:.2g} | {c['memory_ratio'] or 0:.2g} |")
         out += ["", "CI: paired bootstrap over test rows (5,000 resamples, seed 42). McNemar: exact binomial test on "
                 "the rows where exactly one system is right.", ""]
+    scored = [s for s in systems if s in preds]
+    if scored:
+        out += error_section(error_breakdown({s: preds[s] for s in scored}), preds, inputs or {}, scored)
     out += seed_table(evals)
     if trains:
         out += ["## Training", "", "| model | trainable params | steps | epochs | mean train loss | best val loss "
@@ -232,6 +236,57 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+ERROR_KINDS = ("right category, wrong code", "right chapter, wrong category", "wrong chapter", "no prediction")
+
+
+def error_kind(gold: str, pred: str | None) -> str | None:
+    """Where a wrong prediction lands in the ICD-10-CM hierarchy; None when it is right."""
+    if pred == gold:
+        return None
+    if not pred:
+        return "no prediction"
+    if icd10.category(pred) == icd10.category(gold):
+        return "right category, wrong code"
+    return "right chapter, wrong category" if icd10.chapter(pred) == icd10.chapter(gold) else "wrong chapter"
+
+
+def error_breakdown(preds: dict) -> dict[str, dict[str, int]]:
+    """Per system: its correct rows, and its errors counted by ERROR_KINDS."""
+    out = {}
+    for system, rows in preds.items():
+        kinds = [error_kind(r["gold"], r["pred"]) for r in rows]
+        out[system] = {"correct": kinds.count(None), **{k: kinds.count(k) for k in ERROR_KINDS}}
+    return out
+
+
+def error_section(breakdown: dict, preds: dict, inputs: dict[str, str], systems: list[str], examples: int = 2) -> list[str]:
+    """The table of error kinds for every system, then a few errors of each kind of the fine-tuned ones."""
+    out = ["## Where the errors land", "",
+           "| system | correct | right category, wrong code | right chapter, wrong category | wrong chapter | no prediction |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for s in systems:
+        b = breakdown[s]
+        wrong = sum(b[k] for k in ERROR_KINDS)
+        cells = " | ".join(f"{b[k]} ({100 * b[k] / wrong:.0f}%)" if wrong else "0" for k in ERROR_KINDS)
+        out.append(f"| {s} | {b['correct']} | {cells} |")
+    out += ["", "Percentages are shares of the system's errors. A wrong code in the right category is a near miss "
+            "(laterality, type, stage, encounter); a wrong chapter is a different disease.", ""]
+    for s in (x for x in systems if _kind(x) == "lora" and x in preds):
+        rows = [(error_kind(r["gold"], r["pred"]), r) for r in preds[s]]
+        shown = [pair for kind in ERROR_KINDS[:3] for pair in [(k, r) for k, r in rows if k == kind][:examples]]
+        if not shown:
+            continue
+        out += [f"Examples of `{s}`'s errors:", "", "| kind | gold | predicted | input (excerpt) |", "|---|---|---|---|"]
+        for kind, r in shown:
+            text = " ".join(inputs.get(r["id"], "").split())
+            excerpt = (text[:150] + " …") if len(text) > 150 else text
+            out.append(f"| {kind} | {icd10.dotted(r['gold'])} {icd10.description(r['gold']) or ''} "
+                       f"| {icd10.dotted(r['pred']) if r['pred'] else '—'} {icd10.description(r['pred']) or '' if r['pred'] else ''} "
+                       f"| {excerpt.replace('|', '/')} |")
+        out.append("")
+    return out
 
 
 def per_chapter_accuracy(preds: dict) -> dict[str, dict[str, float]]:

@@ -6,6 +6,12 @@
     python -m icdstudy.study plan [NAME] [-S key=value ...] [--gpu-mem-gb G] [--json] [--measure]
         predicts, for every stage those params select, peak GPU memory, whether it fits, the
         fix if not, and the GPU hours; exits 1 if any stage does not fit. Needs no GPU and no hub.
+    python -m icdstudy.study apply NAME
+        writes configs/NAME.yaml into params.yaml (DVC's override code; comments kept), for runs
+        with plain `dvc repro`, such as a study sharded over several hosts.
+    python -m icdstudy.study shard [NAME] --hosts N
+        prints each host's commands to split the study's GPU stages over N hosts through DVC's
+        run cache, balanced by the plan's GPU hours, and the commands that gather the results.
 """
 from __future__ import annotations
 
@@ -197,10 +203,95 @@ def plan_main(argv) -> int:
     return 0 if result["fits"] else 1
 
 
+def apply_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m icdstudy.study apply", description=(
+        "Write configs/NAME.yaml's overrides and -S overrides into params.yaml (DVC's override code)."))
+    p.add_argument("name", nargs="?", help="a file configs/<name>.yaml, e.g. full-study")
+    p.add_argument("-S", "--set-param", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--params", default="params.yaml")
+    args = p.parse_args(argv)
+    from dvc.utils.hydra import apply_overrides
+
+    try:
+        given = [a for a in overrides(_config(args.name)) if a != "-S"] if args.name else []
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    apply_overrides(args.params, given + args.sets)
+    print(f"study: {len(given) + len(args.sets)} overrides applied to {args.params}; commit it (on a branch) so "
+          "every host runs the same params")
+    return 0
+
+
+# The GPU stages of one model, in pipeline order; a host that runs them also runs prepare and base@<model>.
+MODEL_STAGES = ("zeroshot", "fewshot", "train", "evaluate")
+
+
+def assign_hosts(stages: list, hosts: int) -> list[dict]:
+    """Each model's GPU stages on one host (they share its base weights), models spread so that the
+    planned GPU hours are as even as a greedy longest-first assignment makes them."""
+    by_model: dict[str, dict] = {}
+    for st in stages:
+        kind, _, key = st.stage.partition("@")
+        if kind in MODEL_STAGES:
+            group = by_model.setdefault(key, {"model": key, "stages": [], "hours": 0.0})
+            group["stages"].append(st.stage)
+            group["hours"] += st.est_hours
+    plan = [{"models": [], "stages": [], "hours": 0.0} for _ in range(hosts)]
+    for group in sorted(by_model.values(), key=lambda g: (-g["hours"], g["model"])):
+        host = min(plan, key=lambda h: h["hours"])
+        host["models"].append(group["model"])
+        host["stages"] += sorted(group["stages"], key=lambda s: MODEL_STAGES.index(s.split("@")[0]))
+        host["hours"] += group["hours"]
+    return [h for h in plan if h["stages"]]
+
+
+def shard_main(argv) -> int:
+    from .plan import hardware
+
+    p = argparse.ArgumentParser(prog="python -m icdstudy.study shard", description=(
+        "Print each host's commands to split the study over several GPU hosts: every host runs its models' "
+        "stages and pushes DVC's run cache; then any one host restores them all and writes the report."))
+    p.add_argument("name", nargs="?", help="a file configs/<name>.yaml, e.g. full-study (default: params.yaml as is)")
+    p.add_argument("--hosts", type=int, default=2, help="number of GPU hosts (default 2)")
+    p.add_argument("-S", "--set-param", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="each host's GPU memory, for the hours (default 80)")
+    args = p.parse_args(argv)
+    if args.hosts < 1:
+        p.error("--hosts must be at least 1")
+    params = resolved_params(args.name, args.sets)
+    stages = plan_stages(params, data_stats(params), hardware(args.gpu_mem_gb))
+    hosts = assign_hosts(stages, args.hosts)
+    branch = args.name or "study"
+    sets = "".join(f" -S {shlex.quote(s)}" for s in args.sets)
+    print(f"# The study over {len(hosts)} GPU host(s), through DVC's run cache (README: Working as a team).")
+    print("# 0. Once, anywhere: the study's params on a branch that every host checks out.")
+    print(f"git switch -c {branch}")
+    if args.name or args.sets:
+        print(f"python -m icdstudy.study apply{' ' + args.name if args.name else ''}{sets}")
+    print(f'git commit -am "{branch}: study params" && git push -u origin {branch}')
+    for i, host in enumerate(hosts, 1):
+        print(f"\n# host {i} of {len(hosts)}: {', '.join(host['models'])} (about {host['hours']:.2f} GPU hours)")
+        print(f"git clone <your repository> icd10-study && cd icd10-study && git switch {branch} && make setup")
+        print("tools/gpu_check.sh   # the GPU check first (README: Checking a GPU host)")
+        print("dvc pull --run-cache")
+        print(f"dvc repro --pull {' '.join(host['stages'])}")
+        print("dvc push --run-cache")
+    print("\n# When every host is done, on any one host: every stage above is restored from the run cache,")
+    print("# only the data card, baselines and report run; then the results are committed once.")
+    print(f"git pull && dvc pull --run-cache && dvc repro --pull")
+    print(f'git add -A && git commit -m "{branch}: results" && dvc push && git push')
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "plan":
         return plan_main(argv[1:])
+    if argv and argv[0] == "shard":
+        return shard_main(argv[1:])
+    if argv and argv[0] == "apply":
+        return apply_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m icdstudy.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="a file configs/<name>.yaml, e.g. full-study; or `plan` (see `plan --help`)")

@@ -27,6 +27,9 @@ SANITY_MIN_DROP = 0.02
 # under DDP with ddp_find_unused_parameters=False, where the reentrant default fails with "Expected
 # to mark a variable ready only once"; it is what torch, transformers and peft recommend.
 NON_REENTRANT = {"use_reentrant": False}
+# The DVCLive series the stage keeps as its training curves (dvc.yaml plots); the rest of what
+# DVCLive writes (its summary, params, runtimes, FLOPs) stays in the work folder and goes with it.
+CURVES = ("loss.tsv", "eval/loss.tsv", "learning_rate.tsv", "grad_norm.tsv")
 
 
 class PreflightError(Exception):
@@ -223,7 +226,89 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
         gradient_checkpointing_kwargs=NON_REENTRANT,
         report_to="none", remove_unused_columns=False, use_cpu=not cuda, dataloader_num_workers=0,
         disable_tqdm=False, ddp_find_unused_parameters=False,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience counter survives a resume
     )
+
+
+def resumable_trainer(**kwargs):
+    """A Trainer whose run, killed after a checkpoint and resumed, computes what the uninterrupted run
+    computes. The stock group_by_length sampler draws each epoch's order from the global RNG at the
+    moment the epoch starts; a run resumed mid-epoch has that RNG in another state (the checkpoint's
+    RNG is restored only after the first batch), so it would train on a different order. Here each
+    epoch's length-grouped order comes from (data_seed, epoch) alone."""
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, *args, seed: int, **kw):
+            super().__init__(*args, **kw)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:  # the Trainer (through accelerate) calls it every epoch
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    class ResumableTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            return EpochSeededLengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset=dataset,
+                lengths=[len(ids) for ids in dataset["input_ids"]], seed=self.args.data_seed)
+
+    return ResumableTrainer(**kwargs)
+
+
+def last_complete_checkpoint(work_dir: Path, delete_partial: bool) -> str | None:
+    """The newest checkpoint the Trainer finished writing (trainer_state.json is the last file it
+    writes). A checkpoint cut off by a kill is deleted (by the first process), never resumed from."""
+    found = sorted((p for p in Path(work_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                   key=lambda p: int(p.name[11:]))
+    for ckpt in reversed(found):
+        if (ckpt / "trainer_state.json").exists():
+            return str(ckpt)
+        if delete_partial:
+            print(f"training: {ckpt} was cut off while being written; removed")
+            shutil.rmtree(ckpt)
+    return None
+
+
+def curves_callback(live: Path, resumed_step: int):
+    """DVCLive's Trainer callback, logging into ``live``, with the optimizer step as every point's x
+    (DVCLive's own counter counts log calls). A resumed run first drops the points logged after its
+    checkpoint by the run that was killed, so its curves are those of an uninterrupted run."""
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    if resumed_step:
+        for tsv in (live / "plots" / "metrics").rglob("*.tsv"):
+            header, *rows = tsv.read_text().splitlines()
+            kept = [r for r in rows if int(r.split("\t", 1)[0]) <= resumed_step]
+            tsv.write_text("\n".join([header, *kept]) + "\n")
+
+    class StepCurves(DVCLiveCallback):
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            self.live.step = state.global_step
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    return StepCurves(live=Live(dir=str(live), dvcyaml=False, save_dvc_exp=False, resume=bool(resumed_step), report=None))
+
+
+def _keep_curves(live: Path, live_dir: Path) -> None:
+    """Copy the training curves out of DVCLive's folder into ``live_dir`` (the stage's plots)."""
+    tmp = live_dir.with_name(live_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in CURVES:
+        src = live / "plots" / "metrics" / name
+        if src.exists():
+            (tmp / "plots" / "metrics" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, tmp / "plots" / "metrics" / name)
+    shutil.rmtree(live_dir, ignore_errors=True)
+    if tmp.exists():
+        tmp.rename(live_dir)
 
 
 def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
@@ -232,7 +317,9 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     """Train a LoRA adapter on ``train_rows``, keep the best by validation loss, return metrics.
 
     Checkpoints go to ``work_dir``; a rerun with the same data, model and params resumes from
-    the last one. The best adapter and the tokenizer are saved to ``adapter_dir``. Under
+    the last one and ends with the same adapter bytes as an uninterrupted run (resumable_trainer).
+    The best adapter and the tokenizer are saved to ``adapter_dir``; DVCLive logs into
+    ``work_dir/live`` and the curves (CURVES) are copied to ``live_dir`` at the end. Under
     ``accelerate launch`` (train.num_processes > 1) the Trainer runs data-parallel; only the
     first process writes files and gets the metrics, the others get None. With ``done_file``
     a finished run records its metrics there, and a rerun with the same settings whose adapter
@@ -241,8 +328,7 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     """
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import EarlyStoppingCallback, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers import EarlyStoppingCallback
 
     from .metrics import peak_memory_mb
     from .modeling import load_model, load_tokenizer, resolve_dtype
@@ -269,7 +355,7 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
         if main:
             work_dir.mkdir(parents=True, exist_ok=True)
             stamp.write_text(json.dumps({"run": run_id}))
-    last = get_last_checkpoint(str(work_dir))
+        last = last_complete_checkpoint(work_dir, delete_partial=main)
     start = {"epoch": 0.0, "global_step": 0}
     if last:
         start = json.loads((Path(last) / "trainer_state.json").read_text())
@@ -297,19 +383,15 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
 
     callbacks = [EarlyStoppingCallback(cfg["early_stopping_patience"], cfg["early_stopping_threshold"]),
                  sanity_callback(cfg["sanity_steps"])]
+    live = work_dir / "live"
     if live_dir and main:
         try:
-            from dvclive import Live
+            callbacks.append(curves_callback(live, start["global_step"]))
         except ImportError:  # a bare CUDA image (the GPU check) trains without curves
             print(f"training: DVCLive is not installed; no training curves in {live_dir}")
-        else:
-            from transformers.integrations import DVCLiveCallback
-
-            callbacks.append(DVCLiveCallback(live=Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False,
-                                                       resume=bool(last), report=None)))
     callbacks += list(extra_callbacks)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, data_collator=collate,
-                      processing_class=tokenizer, callbacks=callbacks)
+    trainer = resumable_trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                                data_collator=collate, processing_class=tokenizer, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=last)
     best_eval = trainer.evaluate()["eval_loss"]  # the best checkpoint is loaded at the end
     if not main:
@@ -321,6 +403,8 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     tokenizer.save_pretrained(adapter_tmp)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     adapter_tmp.rename(adapter_dir)
+    if live_dir:
+        _keep_curves(live, Path(live_dir))
     shutil.rmtree(work_dir)  # checkpoints only serve an interrupted run; a forced rerun trains afresh
 
     steps = trainer.state.global_step

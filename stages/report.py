@@ -2,7 +2,8 @@
 
 Reads every metrics/eval/*.json with its predictions/<system>.jsonl (and the other training
 seeds' predictions/seeds/<system>/seed-*.jsonl), metrics/train/*.json,
-metrics/data.json, metrics/base/*.json (each base model's revision) and the DVCLive curves; writes reports/report.md and plots/*.png.
+metrics/data.json, metrics/base/*.json (each base model's revision), the test inputs (for the
+error examples) and the DVCLive curves; writes reports/report.md and plots/*.png.
 Imports no torch: it runs in seconds.
 """
 import argparse
@@ -12,7 +13,7 @@ from pathlib import Path
 from icdstudy import metrics, plots
 from icdstudy.io import read_json, read_jsonl, write_json, write_text_atomic
 from icdstudy.params import ParamError, load_params
-from icdstudy.report import per_chapter_accuracy, render
+from icdstudy.report import error_breakdown, per_chapter_accuracy, render
 
 
 def main() -> int:
@@ -43,11 +44,14 @@ def main() -> int:
     trains = {p.stem: read_json(p) for p in sorted((root / "metrics/train").glob("*.json"))}
     data = read_json(root / "metrics/data.json")
     bases = {p.stem: read_json(p) for p in sorted((root / "metrics/base").glob("*.json"))}
+    test_file = root / "data/processed/test.jsonl"
+    inputs = {r["id"]: r["input"] for r in read_jsonl(test_file)} if test_file.exists() else {}
 
     made = [plots.accuracy_by_system(evals, plot_dir / "accuracy_by_system.png"),
             plots.accuracy_vs_latency(evals, plot_dir / "accuracy_vs_latency.png"),
             plots.accuracy_vs_params(evals, plot_dir / "accuracy_vs_params.png"),
-            plots.chapter_heatmap(per_chapter_accuracy(preds), plot_dir / "chapter_accuracy.png")]
+            plots.chapter_heatmap(per_chapter_accuracy(preds), plot_dir / "chapter_accuracy.png"),
+            plots.error_breakdown(error_breakdown(preds), plot_dir / "error_breakdown.png")]
     scored = {s: metrics.reliability_bins([r["confidence"] for r in rows], [r["pred"] == r["gold"] for r in rows])
               for s, rows in preds.items() if rows and all(r.get("confidence") is not None for r in rows)}
     if scored:
@@ -62,9 +66,9 @@ def main() -> int:
     import os
 
     rel = [os.path.relpath(p, out.parent) for p in made]
-    write_text_atomic(out, render(evals, preds, trains, data, params, rel, seed_preds, bases))
+    write_text_atomic(out, render(evals, preds, trains, data, params, rel, seed_preds, bases, inputs))
     print(f"report: {len(evals)} systems, {len(made)} plots -> {out}")
-    for line in render(evals, preds, trains, data, params, [], seed_preds, bases).splitlines()[2:]:
+    for line in render(evals, preds, trains, data, params, [], seed_preds, bases, inputs).splitlines()[2:]:
         if line.startswith("- **"):
             print("  " + line[2:].replace("**", ""))
     return 0

@@ -3,11 +3,13 @@
 Reads params `train`, `eval.max_input_tokens`, `data.input` and `models.<model>`; writes the
 best adapter (by validation loss) to models/adapters/<model>, training curves to
 dvclive/<model>, and metrics/train/<model>.json. Checkpoints live in .resume/train/<model>:
-an interrupted run resumes from the last one.
+an interrupted run resumes from the last one and ends with the adapter an uninterrupted run
+would have written, byte for byte.
 
 With several `train.seeds` the first seed's adapter is the one above (system lora-<model>);
 each other seed trains after it, in .resume/train/<model>-seed<n>, and lands with its curves in
-models/seeds/<model>/seed-<n>/ once all are done. An interrupted stage keeps finished seeds.
+models/seeds/<model>/seed-<n>/ once all are done. Finished seeds wait in .resume/train-done/:
+an interrupted stage never retrains them.
 models/seeds/<model>/seeds.json lists the seeds; metrics/train/<model>.json has each one's losses.
 
 With train.num_processes > 1 the stage re-runs itself under `accelerate launch` (one process per
@@ -21,7 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from icdstudy.io import read_jsonl, write_json
+from icdstudy.io import read_jsonl, replace_tree, write_json
 from icdstudy.params import ParamError, load_params, model_entry, section
 
 
@@ -58,18 +60,17 @@ def main() -> int:
     print(f"train: {args.model}: {len(train_rows)} train / {len(val_rows)} val examples, LoRA r={cfg['lora_r']}, "
           f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
           + (f", process {os.environ['RANK']} of {processes}" if processes > 1 else ""))
+    # Every seed trains into .resume/train-done/<tag>/ (dvc repro deletes the stage's outputs before
+    # it reruns, so a finished seed must live elsewhere); outputs are written once all are done.
     done_root = Path(".resume/train-done")
+    tags = {seed: args.model if i == 0 else f"{args.model}-seed{seed}" for i, seed in enumerate(seeds)}
     by_seed = {}
-    for i, seed in enumerate(seeds):
-        tag = args.model if i == 0 else f"{args.model}-seed{seed}"
-        first = i == 0
+    for seed, tag in tags.items():
         try:
             run = fine_tune(base_dir, entry, train_rows, val_rows, {**cfg, "seed": seed}, input_kind, max_input_tokens,
-                            adapter_dir=Path("models/adapters") / args.model if first else done_root / tag / "adapter",
-                            work_dir=Path(".resume/train") / tag,
-                            live_dir=Path("dvclive") / args.model if first else done_root / tag / "dvclive",
-                            model_fingerprint=model_fingerprint(base_dir),
-                            done_file=None if first else done_root / f"{tag}.json")
+                            adapter_dir=done_root / tag / "adapter", work_dir=Path(".resume/train") / tag,
+                            live_dir=done_root / tag / "dvclive", model_fingerprint=model_fingerprint(base_dir),
+                            done_file=done_root / f"{tag}.json")
         except (PreflightError, TrainingSanityError, ModelError) as exc:
             print(f"train: error: {exc}", file=sys.stderr)
             return 1
@@ -92,20 +93,22 @@ def main() -> int:
     if len(seeds) > 1:
         result["by_seed"] = {str(s): {k: r[k] for k in ("train_loss", "eval_loss", "steps", "epochs", "wall_s")}
                              for s, r in by_seed.items()}
+    first = done_root / tags[seeds[0]]
+    replace_tree(first / "adapter", Path("models/adapters") / args.model)
+    replace_tree(first / "dvclive", Path("dvclive") / args.model)
     seed_dir = Path("models/seeds") / args.model
     shutil.rmtree(seed_dir, ignore_errors=True)
     seed_dir.mkdir(parents=True)
     for seed in seeds[1:]:
-        tag = f"{args.model}-seed{seed}"
-        shutil.copytree(done_root / tag / "adapter", seed_dir / f"seed-{seed}")
-        if (done_root / tag / "dvclive").exists():
-            shutil.copytree(done_root / tag / "dvclive", seed_dir / f"seed-{seed}" / "dvclive")
+        shutil.copytree(done_root / tags[seed] / "adapter", seed_dir / f"seed-{seed}")
+        if (done_root / tags[seed] / "dvclive").exists():
+            shutil.copytree(done_root / tags[seed] / "dvclive", seed_dir / f"seed-{seed}" / "dvclive")
     write_json(seed_dir / "seeds.json", {"seeds": seeds, "first_seed_adapter": f"models/adapters/{args.model}"})
-    for seed in seeds[1:]:
-        shutil.rmtree(done_root / f"{args.model}-seed{seed}", ignore_errors=True)
-        (done_root / f"{args.model}-seed{seed}.json").unlink(missing_ok=True)
     result["model"] = args.model
     write_json(Path("metrics/train") / f"{args.model}.json", result)
+    for tag in tags.values():  # all written: nothing left to resume
+        shutil.rmtree(done_root / tag, ignore_errors=True)
+        (done_root / f"{tag}.json").unlink(missing_ok=True)
     print(f"train: {args.model}: train loss {result['train_loss']}, best val loss {result['eval_loss']}, "
           f"{result['steps']} steps, {result['train_tokens_per_s']} tokens/s, {result['wall_s']}s")
     return 0

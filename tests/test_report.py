@@ -98,6 +98,44 @@ def test_report_from_fixture_metrics(tmp_path):
     assert "| n/a |" in report  # the unranked zero-shot system has no top-3 / ECE
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == ["accuracy_by_system.png", "accuracy_vs_latency.png", "accuracy_vs_params.png",
-                    "chapter_accuracy.png", "reliability.png", "training_curves.png"]
+                    "chapter_accuracy.png", "error_breakdown.png", "reliability.png", "training_curves.png"]
     assert all((tmp_path / "plots" / p).stat().st_size > 10_000 for p in pngs)
     assert "](../plots/accuracy_by_system.png)" in report
+
+
+def test_errors_are_split_by_where_they_land_with_examples(tmp_path):
+    from icdstudy.report import error_breakdown, error_kind
+
+    assert error_kind("E119", "E119") is None
+    assert error_kind("E119", "E1165") == "right category, wrong code"  # a sibling
+    assert error_kind("E119", "E109") == "right chapter, wrong category"  # type 1 for type 2
+    assert error_kind("E119", "J4520") == "wrong chapter"
+    assert error_kind("E119", None) == "no prediction"
+
+    pairs = [("E119", "E119"), ("E119", "E1165"), ("M25561", "M25562"), ("E119", "E109"), ("N184", "N390"),
+             ("J4520", "I480"), ("Z23", None)]
+    rows = [{"id": f"t{i}", "gold": g, "pred": p, "raw": p or "", "valid": bool(p), "candidates": None, "confidence": None,
+             "latency_s": 0.1, "input_truncated": False} for i, (g, p) in enumerate(pairs)]
+    assert error_breakdown({"lora-x": rows})["lora-x"] == {
+        "correct": 1, "right category, wrong code": 2, "right chapter, wrong category": 2, "wrong chapter": 1,
+        "no prediction": 1}
+
+    pred_file = tmp_path / "predictions" / "lora-tiny.jsonl"
+    pred_file.parent.mkdir(parents=True)
+    pred_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "metrics" / "eval").mkdir(parents=True)
+    (tmp_path / "metrics" / "eval" / "lora-tiny.json").write_text(json.dumps(
+        {**metrics.quality(rows), **metrics.efficiency(rows), "params_total": 1e6, "peak_mem_mb": 10, "device": "cpu"}))
+    (tmp_path / "metrics" / "data.json").write_text(json.dumps(
+        {"rows_in": 7, "rows_out": 7, "dropped": {}, "n_codes": 6, "train": 7, "val": 0, "test": 7,
+         "code_mentions_before": 0, "code_mentions_after": 0, "input": "dialogue"}))
+    test = tmp_path / "data" / "processed" / "test.jsonl"
+    test.parent.mkdir(parents=True)
+    test.write_text("".join(json.dumps({"id": r["id"], "code": r["gold"], "input": f"Encounter {r['id']}: | left knee "
+                                        + "pain " * 60}) + "\n" for r in rows))
+    report = _run_report(tmp_path)
+    section = report.split("## Where the errors land")[1]
+    assert "| lora-tiny | 1 | 2 (33%) | 2 (33%) | 1 (17%) | 1 (17%) |" in section
+    assert "| right category, wrong code | M25.561 Pain in right knee | M25.562 Pain in left knee | Encounter t2: / left knee" in section
+    assert "| wrong chapter | J45.20 " in section and " …" in section  # input excerpts are cut
+    assert (tmp_path / "plots" / "error_breakdown.png").stat().st_size > 10_000
