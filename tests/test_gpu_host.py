@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from icdstudy import plan, prompts
 from icdstudy.architectures import PUBLIC_CONFIGS
@@ -229,21 +228,13 @@ def test_gradient_checkpointing_trains_with_the_same_losses(four_bit, tmp_path):
     assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
-def _train_stage(tmp_path: Path, tiny_model_dir: Path, **train) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False}
-    params["train"].update({**{k: v for k, v in CFG.items() if k != "seed"}, "seeds": [0], "num_epochs": 1, **train})
-    params["eval"]["max_input_tokens"] = 64
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    from icdstudy.io import read_json, write_jsonl
+def _train_stage(path: Path, tiny_model_dir: Path, **train) -> dict:
+    from icdstudy.io import read_json
+    from tests.test_resume import project, stage
 
-    write_jsonl(tmp_path / "data/processed/train.jsonl", ROWS * 2)
-    write_jsonl(tmp_path / "data/processed/val.jsonl", ROWS[:4])
-    shutil.copytree(tiny_model_dir, tmp_path / "models/base/tiny")
-    run = subprocess.run([sys.executable, str(REPO / "stages/train.py"), "tiny"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    return {"metrics": read_json(tmp_path / "metrics/train/tiny.json"), "losses": _losses(tmp_path / "dvclive/tiny")}
+    run = project(path, tiny_model_dir, num_epochs=1, **train)
+    stage(run, REPO / "stages/train.py", "tiny")
+    return {"metrics": read_json(run / "metrics/train/tiny.json"), "losses": _losses(run / "dvclive/tiny")}
 
 
 @pytest.mark.slow
@@ -253,7 +244,6 @@ def _train_stage(tmp_path: Path, tiny_model_dir: Path, **train) -> dict:
 def test_gradient_checkpointing_under_two_gloo_processes(tiny_model_dir, tmp_path):
     """DDP with ddp_find_unused_parameters=False: reentrant checkpointing fails here ("Expected to mark
     a variable ready only once"); non-reentrant trains, with the losses of the run without it."""
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     plain = _train_stage(tmp_path / "a", tiny_model_dir, num_processes=2)
     ckpt = _train_stage(tmp_path / "b", tiny_model_dir, num_processes=2, gradient_checkpointing=True)
     assert ckpt["metrics"]["num_processes"] == 2 and ckpt["metrics"]["steps"] == plain["metrics"]["steps"] == 3

@@ -193,3 +193,28 @@ def test_the_pull_request_report_renders_from_two_commits(team, tmp_path):
     figures = sorted(p.name for p in out.glob("*.png"))
     assert figures == ["curves_tiny.png", "exact_match_by_system.png"]  # curves read from the DVC remote
     assert all(f"]({name})" in md for name in figures)
+
+
+@pytest.mark.parametrize("config", [None, "full-study"])
+def test_every_dependency_is_carried_by_git_or_dvc(config, tmp_path):
+    """For the demo's and the full study's stage graphs: each dependency is a file git tracks or an
+    output of a stage (or inside one), and a folder a stage depends on holds nothing but outputs,
+    so a clone plus `dvc pull` has every byte `dvc status` hashes."""
+    repo = copy_repo(tmp_path / "repo")
+    if config:
+        sh(repo, sys.executable, "-m", "icdstudy.study", "apply", config)
+    tracked = set(sh(repo, "git", "ls-files").splitlines())
+    from dvc.repo import Repo
+
+    stages = Repo(str(repo)).index.stages
+    outputs = {str(o.def_path) for st in stages for o in st.outs}
+    assert "metrics/data.json" in outputs and len(stages) >= 10
+    for st in stages:
+        for dep in st.deps:
+            path = str(dep.def_path)
+            inside_output = any(path == o or path.startswith(o + "/") for o in outputs)
+            folder_of_outputs = [o for o in outputs if o.startswith(path + "/")]
+            assert path in tracked or inside_output or folder_of_outputs, f"{st.addressing}: {path} is carried by neither"
+            if folder_of_outputs and path not in tracked:  # a folder of other stages' outputs, e.g. metrics/eval
+                stray = [f for f in tracked if f.startswith(path + "/") and not f.endswith(".gitignore")]
+                assert not stray, f"{st.addressing}: {path} also holds git files {stray[:3]}"
