@@ -95,7 +95,8 @@ def main() -> int:
                              for s, r in by_seed.items()}
     first = done_root / tags[seeds[0]]
     replace_tree(first / "adapter", Path("models/adapters") / args.model)
-    replace_tree(first / "dvclive", Path("dvclive") / args.model)
+    if (first / "dvclive").exists():  # absent where DVCLive is not installed (a bare CUDA image)
+        replace_tree(first / "dvclive", Path("dvclive") / args.model)
     seed_dir = Path("models/seeds") / args.model
     shutil.rmtree(seed_dir, ignore_errors=True)
     seed_dir.mkdir(parents=True)

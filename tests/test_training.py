@@ -8,6 +8,7 @@ import torch
 from icdstudy import prompts
 from icdstudy.modeling import load_tokenizer
 from icdstudy.training import (IGNORE, PreflightError, build_dataset, build_example, collator, fine_tune, preflight)
+from tests.conftest import requires_dvc
 from tests.tiny_model import build_tiny_model
 
 ROWS = [{"id": f"r{i}", "code": c, "input": f"Patient {i}: " + "thirsty and tired. " * (1 + i % 5)}
@@ -175,6 +176,7 @@ def test_a_loss_that_does_not_fall_stops_the_run(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@requires_dvc  # the curve comes from DVCLive
 def test_smollm2_really_learns(smollm2_dir, tmp_path):
     """A short real run on the embedded model: validation loss falls well below where it started."""
     from icdstudy import data
