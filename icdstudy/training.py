@@ -297,6 +297,16 @@ def curves_callback(live: Path, resumed_step: int):
     return StepCurves(live=Live(dir=str(live), dvcyaml=False, save_dvc_exp=False, resume=bool(resumed_step), report=None))
 
 
+def canonical_adapter_config(path: Path) -> None:
+    """peft keeps target_modules as a set and writes it in the set's iteration order, which follows
+    Python's per-process string hashing: the same adapter got a different adapter_config.json in
+    every run, so DVC saw a new adapter and reran its evaluation. Rewritten sorted, in peft's format."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def _keep_curves(live: Path, live_dir: Path) -> None:
     """Copy the training curves out of DVCLive's folder into ``live_dir`` (the stage's plots)."""
     tmp = live_dir.with_name(live_dir.name + ".tmp")
@@ -400,6 +410,7 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     adapter_tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
     shutil.rmtree(adapter_tmp, ignore_errors=True)
     trainer.model.save_pretrained(adapter_tmp)
+    canonical_adapter_config(adapter_tmp / "adapter_config.json")
     tokenizer.save_pretrained(adapter_tmp)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     adapter_tmp.rename(adapter_dir)
