@@ -21,15 +21,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def replace_tree(src: str | Path, dest: str | Path) -> None:
+def replace_tree(src: str | Path, dest: str | Path, only: Iterable[str] | None = None) -> None:
     """Copy folder ``src`` to ``dest``, replacing what was there: copied beside it, then renamed,
-    so a kill leaves the old folder or the new one, never half of it."""
+    so a kill leaves the old folder or the new one, never half of it. ``only``: just these paths
+    relative to ``src`` (those that exist)."""
     import shutil
 
-    dest = Path(dest)
+    src, dest = Path(src), Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    if only is None:
+        shutil.copytree(src, tmp)
+    else:
+        tmp.mkdir(parents=True)
+        for rel in only:
+            if (src / rel).exists():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / rel, tmp / rel)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 

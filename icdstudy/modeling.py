@@ -99,7 +99,6 @@ def quantization_config(entry: dict, allow_cpu: bool = False):
 
 def load_model(path: str | Path, entry: dict, allow_cpu_4bit: bool = False, dtype=None):
     """``dtype`` overrides models.<key>.dtype (training on CPU keeps float32 master weights)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     cuda = cuda_available()

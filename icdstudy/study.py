@@ -279,7 +279,7 @@ def shard_main(argv) -> int:
         print("dvc push --run-cache")
     print("\n# When every host is done, on any one host: every stage above is restored from the run cache,")
     print("# only the data card, baselines and report run; then the results are committed once.")
-    print(f"git pull && dvc pull --run-cache && dvc repro --pull")
+    print("git pull && dvc pull --run-cache && dvc repro --pull")
     print(f'git add -A && git commit -m "{branch}: results" && dvc push && git push')
     return 0
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from . import prompts
+from .io import replace_tree
 
 IGNORE = -100
 MODEL_COLUMNS = {"input_ids", "labels"}
@@ -265,8 +266,9 @@ def resumable_trainer(**kwargs):
 def last_complete_checkpoint(work_dir: Path, delete_partial: bool) -> str | None:
     """The newest checkpoint the Trainer finished writing (trainer_state.json is the last file it
     writes). A checkpoint cut off by a kill is deleted (by the first process), never resumed from."""
-    found = sorted((p for p in Path(work_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                   key=lambda p: int(p.name[11:]))
+    step = lambda p: p.name.removeprefix("checkpoint-")  # noqa: E731
+    found = sorted((p for p in Path(work_dir).glob("checkpoint-*") if p.is_dir() and step(p).isdigit()),
+                   key=lambda p: int(step(p)))
     for ckpt in reversed(found):
         if (ckpt / "trainer_state.json").exists():
             return str(ckpt)
@@ -305,20 +307,6 @@ def canonical_adapter_config(path: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
-
-
-def _keep_curves(live: Path, live_dir: Path) -> None:
-    """Copy the training curves out of DVCLive's folder into ``live_dir`` (the stage's plots)."""
-    tmp = live_dir.with_name(live_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name in CURVES:
-        src = live / "plots" / "metrics" / name
-        if src.exists():
-            (tmp / "plots" / "metrics" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, tmp / "plots" / "metrics" / name)
-    shutil.rmtree(live_dir, ignore_errors=True)
-    if tmp.exists():
-        tmp.rename(live_dir)
 
 
 def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
@@ -415,7 +403,8 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     shutil.rmtree(adapter_dir, ignore_errors=True)
     adapter_tmp.rename(adapter_dir)
     if live_dir:
-        _keep_curves(live, Path(live_dir))
+        if live.exists():  # absent where DVCLive is not installed
+            replace_tree(live, live_dir, only=[f"plots/metrics/{name}" for name in CURVES])
     shutil.rmtree(work_dir)  # checkpoints only serve an interrupted run; a forced rerun trains afresh
 
     steps = trainer.state.global_step

@@ -230,7 +230,7 @@ def test_gradient_checkpointing_trains_with_the_same_losses(four_bit, tmp_path):
 
 def _train_stage(path: Path, tiny_model_dir: Path, **train) -> dict:
     from icdstudy.io import read_json
-    from tests.test_resume import project, stage
+    from tests.stage_project import project, stage
 
     run = project(path, tiny_model_dir, num_epochs=1, **train)
     stage(run, REPO / "stages/train.py", "tiny")

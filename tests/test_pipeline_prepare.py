@@ -1,16 +1,14 @@
 """A real `dvc repro` of the data stage in a temporary copy of the repository."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import copy_repo
+from tests.conftest import copy_repo, dvc_env
 
 
 def dvc(repo: Path, *args) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, env=dvc_env())
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 

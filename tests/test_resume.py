@@ -3,7 +3,6 @@ writes. Training gives the same adapter bytes, metrics and curves; a multi-seed 
 a finished seed; evaluation gives the same predictions."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,41 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-
-from icdstudy.io import read_json, write_json, write_jsonl
+from icdstudy.io import read_json
 from tests.conftest import REPO
-from tests.test_training import CFG, ROWS
+from tests.stage_project import project, stage
 
 TIMING = {"wall_s", "train_tokens_per_s", "peak_mem_mb", "resumed_from_step", "load_s", "samples_per_s",
           "latency_p50_s", "latency_p95_s", "generate_s"}
-TRAIN_ROWS = [{**r, "id": f"{r['id']}-{k}", "input": f"{r['input']} Visit {k}."} for k in range(2) for r in ROWS]
-
-
-def project(path: Path, tiny_model_dir: Path, **train) -> Path:
-    """A folder laid out like the pipeline's, with a tiny model and data, for running stages directly."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False}
-    params["train"].update({**{k: v for k, v in CFG.items() if k != "seed"}, "seeds": [0], "num_epochs": 2,
-                            "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "learning_rate": 2e-3, **train})
-    params["eval"].update({"max_input_tokens": 64, "batch_size": 2, "top_k": 3})
-    path.mkdir(parents=True)
-    (path / "params.yaml").write_text(yaml.safe_dump(params))
-    data = path / "data" / "processed"
-    write_jsonl(data / "train.jsonl", TRAIN_ROWS)
-    write_jsonl(data / "val.jsonl", ROWS[:4])
-    write_jsonl(data / "test.jsonl", TRAIN_ROWS[:24])
-    write_json(data / "labels.json", sorted({r["code"] for r in ROWS}))
-    shutil.copytree(tiny_model_dir, path / "models" / "base" / "tiny")
-    return path
-
-
-def stage(cwd: Path, *args) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    return run
-
-
 def kill_when(cwd: Path, args: list, ready, what: str) -> None:
     """Start a stage, SIGKILL it as soon as ``ready()`` holds (a real interruption: no cleanup runs)."""
     proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdout=subprocess.DEVNULL,

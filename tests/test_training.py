@@ -8,17 +8,9 @@ import torch
 from icdstudy import prompts
 from icdstudy.modeling import load_tokenizer
 from icdstudy.training import (IGNORE, PreflightError, build_dataset, build_example, collator, fine_tune, preflight)
-from tests.conftest import requires_dvc
+from tests.conftest import REPO, requires_dvc
+from tests.stage_project import CFG, ROWS, project, stage
 from tests.tiny_model import build_tiny_model
-
-ROWS = [{"id": f"r{i}", "code": c, "input": f"Patient {i}: " + "thirsty and tired. " * (1 + i % 5)}
-        for i, c in enumerate(["E119", "I10", "S83512A", "E784", "T814XXA", "Z23"] * 2)]
-
-CFG = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-           "gate_proj", "up_proj", "down_proj"], learning_rate=5e-3, lr_scheduler="linear", num_epochs=2,
-           warmup_steps=0, weight_decay=0.0, batch_size=4, grad_accum=1, max_grad_norm=1.0, seed=0,
-           logging_steps=1, eval_steps=2, save_steps=2, save_total_limit=2, early_stopping_patience=10,
-           early_stopping_threshold=0.0, gradient_checkpointing=False, loss_on_prompt=False, sanity_steps=0)
 
 
 @pytest.fixture(scope="module")
@@ -197,27 +189,10 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
                     reason="two data-parallel processes need two GPUs where CUDA is present (gloo on CPU otherwise)")
 def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_path):
     """train.num_processes: 2 runs the stage as two gloo processes on CPU; one writes the outputs."""
-    import shutil
-    import subprocess
-    import sys
+    from icdstudy.io import read_json
 
-    import yaml
-
-    from icdstudy.io import read_json, write_jsonl
-    from tests.conftest import REPO
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False, "chat_template": None}
-    params["train"].update({**{k: v for k, v in CFG.items() if k != "seed"}, "seeds": [0], "num_processes": 2,
-                            "num_epochs": 1})
-    params["eval"]["max_input_tokens"] = 64
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    write_jsonl(tmp_path / "data" / "processed" / "train.jsonl", ROWS * 2)
-    write_jsonl(tmp_path / "data" / "processed" / "val.jsonl", ROWS[:4])
-    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base" / "tiny")
-    run = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "tiny"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    tmp_path = project(tmp_path / "run", tiny_model_dir, num_processes=2, num_epochs=1)
+    run = stage(tmp_path, REPO / "stages" / "train.py", "tiny")
     assert "process 0 of 2" in run.stdout and "process 1 of 2" in run.stdout
     metrics = read_json(tmp_path / "metrics" / "train" / "tiny.json")
     # 24 examples, 2 processes x batch 4: 3 optimizer steps per epoch (one process would take 6)
@@ -236,34 +211,11 @@ def test_a_finished_seed_is_kept_and_not_retrained(tiny_model_dir, tmp_path, cap
 
 def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tmp_path):
     """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/seeds/tiny; evaluate@ scores both."""
-    import shutil
-    import subprocess
-    import sys
+    from icdstudy.io import read_json
 
-    import yaml
-
-    from icdstudy.io import read_json, write_json, write_jsonl
-    from tests.conftest import REPO
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False, "chat_template": None}
-    cfg = {k: v for k, v in CFG.items() if k != "seed"}
-    params["train"].update({**cfg, "seeds": [0, 7], "num_epochs": 1})
-    params["eval"].update({"max_input_tokens": 64, "batch_size": 6, "top_k": 2})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    data = tmp_path / "data" / "processed"
-    write_jsonl(data / "train.jsonl", ROWS * 2)
-    write_jsonl(data / "val.jsonl", ROWS[:4])
-    write_jsonl(data / "test.jsonl", ROWS)
-    write_json(data / "labels.json", sorted({r["code"] for r in ROWS}))
-    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base" / "tiny")
-
-    def stage(*args):
-        run = subprocess.run([sys.executable, *map(str, args)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-        return run
-
-    stage(REPO / "stages" / "train.py", "tiny")
+    tmp_path = project(tmp_path / "run", tiny_model_dir, test_rows=ROWS, eval_params={"batch_size": 6, "top_k": 2},
+                       seeds=[0, 7], num_epochs=1)
+    stage(tmp_path, REPO / "stages" / "train.py", "tiny")
     metrics = read_json(tmp_path / "metrics" / "train" / "tiny.json")
     assert metrics["seeds"] == [0, 7] and metrics["seed"] == 0 and set(metrics["by_seed"]) == {"0", "7"}
     assert metrics["by_seed"]["0"]["train_loss"] != metrics["by_seed"]["7"]["train_loss"]
@@ -272,7 +224,7 @@ def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tm
     assert read_json(tmp_path / "models" / "seeds" / "tiny" / "seeds.json")["seeds"] == [0, 7]
     assert not (tmp_path / ".resume" / "train-done" / "tiny-seed7").exists()
 
-    stage(REPO / "stages" / "evaluate.py", "tiny", "--adapter", "models/adapters/tiny", "--seed-adapters", "models/seeds/tiny")
+    stage(tmp_path, REPO / "stages" / "evaluate.py", "tiny", "--adapter", "models/adapters/tiny", "--seed-adapters", "models/seeds/tiny")
     result = read_json(tmp_path / "metrics" / "eval" / "lora-tiny.json")
     spread = result["seeds"]
     assert spread["seeds"] == [0, 7] and spread["exact_match_by_seed"]["0"] == result["exact_match"]
