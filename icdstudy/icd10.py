@@ -57,8 +57,12 @@ def is_code_shaped(code: str) -> bool:
 
 @lru_cache(maxsize=None)
 def is_valid(code: str) -> bool:
-    """True for any code in the current ICD-10-CM table (billable or not)."""
-    return bool(code) and _cm.is_valid_item(code) and not _cm.is_chapter_or_block(code)
+    """True for any code in the current ICD-10-CM table (billable or not), chapters and blocks excluded.
+    Asked as "is it a category or below", not "is it no block": simple-icd-10-cm names the five
+    one-code blocks (B20, F99, P84, R99, Z66) like their only code, so for those real, billable codes
+    ``is_chapter_or_block`` is true as well."""
+    return bool(code) and _cm.is_valid_item(code) and (
+        _cm.is_category_or_subcategory(code) or _cm.is_extended_subcategory(code))
 
 
 @lru_cache(maxsize=None)

@@ -41,3 +41,21 @@ def test_redaction_leaves_clinical_text_alone():
     text = "Vitamin B12 low, T4 normal, C3 complement, L4-L5 disc, H1N1 negative, A1C 7.2%, S1 S2 normal, G6PD ok."
     assert icd10.redact(text) == text
     assert icd10.find_mentions(text) == []
+
+
+@pytest.mark.parametrize("code,chapter", [("B20", "1"), ("F99", "5"), ("P84", "16"), ("R99", "18"), ("Z66", "21")])
+def test_codes_named_like_their_one_code_block_are_real_billable_codes(code, chapter):
+    # simple-icd-10-cm gives these blocks their only code's name; they were counted as not in ICD-10-CM
+    assert icd10.is_valid(code) and icd10.is_billable(code)
+    assert icd10.chapter(code) == chapter and icd10.description(code)
+
+
+def test_every_leaf_code_of_the_table_is_valid_billable_and_in_a_chapter():
+    import simple_icd_10_cm as cm
+
+    leaves = {c for c in cm.get_all_codes(False) if "-" not in c and not cm.is_chapter(c) and cm.is_leaf(c)}
+    assert len(leaves) > 70_000
+    bad = sorted(c for c in leaves if not (icd10.is_valid(c) and icd10.is_billable(c) and icd10.chapter(c)
+                                           and icd10.description(c)))
+    assert not bad, f"{len(bad)} leaf codes rejected, e.g. {bad[:10]}"
+    assert not any(icd10.is_valid(c) for c in ("1", "A00-A09", "E08-E13", "B20-B20"))  # chapters and blocks
