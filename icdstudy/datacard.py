@@ -6,10 +6,19 @@ from collections import Counter
 import numpy as np
 
 from . import icd10
+from .retrieval import near_copies
+
+
+def near_copy_rows(train_rows: list[dict], test_rows: list[dict], params: dict) -> dict:
+    """The test rows with a near copy in training, as the data card and the report state them."""
+    threshold = params["datacard"]["near_copy_similarity"]
+    return {"threshold": threshold, "n": len(test_rows), "ngram_max": params["retrieval"]["ngram_max"],
+            "ids": near_copies(train_rows, test_rows, threshold, params["retrieval"])}
 
 
 def render(splits: dict[str, list[dict]], data_metrics: dict, token_lengths: dict[str, list[int]],
-           tokenizer_name: str, source: str) -> str:
+           tokenizer_name: str, source: str, near: dict | None = None) -> str:
+    """``near``: the test rows with a near copy in training (threshold, n, ids)."""
     lines = [f"# Data card", "", f"Source: `{source}`; input field: `{data_metrics['input']}`.", ""]
     lines += ["| | rows |", "|---|---:|", f"| read | {data_metrics['rows_in']} |", f"| kept | {data_metrics['rows_out']} |"]
     for reason, n in data_metrics["dropped"].items():
@@ -20,6 +29,12 @@ def render(splits: dict[str, list[dict]], data_metrics: dict, token_lengths: dic
               f"{data_metrics['nonbillable_code_rows']}.", "",
               f"Leakage: {data_metrics['code_mentions_before']} inputs mentioned an ICD-10 code before redaction, "
               f"{data_metrics['code_mentions_after']} after.", ""]
+    if near is not None:
+        share = len(near["ids"]) / near["n"] if near["n"] else 0.0
+        lines += [f"Near copies: {len(near['ids'])} of {near['n']} test rows ({100 * share:.1f}%) have a training row with "
+                  f"TF-IDF cosine similarity >= {near['threshold']} (`datacard.near_copy_similarity`; 1-{near['ngram_max']}-grams, "
+                  "as the retriever). The floors, few-shot and shortlist systems can score on those by finding the copy: "
+                  "the report splits every system's exact match by them.", ""]
     lines += ["## Rows per ICD-10-CM chapter", "", "| chapter | train | val | test |", "|---|---:|---:|---:|"]
     counts = {name: Counter(icd10.chapter(r["code"]) for r in rows) for name, rows in splits.items()}
     chapters = sorted({c for cnt in counts.values() for c in cnt if c}, key=int)

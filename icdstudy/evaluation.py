@@ -81,11 +81,11 @@ def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: Gen
                               settings.seed, retrieval)
     # The best neighbour goes last, next to the encounter it resembles.
     built = [prompts.prompt_for(tokenizer, r["input"], input_kind, settings.max_input_tokens, s[::-1],
-                                settings.max_shot_tokens) for r, s in zip(test_rows, shots)]
+                                settings.max_shot_tokens, r.get("shortlist")) for r, s in zip(test_rows, shots)]
     texts = [p for p, _ in built]
     fingerprint = hashlib.sha256(json.dumps({
         "settings": asdict(settings), "input": input_kind, "labels": sorted(label_codes),
-        "test": [(r["id"], r["code"], r["input"]) for r in test_rows], **(fingerprint_parts or {}),
+        "test": [(r["id"], r["code"], r["input"], r.get("shortlist")) for r in test_rows], **(fingerprint_parts or {}),
         "shots": [[x["id"] for x in s] for s in shots],
     }, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -106,6 +106,8 @@ def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: Gen
                    "latency_s": round(seconds / len(indices), 5), "input_truncated": built[i][1]}
             if settings.few_shot:
                 row["shot_ids"] = [x["id"] for x in shots[i]]
+            if "shortlist" in test_rows[i]:
+                row["shortlist"] = [c["code"] for c in test_rows[i]["shortlist"]]
             done[row["id"]] = row
             if appender:
                 appender.write(row)

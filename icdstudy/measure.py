@@ -287,13 +287,17 @@ def _row(st, arch, device: str, batch: int, seq: int, what: str, predicted: floa
             "summary": f"{what} {measured:.4g} GB vs planned {predicted:.4g} GB ({100 * err:+.1f}%), {speed}"}
 
 
+TRAIN_KINDS = ("train", "train-shortlist")
+EVAL_KINDS = ("zeroshot", "fewshot", "shortlist", "evaluate", "evaluate-shortlist")
+
+
 def measure_plan(params: dict, stages: list, hw, weights: str = "random", steps: int = 3) -> list[dict]:
     """Measured figures for each train@ and evaluation stage of ``stages`` beside its plan."""
     from pathlib import Path
 
     import torch
 
-    from .params import model_entry
+    from .params import model_entry, train_config
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -302,13 +306,14 @@ def measure_plan(params: dict, stages: list, hw, weights: str = "random", steps:
     out = []
     for st in stages:
         kind, _, key = st.stage.partition("@")
-        if kind not in ("train", "zeroshot", "fewshot", "evaluate"):
+        if kind not in TRAIN_KINDS + EVAL_KINDS:
             continue
         entry = model_entry(params, key)
         arch = architecture(entry, Path("models/base") / key)
         wdir = Path(entry.get("path") or Path("models/base") / key) if weights == "real" else None
         four_bit = bool(entry.get("load_in_4bit"))
-        if kind == "train":
+        if kind in TRAIN_KINDS:
+            tcfg = train_config(params, shortlist=kind != "train")
             lora = arch.lora_params(tcfg["lora_r"], tcfg["target_modules"])
             if cuda:
                 batch, seq = tcfg["batch_size"], st.detail["seq_len"]

@@ -4,9 +4,19 @@ Every function takes plain lists, so the math is testable on hand-built cases.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 
 from . import icd10
+
+
+def split_fingerprint(rows: list[dict]) -> str:
+    """What a system was scored on: a hash of the evaluated rows' ids, gold codes and inputs, in order.
+    Two systems are paired row by row only when theirs are equal."""
+    rows = [[r["id"], r["code"], r["input"]] for r in rows]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def bootstrap_ci(hits, n_boot: int = 2000, seed: int = 42, alpha: float = 0.05) -> list[float]:

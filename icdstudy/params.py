@@ -40,3 +40,8 @@ def model_entry(params: dict, key: str) -> dict:
     if key not in models:
         raise ParamError(f"params.yaml: model {key!r} is not registered under models (registered: {', '.join(models)})")
     return {"key": key, **models[key]}
+
+
+def train_config(params: dict, shortlist: bool = False) -> dict:
+    """The training recipe: section ``train``, with ``train_shortlist``'s keys replaced for the shortlist runs."""
+    return {**section(params, "train"), **((params.get("train_shortlist") or {}) if shortlist else {})}

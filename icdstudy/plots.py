@@ -11,12 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .icd10 import CHAPTER_TITLES  # noqa: E402
+from .systems import kind  # noqa: E402
 
-COLORS = {"lora": "#1b9e77", "zeroshot": "#d95f02", "fewshot": "#e6ab02", "tfidf": "#7570b3", "knn": "#e7298a"}
+COLORS = {"lora": "#1b9e77", "lora-shortlist": "#0b5d47", "zeroshot": "#d95f02", "fewshot": "#e6ab02",
+          "shortlist": "#a6761d", "tfidf": "#7570b3", "knn": "#e7298a"}
 
 
 def _color(system: str) -> str:
-    return COLORS.get(system.split("-", 1)[0], "#666666")
+    return COLORS.get(kind(system), "#666666")
 
 
 def _save(fig, path: Path) -> str:
@@ -125,18 +127,16 @@ def training_curves(live_dirs: dict[str, Path], out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for model, d in live_dirs.items():
-        metrics = d / "plots" / "metrics"
-        epoch = _tsv(metrics / "epoch.tsv")
+        metrics = d / "plots" / "metrics"  # the curves the train stage keeps, with the optimizer step as x
         for name, style in (("loss.tsv", "-"), ("eval/loss.tsv", "o--")):
-            series = _tsv(metrics / name)
-            pts = sorted((epoch.get(s, np.nan), v) for s, v in series.items())
+            pts = sorted(_tsv(metrics / name).items())
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{model} {'validation' if 'eval' in name else 'training'}")
                 drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per answer token (nats)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)

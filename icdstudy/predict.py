@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                    "with its fine-tuned adapter if the pipeline trained one)")
     p.add_argument("--adapter", help="a LoRA adapter folder (default: models/adapters/<model> if present)")
     p.add_argument("--no-adapter", action="store_true", help="use the base model even if an adapter exists")
+    p.add_argument("--shortlist", action="store_true", help="list, in the prompt, the eval.candidates codes the TF-IDF "
+                   "retriever over the training split ranks highest, as the shortlist systems do (default adapter: "
+                   "models/adapters/shortlist-<model>, trained on such prompts)")
     p.add_argument("--top-k", type=int, default=5, help="candidates to return (default 5)")
     p.add_argument("--labels", default="train", help="candidate codes: train (the training label set, default), "
                    "all (every billable ICD-10-CM code; slower), or a labels.json / text file of codes")
@@ -56,9 +59,7 @@ def _label_set(spec: str, data_dir: Path) -> dict[str, str | None]:
             raise PredictError(f"{path} not found: run `dvc repro prepare`, or pass --labels all or a file of codes")
         return {c: v.get("description") for c, v in json.loads(path.read_text()).items()}
     if spec == "all":
-        import simple_icd_10_cm as cm
-
-        return {icd10.normalize(c): None for c in cm.get_all_codes(False) if cm.is_leaf(c) and not cm.is_chapter_or_block(c)}
+        return dict.fromkeys(icd10.billable_codes())
     path = Path(spec)
     if not path.exists():
         raise PredictError(f"--labels {spec}: not 'train', 'all' or an existing file")
@@ -103,8 +104,10 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None]:
     adapter = None
     if args.adapter:
         adapter = Path(args.adapter)
-    elif not args.no_adapter and (Path("models/adapters") / entry["key"] / "adapter_config.json").exists():
-        adapter = Path("models/adapters") / entry["key"]
+    elif not args.no_adapter:
+        run = f"shortlist-{entry['key']}" if args.shortlist else entry["key"]
+        if (Path("models/adapters") / run / "adapter_config.json").exists():
+            adapter = Path("models/adapters") / run
     return base, entry, adapter
 
 
@@ -123,12 +126,16 @@ def _result(res: dict, labels: dict, min_conf: float) -> dict:
 
 
 def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_kind: str,
-            max_input_tokens: int | None, min_confidence: float = 0.0, progress: bool = False) -> list[dict]:
+            max_input_tokens: int | None, min_confidence: float = 0.0, progress: bool = False,
+            shortlists: list[list[dict]] | None = None) -> list[dict]:
+    """``shortlists``: each text's candidate shortlist for the prompt (shortlist systems), or None."""
     from . import icd10, prompts
     from .generation import GenerationSettings, run_generation
 
     known = frozenset(labels)
-    prompt_texts = [prompts.prompt_for(tokenizer, icd10.redact(t, known), input_kind, max_input_tokens)[0] for t in texts]
+    shortlists = shortlists or [None] * len(texts)
+    prompt_texts = [prompts.prompt_for(tokenizer, icd10.redact(t, known), input_kind, max_input_tokens,
+                                       candidates=listed)[0] for t, listed in zip(texts, shortlists)]
     settings = GenerationSettings(batch_size=8, constrained=True, top_k=max(top_k, 2), max_input_tokens=max_input_tokens)
     out: dict[int, dict] = {}
     run_generation(model, tokenizer, prompt_texts, settings, list(labels),
@@ -137,8 +144,22 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
     for i in range(len(texts)):
         r = _result(out[i], labels, min_confidence)
         r["candidates"] = r["candidates"][:top_k]
+        if shortlists[i]:
+            r["shortlist"] = [icd10.dotted(c["code"]) for c in shortlists[i]]
         results.append(r)
     return results
+
+
+def _shortlists(texts: list[str], params: dict, data_dir: Path) -> list[list[dict]]:
+    from .io import read_jsonl
+    from .shortlist import with_shortlists
+
+    train = data_dir / "train.jsonl"
+    if not train.exists():
+        raise PredictError(f"--shortlist: {train} not found: run `dvc repro prepare` (the retriever searches it)")
+    n = params.get("eval", {}).get("candidates") or 5
+    rows = [{"id": f"input-{i}", "input": t} for i, t in enumerate(texts)]
+    return [r["shortlist"] for r in with_shortlists(read_jsonl(train), rows, n, params["retrieval"])]
 
 
 def _print_human(result: dict) -> None:
@@ -196,12 +217,14 @@ def main(argv=None) -> int:
     for n, _ in (r for r in rows if r[1] is None):
         print(f"predict: row {n}: empty input, skipped", file=sys.stderr)
     try:
+        listed = _shortlists([t for _, t in good], params, Path(args.data)) if args.shortlist else None
         results = predict([t for _, t in good], tokenizer, model, labels, args.top_k, input_kind, max_tokens,
-                          args.min_confidence, progress=bool(args.input))
-    except ModelError as exc:
+                          args.min_confidence, progress=bool(args.input), shortlists=listed)
+    except (ModelError, PredictError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
-    system = f"{'lora' if adapter else 'zeroshot'}-{entry['key']}"
+    kind = ("lora-shortlist" if args.shortlist else "lora") if adapter else ("shortlist" if args.shortlist else "zeroshot")
+    system = f"{kind}-{entry['key']}"
     if args.input:
         lines = [json.dumps({"row": n, "system": system, **r}) for (n, _), r in zip(good, results)]
         lines += [json.dumps({"row": n, "error": "empty input"}) for n, t in rows if t is None]
@@ -220,6 +243,8 @@ def main(argv=None) -> int:
         print(json.dumps({"system": system, **result, "note": DISCLAIMER}, indent=2))
     else:
         print(f"Top {args.top_k} ICD-10-CM suggestions ({system}):")
+        if result.get("shortlist"):
+            print(f"(shortlist shown to the model: {', '.join(result['shortlist'])})")
         _print_human(result)
         print(DISCLAIMER)
     return 0

@@ -16,6 +16,9 @@ from .modeling import ModelError
 SYSTEM = "You are a medical coder. Reply with the most specific ICD-10-CM code, with its dot, and nothing else."
 INPUT_NAMES = {"dialogue": "Doctor-patient dialogue", "note": "Clinical note"}
 QUESTION = "Which ICD-10-CM code fits this encounter best?"
+# The shortlist block (eval.candidates): ranked as the retriever ranks them, each code dotted with its
+# official description and the retriever's score (its share of the nearest training encounters' votes).
+CANDIDATES = "Candidate codes, ranked by similar past encounters (share of their votes):"
 ELISION = " [...] "
 # The fallback date of the Llama-3.1 template itself, so its prompts look as they would with no clock.
 TEMPLATE_DATE = datetime.date(2024, 7, 26)
@@ -26,17 +29,25 @@ def answer_text(code: str) -> str:
     return icd10.dotted(code)
 
 
-def user_message(text: str, input_kind: str) -> str:
-    return f"{INPUT_NAMES.get(input_kind, 'Encounter')}:\n{text}\n\n{QUESTION}"
+def candidate_block(candidates: list[dict]) -> str:
+    """``candidates``: dicts with code, description and score, in the retriever's order."""
+    lines = [f"{i}. {icd10.dotted(c['code'])} {c['description']} ({c['score']:.2f})" for i, c in enumerate(candidates, 1)]
+    return "\n".join([CANDIDATES, *lines])
 
 
-def build_messages(text: str, input_kind: str, shots: list[dict] = ()) -> list[dict]:
-    """System message, optional few-shot turns (``shots`` rows with input/code), then the encounter."""
+def user_message(text: str, input_kind: str, candidates: list[dict] | None = None) -> str:
+    block = f"{candidate_block(candidates)}\n\n" if candidates else ""
+    return f"{INPUT_NAMES.get(input_kind, 'Encounter')}:\n{text}\n\n{block}{QUESTION}"
+
+
+def build_messages(text: str, input_kind: str, shots: list[dict] = (), candidates: list[dict] | None = None) -> list[dict]:
+    """System message, optional few-shot turns (``shots`` rows with input/code), then the encounter
+    with its candidate shortlist, if any."""
     messages = [{"role": "system", "content": SYSTEM}]
     for shot in shots:
         messages.append({"role": "user", "content": user_message(shot["input"], input_kind)})
         messages.append({"role": "assistant", "content": answer_text(shot["code"])})
-    messages.append({"role": "user", "content": user_message(text, input_kind)})
+    messages.append({"role": "user", "content": user_message(text, input_kind, candidates)})
     return messages
 
 
@@ -71,13 +82,15 @@ def truncate_tokens(tokenizer, text: str, max_tokens: int | None) -> Truncated:
 
 
 def prompt_for(tokenizer, text: str, input_kind: str, max_input_tokens: int | None = None,
-               shots: list[dict] = (), max_shot_tokens: int | None = None) -> tuple[str, bool]:
+               shots: list[dict] = (), max_shot_tokens: int | None = None,
+               candidates: list[dict] | None = None) -> tuple[str, bool]:
     """Rendered prompt text for one encounter, and whether its input was cut. Each shot's input
-    is cut to ``max_shot_tokens`` (default ``max_input_tokens``), so shots cannot crowd it out."""
+    is cut to ``max_shot_tokens`` (default ``max_input_tokens``), so shots cannot crowd it out.
+    ``candidates`` (a shortlist) are never cut: they are short and carry the answer's options."""
     cut = truncate_tokens(tokenizer, text, max_input_tokens)
     shots = [{**s, "input": truncate_tokens(tokenizer, s["input"], max_shot_tokens or max_input_tokens).text}
              for s in shots]
-    return render(tokenizer, build_messages(cut.text, input_kind, shots)), cut.was_cut
+    return render(tokenizer, build_messages(cut.text, input_kind, shots, candidates)), cut.was_cut
 
 
 def answer_ids(tokenizer, code: str) -> list[int]:

@@ -6,15 +6,25 @@ from pathlib import Path
 
 from . import icd10
 from .stats import mcnemar_exact, paired_bootstrap_diff
+from .systems import kind as _kind
 
 DEMO_CAVEAT = ("These numbers come from the **synthetic demo data** (codes in groups of siblings that share a "
                "category, 5 to 7 generated encounters each) and the 135M embedded model: they show that the pipeline "
                "works and learns on a task shaped like the study's, not how well anything codes real encounters. "
                "Run the full study for real numbers.")
 
+SMOKE_BANNER = ("> **SMOKE RUN: these numbers mean nothing.** `study full-study --smoke` ran every stage of the study at "
+                "the smallest sizes that exercise it (a few dozen test rows, a few optimizer steps) to show that downloads, "
+                "chat templates, training, evaluation and this report work before the GPU hours are spent. Run "
+                "`python -m icdstudy.study full-study` for the study's numbers.")
 
-def _kind(system: str) -> str:
-    return system.split("-", 1)[0]
+
+class PairingError(ValueError):
+    """Two systems' predictions cannot be compared row by row."""
+
+
+def _model(system: str) -> str:
+    return system[len(_kind(system)) + 1:]
 
 
 def _pct(x) -> str:
@@ -29,21 +39,38 @@ def _ratio(a, b) -> float | None:
     return (a / b) if a and b else None
 
 
-def compare_rows(rows_a: list[dict], rows_b: list[dict]) -> dict:
-    """Exact-match difference (A - B) with its bootstrap CI and McNemar's test, on the rows both predicted."""
+def compare_rows(rows_a: list[dict], rows_b: list[dict], a: str = "A", b: str = "B") -> dict:
+    """Exact-match difference (A - B) with its bootstrap CI and McNemar's test. Both must have predicted
+    the same rows with the same gold codes; anything else raises PairingError."""
     pa = {r["id"]: r for r in rows_a}
     pb = {r["id"]: r for r in rows_b}
-    ids = [i for i in pa if i in pb]
+    if set(pa) != set(pb):
+        only = sorted(set(pa) ^ set(pb))
+        raise PairingError(f"{a} and {b} predicted different test rows ({len(only)} in one only, e.g. {only[0]}); "
+                           "rerun both stages on the same split")
+    ids = list(pa)
+    for i in ids:
+        if pa[i]["gold"] != pb[i]["gold"]:
+            raise PairingError(f"test row {i} has gold code {pa[i]['gold']} in {a} but {pb[i]['gold']} in {b}: "
+                               "their predictions come from different data; rerun both stages")
     ca = [pa[i]["pred"] == pa[i]["gold"] for i in ids]
     cb = [pb[i]["pred"] == pb[i]["gold"] for i in ids]
     return {"n": len(ids), **paired_bootstrap_diff(ca, cb), "mcnemar": mcnemar_exact(ca, cb)}
 
 
+def same_split(ma: dict, mb: dict) -> bool:
+    """Both systems were scored on the same test rows (metrics' split_fingerprint, recorded by every stage)."""
+    return bool(ma.get("split_fingerprint")) and ma.get("split_fingerprint") == mb.get("split_fingerprint")
+
+
 def compare(a: str, b: str, evals: dict, preds: dict, seed_preds: dict | None = None) -> dict:
-    """A vs B on the rows both predicted: exact-match difference, McNemar, cost ratios, and (with
-    several training seeds) in how many seeds the verdict holds."""
+    """A vs B on the same test rows: exact-match difference, McNemar, cost ratios, and (with several
+    training seeds) in how many seeds the verdict holds. Systems scored on different splits are not
+    paired: the result says so (``unpaired``) and carries no numbers."""
     ma, mb = evals[a], evals[b]
-    c = {"a": a, "b": b, **compare_rows(preds[a], preds[b])}
+    if not same_split(ma, mb):
+        return {"a": a, "b": b, "unpaired": (ma.get("split_fingerprint"), mb.get("split_fingerprint"))}
+    c = {"a": a, "b": b, **compare_rows(preds[a], preds[b], a, b)}
     c["seeds"] = seed_agreement(a, b, c, seed_preds or {}, preds)
     return {
         **c,
@@ -53,27 +80,39 @@ def compare(a: str, b: str, evals: dict, preds: dict, seed_preds: dict | None = 
     }
 
 
-# What each fine-tuned model is compared with, in the order the verdicts are listed.
-OPPONENTS = ("zeroshot", "fewshot", "tfidf", "knn")
-ORDER = {"lora": 0, "zeroshot": 1, "fewshot": 2, "tfidf": 3, "knn": 4}
+# The fine-tuned systems, and what each is compared with, in the order the verdicts are listed.
+TUNED = ("lora", "lora-shortlist")
+OPPONENTS = ("zeroshot", "fewshot", "shortlist", "tfidf", "knn")
+ORDER = {k: i for i, k in enumerate(TUNED + OPPONENTS)}
 
 
 def pairs(systems: list[str]) -> list[tuple[str, str]]:
-    tuned = [s for s in systems if _kind(s) == "lora"]
+    tuned = sorted((s for s in systems if _kind(s) in TUNED), key=lambda s: (ORDER[_kind(s)], s))
     others = sorted((s for s in systems if _kind(s) in OPPONENTS), key=lambda s: (OPPONENTS.index(_kind(s)), s))
     return [(a, b) for a in tuned for b in others]
 
 
+def shortlist_pairs(systems: list[str]) -> list[tuple[str, str]]:
+    """(lora-shortlist-<m>, lora-<m>) for every model fine-tuned both ways: did the candidates help?"""
+    return [(s, f"lora-{_model(s)}") for s in sorted(systems) if _kind(s) == "lora-shortlist"
+            and f"lora-{_model(s)}" in systems]
+
+
 def describe(system: str, m: dict | None = None) -> str:
     """A system as a sentence names it."""
-    kind, _, model = system.partition("-")
+    kind, model = _kind(system), _model(system)
     if kind == "lora":
         return f"fine-tuned {model}"
+    if kind == "lora-shortlist":
+        return f"fine-tuned {model} with shortlists"
     if kind == "zeroshot":
         return f"zero-shot {model}"
     if kind == "fewshot":
         k = (m or {}).get("few_shot")
         return f"few-shot {model}" + (f" ({k} retrieved examples)" if k else "")
+    if kind == "shortlist":
+        n = (m or {}).get("candidates")
+        return f"zero-shot {model} with a shortlist" + (f" ({n} retrieved codes)" if n else "")
     return {"tfidf-logreg": "the TF-IDF baseline", "knn-tfidf": "the TF-IDF nearest-neighbour floor"}.get(system, system)
 
 
@@ -85,15 +124,39 @@ def seed_agreement(a: str, b: str, first: dict, seed_preds: dict, preds: dict) -
         return None
     sign = (first["diff"] > 0) - (first["diff"] < 0)
     same = significant = 0
-    for rows in [preds[a], *runs.values()]:
-        c = compare_rows(rows, preds[b])
+    for name, rows in [("first seed", preds[a]), *runs.items()]:
+        c = compare_rows(rows, preds[b], f"{a} ({name})", b)
         s = (c["diff"] > 0) - (c["diff"] < 0)
         same += s == sign
         significant += s == sign and c["mcnemar"]["p_value"] < 0.05
     return {"seeds": 1 + len(runs), "same_direction": same, "significant": significant}
 
 
+def unpaired_line(c: dict) -> str:
+    fa, fb = c["unpaired"]
+    return (f"`{c['a']}` and `{c['b']}` were scored on different test splits (split fingerprints "
+            f"`{fa or 'none recorded'}` and `{fb or 'none recorded'}`): not compared. Rerun both on the same data.")
+
+
+def shortlist_verdict(c: dict) -> str:
+    """Whether candidate shortlists helped a fine-tuned model, and by how much."""
+    model = _model(c["b"])
+    if "unpaired" in c:
+        return unpaired_line(c)
+    d, p = 100 * c["diff"], c["mcnemar"]["p_value"]
+    lo, hi = (100 * x for x in c["ci95"])
+    if p < 0.05:
+        head = f"**Shortlists {'help' if d > 0 else 'hurt'} fine-tuned {model}**: {abs(d):.1f} points of exact match " \
+               f"{'gained' if d > 0 else 'lost'}, significant"
+    else:
+        head = (f"**Fine-tuned {model} {'gains' if d >= 0 else 'loses'} {abs(d):.1f} points of exact match with "
+                "shortlists**, not significant")
+    return (f"{head} (`{c['a']}` vs `{c['b']}`; 95% CI {lo:+.1f} to {hi:+.1f}; McNemar p = {p:.2g}; n = {c['n']}).")
+
+
 def verdict(c: dict, evals: dict | None = None) -> str:
+    if "unpaired" in c:
+        return unpaired_line(c)
     d = 100 * c["diff"]
     lo, hi = (100 * x for x in c["ci95"])
     verb = "beats" if d > 0 else ("trails" if d < 0 else "ties with")
@@ -124,6 +187,11 @@ def _fewshot_settings(evals: dict, params: dict) -> list[str]:
         lines.append(f"- Few-shot systems: each test input follows its {e.get('retrieval_k')} nearest training examples "
                      f"(TF-IDF cosine, 1–{r.get('ngram_max')}-grams; never the row itself or a copy of its text), "
                      f"each cut to {e.get('max_shot_tokens') or e.get('max_input_tokens')} tokens, the nearest last.")
+    if any(_kind(s) in ("shortlist", "lora-shortlist") for s in evals):
+        lines.append(f"- Shortlist systems: each prompt lists the {e.get('candidates')} codes the same retriever ranks "
+                     f"highest (knn-tfidf's vote over the {r.get('neighbours')} nearest training inputs, then the codes of "
+                     "the next nearest), best first, each with its official description and vote share; decoding still "
+                     "covers every label. A training row's list comes from the other training rows, as a test row's does.")
     if "knn-tfidf" in evals:
         lines.append(f"- knn-tfidf: the code with the largest summed similarity among the {r.get('neighbours')} "
                      "nearest training inputs (same retriever): what an LLM adds beyond retrieval.")
@@ -170,14 +238,68 @@ def _provenance(bases: dict) -> str:
     return "; ".join(parts)
 
 
+def shortlist_section(evals: dict, systems: list[str]) -> list[str]:
+    """Candidate recall beside each shortlist system, and where its answers sit on the lists it was shown."""
+    rows = [s for s in systems if _kind(s) in ("shortlist", "lora-shortlist")]
+    if not rows:
+        return []
+    out = ["## Shortlists", "", "| system | candidates | candidate recall % | exact % | picked the first candidate % "
+           "| picked another listed code % | answered off the list % |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in rows:
+        m = evals[s]
+        out.append(f"| {s} | {m.get('candidates')} | {_pct(m.get('candidate_recall'))} | {_pct(m['exact_match'])} "
+                   f"| {_pct(m.get('picked_first_candidate'))} | {_pct(m.get('picked_other_candidate'))} "
+                   f"| {_pct(m.get('picked_off_list'))} |")
+    knn = evals.get("knn-tfidf")
+    out += ["", "Candidate recall is the share of test rows whose gold code is on the list: the most a system that only "
+            "picks from it can reach." + (f" The retriever's first candidate is knn-tfidf's answer, right on "
+                                          f"{_pct(knn['exact_match'])}% of rows." if knn else ""), ""]
+    return out
+
+
+def near_copy_section(near: dict | None, preds: dict, systems: list[str]) -> list[str]:
+    """Exact match on the test rows that have a near copy in training, against the rest."""
+    if not near:
+        return []
+    ids = set(near["ids"])
+    out = ["## Near copies", "", f"{len(ids)} of {near['n']} test rows have a training row with TF-IDF cosine similarity "
+           f">= {near['threshold']} (`datacard.near_copy_similarity`). Retrieval-based systems (the floors, few-shot, "
+           "shortlists) can score on those by finding the copy; read their numbers against this.", ""]
+    if not ids or len(ids) == near["n"]:
+        return out
+    out += ["| system | exact % on rows with a near copy | exact % on the others |", "|---|---:|---:|"]
+    for s in systems:
+        hit = [r["pred"] == r["gold"] for r in preds[s] if r["id"] in ids]
+        rest = [r["pred"] == r["gold"] for r in preds[s] if r["id"] not in ids]
+        out.append(f"| {s} | {_pct(sum(hit) / len(hit)) if hit else 'n/a'} | {_pct(sum(rest) / len(rest)) if rest else 'n/a'} |")
+    return out + [""]
+
+
+def _split_line(evals: dict) -> str:
+    groups: dict[str, list[str]] = {}
+    for s, m in evals.items():
+        groups.setdefault(m.get("split_fingerprint") or "none recorded", []).append(s)
+    if len(groups) == 1:
+        (fp, _), = groups.items()
+        return f"- Every system was scored on the same test rows (split fingerprint `{fp}`)."
+    return "- Systems were scored on different test rows and are paired only within a split: " + "; ".join(
+        f"`{fp}`: {', '.join(sorted(names))}" for fp, names in sorted(groups.items())) + "."
+
+
 def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str],
-           seed_preds: dict | None = None, bases: dict | None = None, inputs: dict | None = None) -> str:
-    """``inputs``: test row id -> input text, for the error examples."""
+           seed_preds: dict | None = None, bases: dict | None = None, inputs: dict | None = None,
+           near: dict | None = None) -> str:
+    """``inputs``: test row id -> input text, for the error examples; ``near``: the near-copy test rows
+    (threshold, n, ids)."""
     systems = sorted(evals, key=lambda s: (ORDER.get(_kind(s), 9), s))
     comparisons = [compare(a, b, evals, preds, seed_preds) for a, b in pairs(systems) if a in preds and b in preds]
+    helped = [compare(a, b, evals, preds) for a, b in shortlist_pairs(systems) if a in preds and b in preds]
     out = ["# Can a fine-tuned small model code ICD-10-CM better than zero-shot larger models?", ""]
+    if params.get("smoke"):
+        out += [SMOKE_BANNER, ""]
     out += ["## Answer", ""]
     out += [f"- {verdict(c, evals)}" for c in comparisons] or ["- No fine-tuned system was evaluated."]
+    out += [f"- {shortlist_verdict(c)}" for c in helped]
     if str(params.get("data", {}).get("source")) == "demo":
         out += ["", f"> {DEMO_CAVEAT}"]
     out += ["", "## All systems", "",
@@ -195,10 +317,13 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
     out += ["", "Exact: the whole code; category: its first 3 characters; chapter: its ICD-10-CM chapter. Top-k and ECE "
             "only for systems that rank candidates with scores. Latency is per sample within batches, generation only "
             "(model loading excluded); memory is peak process RSS on CPU or peak allocated CUDA memory.", ""]
-    if comparisons:
+    out += shortlist_section(evals, systems)
+    paired = [c for c in comparisons + helped if "unpaired" not in c]
+    if paired:
         out += ["## Paired comparisons", "", "| A | B | n | A − B exact (points) | 95% CI | only A right | only B right "
                 "| McNemar p | throughput A/B | memory B/A |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
-        for c in comparisons:
+        for c in paired:
+            c = {"speed_ratio": None, "memory_ratio": None, **c}
             lo, hi = c["ci95"]
             out.append(f"| {c['a']} | {c['b']} | {c['n']} | {100 * c['diff']:+.1f} | {100 * lo:+.1f} to {100 * hi:+.1f} "
                        f"| {c['mcnemar']['only_a']} | {c['mcnemar']['only_b']} | {c['mcnemar']['p_value']:.2g} "
@@ -208,9 +333,10 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
     scored = [s for s in systems if s in preds]
     if scored:
         out += error_section(error_breakdown({s: preds[s] for s in scored}), preds, inputs or {}, scored)
+    out += near_copy_section(near, preds, scored)
     out += seed_table(evals)
     if trains:
-        out += ["## Training", "", "| model | trainable params | steps | epochs | mean train loss | best val loss "
+        out += ["## Training", "", "| run | trainable params | steps | epochs | mean train loss | best val loss "
                 "| tokens/s | peak memory MB | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for k, t in sorted(trains.items()):
             out.append(f"| {k} | {t['trainable_params']:,} | {t['steps']} | {t['epochs']} | {t['train_loss']} "
@@ -231,6 +357,7 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             f"top-k {params.get('eval', {}).get('top_k')}, examples in the zero-shot and fine-tuned prompts: "
             f"{params.get('eval', {}).get('few_shot')}.",
             *_fewshot_settings(evals, params),
+            _split_line(evals),
             *([f"- Base models: {_provenance(bases)}."] if bases else []),
             f"- Hardware: {_hardware(evals)}.", ""]
     if plots:
@@ -273,7 +400,7 @@ def error_section(breakdown: dict, preds: dict, inputs: dict[str, str], systems:
         out.append(f"| {s} | {b['correct']} | {cells} |")
     out += ["", "Percentages are shares of the system's errors. A wrong code in the right category is a near miss "
             "(laterality, type, stage, encounter); a wrong chapter is a different disease.", ""]
-    for s in (x for x in systems if _kind(x) == "lora" and x in preds):
+    for s in (x for x in systems if _kind(x) in TUNED and x in preds):
         rows = [(error_kind(r["gold"], r["pred"]), r) for r in preds[s]]
         shown = [pair for kind in ERROR_KINDS[:3] for pair in [(k, r) for k, r in rows if k == kind][:examples]]
         if not shown:

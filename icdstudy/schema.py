@@ -33,6 +33,8 @@ class Split(_Section):
 
 class Datacard(_Section):
     tokenizer: str = Field(description="whose tokens the input-length table counts (a key in base_models)")
+    near_copy_similarity: float = Field(gt=0, le=1, description="a test row with a training row at least this similar "
+                                        "(TF-IDF cosine) counts as a near copy")
 
 
 class ModelEntry(_Section):
@@ -65,7 +67,9 @@ class Eval(_Section):
     fewshot_batch_size: int | None = Field(ge=1, description="fewshot@<model>'s batch (null = batch_size); its prompts are longer")
     max_shot_tokens: int | None = Field(ge=16, description="each shown example is cut to this (null = max_input_tokens)")
     repetition_penalty: float = Field(gt=0, description="1.0 = off")
-    max_samples: int | None = Field(ge=1, description="evaluate only the first N test rows (null = all)")
+    candidates: int = Field(ge=0, le=20, description="codes on each shortlist prompt (shortlist@, train-/evaluate-shortlist@); "
+                            "0 = no shortlist systems")
+    max_samples: int | None = Field(ge=1, description="evaluate only the first N test rows, every system alike (null = all)")
     seed: int = Field(description="evaluation seed")
 
     @model_validator(mode="after")
@@ -101,6 +105,8 @@ class Train(_Section):
     gradient_checkpointing: bool = Field(description="recompute activations to save memory")
     loss_on_prompt: bool = Field(description="ablation: the loss also covers prompt tokens")
     sanity_steps: int = Field(ge=0, description="stop if the loss has not fallen by this step (0 = off)")
+    max_steps: int | None = Field(default=None, ge=1, description="stop after N optimizer steps (smoke runs; null = epochs)")
+    max_val_samples: int | None = Field(default=None, ge=1, description="validation loss on the first N rows (null = all)")
 
     @model_validator(mode="after")
     def _checkpoints_are_evaluated(self):
@@ -129,15 +135,19 @@ class Baseline(_Section):
 
 
 class Params(_Section):
+    smoke: bool = Field(default=False, description="a smoke run (study full-study --smoke): its report says so at the top")
     data: Data
     split: Split
     datacard: Datacard
     base_models: list[str] = Field(min_length=1, description="models put on disk by base@<key>")
     zeroshot: list[str] = Field(description="models evaluated without training")
     finetune: list[str] = Field(description="models LoRA-trained and evaluated")
+    shortlist: list[str] = Field(default_factory=list, description="models evaluated with a candidate shortlist, untrained")
+    finetune_shortlist: list[str] = Field(default_factory=list, description="models LoRA-trained on shortlist prompts")
     models: dict[str, ModelEntry] = Field(description="the model registry")
     eval: Eval
     train: Train
+    train_shortlist: dict = Field(default_factory=dict, description="train keys replaced for train-shortlist@<model>")
     retrieval: Retrieval
     baseline: Baseline
 
@@ -148,10 +158,23 @@ class Params(_Section):
         for key in self.base_models:
             if key not in self.models:
                 raise ValueError(f"base_models: {key!r} is not registered under models ({', '.join(self.models)})")
-        for name in ("zeroshot", "finetune"):
+        for name in ("zeroshot", "finetune", "shortlist", "finetune_shortlist"):
             for key in getattr(self, name):
                 if key not in self.base_models:
                     raise ValueError(f"{name}: {key!r} is not in base_models {self.base_models}")
+        for key in self.models:
+            if key.startswith("shortlist-"):  # models/adapters/shortlist-<key> is the shortlist recipe's run
+                raise ValueError(f"models: {key!r}: a model key may not start with 'shortlist-'; rename it")
+        unknown = sorted(set(self.train_shortlist) - set(Train.model_fields))
+        if unknown:
+            raise ValueError(f"train_shortlist.{unknown[0]}: not a train key (train_shortlist replaces keys of train)")
+        try:
+            Train.model_validate({**self.train.model_dump(), **self.train_shortlist})
+        except ValidationError as exc:
+            raise ValueError("train_shortlist: " + first_error(exc, "train merged with train_shortlist")) from None
+        if not self.eval.candidates and (self.shortlist or self.finetune_shortlist):
+            raise ValueError("eval.candidates is 0 (no shortlist) but shortlist / finetune_shortlist select models: "
+                             "empty those lists to leave the shortlist systems out, or set eval.candidates >= 1")
         if self.datacard.tokenizer not in self.base_models:
             raise ValueError(f"datacard.tokenizer: {self.datacard.tokenizer!r} is not in base_models {self.base_models}")
         return self

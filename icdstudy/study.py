@@ -1,8 +1,10 @@
 """Run or plan the study with a committed override file.
 
-    python -m icdstudy.study full-study [--dry-run] [dvc exp run args]
+    python -m icdstudy.study full-study [--smoke] [--dry-run] [dvc exp run args]
         runs `dvc exp run -n full-study -S key=value ...` with every override in
-        configs/full-study.yaml: the full study is one command and one DVC experiment.
+        configs/full-study.yaml: the full study is one command and one DVC experiment. --smoke
+        runs the same graph at the smallest sizes (configs/smoke.yaml) as experiment
+        full-study-smoke, in minutes, before the GPU hours are spent.
     python -m icdstudy.study plan [NAME] [-S key=value ...] [--gpu-mem-gb G] [--json] [--measure]
         predicts, for every stage those params select, peak GPU memory, whether it fits, the
         fix if not, and the GPU hours; exits 1 if any stage does not fit. Needs no GPU and no hub.
@@ -27,9 +29,16 @@ from pathlib import Path
 import yaml
 
 
-def overrides(config: Path) -> list[str]:
-    with open(config, encoding="utf-8") as fh:
-        values = yaml.safe_load(fh) or {}
+SMOKE = Path("configs/smoke.yaml")
+
+
+def overrides(config: Path | dict) -> list[str]:
+    """``-S key=value`` arguments for every key of an override file (or of a dict of dotted keys)."""
+    if isinstance(config, dict):
+        values = config
+    else:
+        with open(config, encoding="utf-8") as fh:
+            values = yaml.safe_load(fh) or {}
     args = []
     for key, value in values.items():
         # JSON is valid Hydra override syntax for strings, numbers, booleans and lists.
@@ -107,8 +116,8 @@ def data_stats(params: dict, root: Path = Path(".")):
 
 def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
     from .architectures import architecture
-    from .params import model_entry
-    from .plan import plan_base, plan_eval, plan_train
+    from .params import model_entry, train_config
+    from .plan import plan_base, plan_eval, plan_train, shortlist_tokens
 
     archs = {}
     for key in params["base_models"]:
@@ -122,19 +131,25 @@ def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
         fewshot = {**ecfg, "batch_size": ecfg.get("fewshot_batch_size") or ecfg["batch_size"]}
         stages.append(plan_eval(f"fewshot@{key}", key, arch, entry, fewshot, stats, hw, ecfg["retrieval_k"],
                                 "eval.fewshot_batch_size"))
-    for key in params["finetune"]:
+    listed = shortlist_tokens(ecfg.get("candidates", 0))
+    for key in params.get("shortlist") or []:
         arch, entry = archs[key]
-        seeds = len(params["train"]["seeds"])
-        train = plan_train(key, arch, entry, params["train"], ecfg["max_input_tokens"], stats, hw)
-        if seeds > 1:
-            train.est_hours = round(train.est_hours * seeds, 2)
-            train.detail["seeds"] = seeds
-        stages.append(train)
-        evaluate = plan_eval(f"evaluate@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0))
-        if seeds > 1:
-            evaluate.est_hours = round(evaluate.est_hours * seeds, 2)
-            evaluate.detail["seeds"] = seeds
-        stages.append(evaluate)
+        stages.append(plan_eval(f"shortlist@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0),
+                                extra_tokens=listed))
+    seeds = len(params["train"]["seeds"])
+    fine_tuned = [(key, "", 0) for key in params["finetune"]]
+    fine_tuned += [(key, "-shortlist", listed) for key in params.get("finetune_shortlist") or []]
+    for key, suffix, extra in fine_tuned:
+        arch, entry = archs[key]
+        tcfg = train_config(params, shortlist=bool(suffix))
+        train = plan_train(key, arch, entry, tcfg, ecfg["max_input_tokens"], stats, hw, extra, stage=f"train{suffix}@{key}")
+        evaluate = plan_eval(f"evaluate{suffix}@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0),
+                             extra_tokens=extra)
+        for st in (train, evaluate):
+            if seeds > 1:
+                st.est_hours = round(st.est_hours * seeds, 2)
+                st.detail["seeds"] = seeds
+            stages.append(st)
     return stages
 
 
@@ -224,7 +239,7 @@ def apply_main(argv) -> int:
 
 
 # The GPU stages of one model, in pipeline order; a host that runs them also runs prepare and base@<model>.
-MODEL_STAGES = ("zeroshot", "fewshot", "train", "evaluate")
+MODEL_STAGES = ("zeroshot", "fewshot", "shortlist", "train", "evaluate", "train-shortlist", "evaluate-shortlist")
 
 
 def assign_hosts(stages: list, hosts: int) -> list[dict]:
@@ -284,6 +299,34 @@ def shard_main(argv) -> int:
     return 0
 
 
+def _dotted(params: dict, key: str, fallback: dict):
+    """params[key] by dotted key, else fallback[key] (a key newer than the commit)."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _dotted(fallback, key, {}) if fallback else None
+        node = node[part]
+    return node
+
+
+def _committed_params() -> dict:
+    """params.yaml as committed (HEAD), else as it is: what a real run resets a smoke run's keys to."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
+    return yaml.safe_load(shown.stdout if shown.returncode == 0 else Path("params.yaml").read_text())
+
+
+def run_values(name: str, smoke: bool) -> dict:
+    """The overrides of a run of configs/NAME.yaml. A smoke run adds configs/smoke.yaml; a real run sets
+    those same keys to their committed values, so that a workspace a smoke run left behind (`dvc exp run`
+    keeps the experiment's params.yaml) cannot shrink the real run."""
+    values = yaml.safe_load(_config(name).read_text()) or {}
+    small = yaml.safe_load(SMOKE.read_text()) or {}
+    if smoke:
+        return {**values, **small}
+    committed, current = _committed_params(), yaml.safe_load(Path("params.yaml").read_text())
+    return {**{k: _dotted(committed, k, current) for k in small}, **values}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "plan":
@@ -296,13 +339,27 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="a file configs/<name>.yaml, e.g. full-study; or `plan` (see `plan --help`)")
     parser.add_argument("--dry-run", action="store_true", help="print the dvc command instead of running it")
+    parser.add_argument("--smoke", action="store_true", help=(
+        "run the same graph, models and data source at the smallest sizes that exercise every stage "
+        "(configs/smoke.yaml: a few dozen test rows, a few optimizer steps), as experiment NAME-smoke, "
+        "its report marked as a smoke run; the downloads it makes are reused by the real run"))
     args, extra = parser.parse_known_args(argv)
     try:
-        config = _config(args.name)
+        values = run_values(args.name, args.smoke)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 2
-    cmd = ["dvc", "exp", "run", "-n", args.name, *overrides(config), *extra]
+    name = f"{args.name}-smoke" if args.smoke else args.name
+    # `-S key=value` among the extra arguments replace the config's value for that key (DVC refuses a key twice)
+    rest, sets = [], iter(extra)
+    for arg in sets:
+        value = next(sets, None) if arg in ("-S", "--set-param") else None
+        if value and "=" in value:
+            key, _, text = value.partition("=")
+            values[key.strip()] = yaml.safe_load(text)
+        else:
+            rest += [arg] + ([value] if value is not None else [])
+    cmd = ["dvc", "exp", "run", "-n", name, *overrides(values), *rest]
     if args.dry_run:
         print(shlex.join(cmd))
         return 0

@@ -45,7 +45,8 @@ class TrainingSanityError(Exception):
 def build_example(tokenizer, row: dict, input_kind: str, max_input_tokens: int | None,
                   loss_on_prompt: bool = False, answer: list[int] | None = None) -> dict:
     """``answer``: the code's answer ids when already known (prompts.answer_ids otherwise)."""
-    prompt, _ = prompts.prompt_for(tokenizer, row["input"], input_kind, max_input_tokens)
+    prompt, _ = prompts.prompt_for(tokenizer, row["input"], input_kind, max_input_tokens,
+                                   candidates=row.get("shortlist"))
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer = answer or prompts.answer_ids(tokenizer, row["code"])
     labels = (prompt_ids if loss_on_prompt else [IGNORE] * len(prompt_ids)) + answer
@@ -218,7 +219,7 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
         output_dir=str(work_dir), per_device_train_batch_size=cfg["batch_size"],
         per_device_eval_batch_size=cfg.get("eval_batch_size", cfg["batch_size"]),
         gradient_accumulation_steps=cfg["grad_accum"], learning_rate=cfg["learning_rate"],
-        num_train_epochs=cfg["num_epochs"], warmup_steps=cfg["warmup_steps"], weight_decay=cfg["weight_decay"],
+        num_train_epochs=cfg["num_epochs"], max_steps=cfg.get("max_steps") or -1, warmup_steps=cfg["warmup_steps"], weight_decay=cfg["weight_decay"],
         max_grad_norm=cfg["max_grad_norm"], lr_scheduler_type=cfg["lr_scheduler"], logging_steps=cfg["logging_steps"],
         eval_strategy="steps", eval_steps=cfg["eval_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
         save_total_limit=cfg["save_total_limit"], load_best_model_at_end=True, metric_for_best_model="eval_loss",
@@ -340,7 +341,8 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     args = _training_args(cfg, work_dir, bf16, cuda)
     main = args.process_index == 0  # under `accelerate launch`, one process of several writes files
     run_id = _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint, _code_version(),
-                          [(r["id"], r["code"], r["input"]) for r in train_rows], [r["id"] for r in val_rows])
+                          [(r["id"], r["code"], r["input"], r.get("shortlist")) for r in train_rows],
+                          [(r["id"], r.get("shortlist")) for r in val_rows])
     if done_file and Path(done_file).exists() and (adapter_dir / "adapter_config.json").exists():
         done = json.loads(Path(done_file).read_text())
         if done.get("run") == run_id:

@@ -23,8 +23,10 @@ def main() -> int:
     try:
         params = load_params(args.params)
         cfg, top_k = section(params, "baseline"), section(params, "eval")["top_k"]
+        max_samples = section(params, "eval")["max_samples"]
         t0 = time.time()
         train_rows, test_rows = read_splits(args.data, "train", "test")
+        test_rows = test_rows[:max_samples] if max_samples else test_rows  # the rows the LLM systems score
     except (ParamError, ValueError) as exc:
         print(f"baseline: error: {exc}", file=sys.stderr)
         return 1
@@ -33,7 +35,8 @@ def main() -> int:
     result.update(metrics.efficiency(predictions))
     result.update({"system": SYSTEM, "model": SYSTEM, "params_total": n_params, "peak_mem_mb": metrics.peak_memory_mb(),
                    "load_s": round(fit_s, 2), "wall_s": round(time.time() - t0, 2), "device": "cpu",
-                   "constrained": True, "top_k": max(top_k, 5), "few_shot": 0, "inputs_truncated": 0})
+                   "constrained": True, "top_k": max(top_k, 5), "few_shot": 0,
+                   "split_fingerprint": metrics.split_fingerprint(test_rows), "inputs_truncated": 0})
     write_jsonl(f"predictions/{SYSTEM}.jsonl", predictions)
     write_json(f"metrics/eval/{SYSTEM}.json", result)
     print(f"baseline: {SYSTEM}: exact {result['exact_match']:.3f} {result['exact_match_ci95']}, "

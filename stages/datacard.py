@@ -23,13 +23,14 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from icdstudy.datacard import render
+    from icdstudy.datacard import near_copy_rows, render
 
     tokenizer = AutoTokenizer.from_pretrained(f"models/base/{key}")
     splits = {name: read_jsonl(Path(args.data) / f"{name}.jsonl") for name in ("train", "val", "test")}
     lengths = {name: [len(ids) for ids in tokenizer([r["input"] for r in rows], add_special_tokens=False)["input_ids"]]
                for name, rows in splits.items() if rows}
-    text = render(splits, read_json("metrics/data.json"), lengths, key, str(params["data"]["source"]))
+    near = near_copy_rows(splits["train"], splits["test"], params)
+    text = render(splits, read_json("metrics/data.json"), lengths, key, str(params["data"]["source"]), near)
     write_text_atomic(args.out, text)
     print(f"datacard: wrote {args.out}")
     return 0

@@ -1,13 +1,16 @@
-"""Stages `zeroshot@<model>`, `fewshot@<model>` and `evaluate@<model>`: score a system on the test split.
+"""Stages `zeroshot@<model>`, `fewshot@<model>`, `shortlist@<model>`, `evaluate@<model>` and
+`evaluate-shortlist@<model>`: score a system on the test split.
 
 Without options the base model is evaluated zero-shot (system `zeroshot-<model>`, with
 `eval.few_shot` examples drawn by `eval.few_shot_strategy`). With --fewshot each test input is
 preceded by its `eval.retrieval_k` nearest training examples (TF-IDF, params `retrieval`; system
-`fewshot-<model>`). With --adapter the LoRA adapter is merged in first (system `lora-<model>`);
---seed-adapters also evaluates the adapters of the other `train.seeds` and adds their spread to
-metrics/eval/lora-<model>.json. All use the same prompts, generation and metrics. Writes
-predictions/<system>.jsonl and metrics/eval/<system>.json. An interrupted run resumes from
-.resume/<system>.jsonl.
+`fewshot-<model>`). With --shortlist the prompt lists the `eval.candidates` codes the TF-IDF
+retriever ranks highest, each with its description and score (system `shortlist-<model>`). With
+--adapter the LoRA adapter is merged in first (system `lora-<model>`, or `lora-shortlist-<model>`
+with --shortlist for an adapter trained on shortlist prompts); --seed-adapters also evaluates the
+adapters of the other `train.seeds` and adds their spread to the metrics. All use the same prompts,
+generation and metrics. Writes predictions/<system>.jsonl and metrics/eval/<system>.json. An
+interrupted run resumes from .resume/<system>.jsonl.
 """
 import argparse
 import sys
@@ -26,6 +29,9 @@ def main() -> int:
                         "(seed-<n>/); their predictions go to predictions/seeds/lora-<model>/")
     parser.add_argument("--fewshot", action="store_true",
                         help="show each input's eval.retrieval_k nearest training examples (evaluates fewshot-<model>)")
+    parser.add_argument("--shortlist", action="store_true",
+                        help="list each input's eval.candidates retrieved codes with their descriptions in the prompt "
+                             "(evaluates shortlist-<model>, or lora-shortlist-<model> with --adapter)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
     parser.add_argument("--split", default="test")
@@ -40,11 +46,16 @@ def main() -> int:
     except ParamError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 1
-    if args.fewshot and args.adapter:
-        parser.error("--fewshot evaluates a base model; it does not combine with --adapter")
+    if args.fewshot and (args.adapter or args.shortlist):
+        parser.error("--fewshot evaluates a base model with examples; it does not combine with --adapter or --shortlist")
     if args.seed_adapters and not args.adapter:
         parser.error("--seed-adapters needs --adapter (the first seed's adapter)")
-    system = f"{'lora' if args.adapter else 'fewshot' if args.fewshot else 'zeroshot'}-{args.model}"
+    if args.shortlist and not ecfg["candidates"]:
+        print("evaluate: error: --shortlist needs eval.candidates >= 1 in params.yaml", file=sys.stderr)
+        return 1
+    kind = ("lora-shortlist" if args.shortlist else "lora") if args.adapter else \
+        "fewshot" if args.fewshot else "shortlist" if args.shortlist else "zeroshot"
+    system = f"{kind}-{args.model}"
     if args.fewshot:
         ecfg = {**ecfg, "few_shot": ecfg["retrieval_k"], "few_shot_strategy": "nearest",
                 "batch_size": ecfg["fewshot_batch_size"] or ecfg["batch_size"]}
@@ -55,6 +66,7 @@ def main() -> int:
     from icdstudy import metrics
     from icdstudy.evaluation import evaluate, model_fingerprint
     from icdstudy.metrics import seed_summary
+    from icdstudy.shortlist import shortlist_metrics
     from icdstudy.generation import GenerationSettings
     from icdstudy.modeling import ModelError, count_parameters, is_oom, load_for_inference, oom_message
 
@@ -67,6 +79,11 @@ def main() -> int:
         return 1
     train_rows = read_jsonl(Path(args.data) / "train.jsonl")
     labels = read_json(Path(args.data) / "labels.json")
+    split_fingerprint = metrics.split_fingerprint(test_rows)
+    if args.shortlist:
+        from icdstudy.shortlist import with_shortlists
+
+        test_rows = with_shortlists(train_rows, test_rows, ecfg["candidates"], retrieval)
     settings = GenerationSettings.from_params(ecfg)
     base_dir = Path(f"models/base/{args.model}")
 
@@ -111,7 +128,10 @@ def main() -> int:
             "top_k": settings.top_k if settings.constrained else 1,
             "few_shot": settings.few_shot,
             "few_shot_strategy": settings.few_shot_strategy if settings.few_shot else None,
+            "split_fingerprint": split_fingerprint,
         })
+        if args.shortlist:
+            result.update(shortlist_metrics(test_rows, predictions))
         print(f"evaluate: {name}: exact {result['exact_match']:.3f} {result['exact_match_ci95']}, "
               f"category {result['category_match']:.3f}, valid {result['valid_rate']:.3f}, "
               f"top5 {result['top5_match']}, {result['samples_per_s']} samples/s")

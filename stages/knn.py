@@ -25,8 +25,10 @@ def main() -> int:
     try:
         params = load_params(args.params)
         cfg, top_k = section(params, "retrieval"), max(section(params, "eval")["top_k"], 5)
+        max_samples = section(params, "eval")["max_samples"]
         t0 = time.time()
         train_rows, test_rows = read_splits(args.data, "train", "test")
+        test_rows = test_rows[:max_samples] if max_samples else test_rows  # the rows the LLM systems score
     except (ParamError, ValueError) as exc:
         print(f"knn: error: {exc}", file=sys.stderr)
         return 1
@@ -48,7 +50,8 @@ def main() -> int:
     result.update({"system": SYSTEM, "model": SYSTEM, "params_total": int(retriever.matrix.nnz),
                    "peak_mem_mb": metrics.peak_memory_mb(), "load_s": round(fit_s, 2),
                    "wall_s": round(time.time() - t0, 2), "device": "cpu", "constrained": True, "top_k": top_k,
-                   "few_shot": 0, "neighbours": cfg["neighbours"], "inputs_truncated": 0})
+                   "few_shot": 0, "split_fingerprint": metrics.split_fingerprint(test_rows),
+                   "neighbours": cfg["neighbours"], "inputs_truncated": 0})
     write_jsonl(f"predictions/{SYSTEM}.jsonl", predictions)
     write_json(f"metrics/eval/{SYSTEM}.json", result)
     print(f"knn: {SYSTEM}: exact {result['exact_match']:.3f} {result['exact_match_ci95']}, "

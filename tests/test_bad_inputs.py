@@ -37,6 +37,7 @@ def project(tmp_path_factory, tiny_model_dir):
     params["models"]["tiny"] = {"hub_id": None, "path": None, "embedded": "none/none.gguf", "dtype": "float32",
                                 "load_in_4bit": False, "chat_template": None}
     params["base_models"] = params["zeroshot"] = params["finetune"] = ["tiny"]
+    params["shortlist"] = params["finetune_shortlist"] = ["tiny"]
     params["datacard"]["tokenizer"] = "tiny"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_model_dir, root / "models/base/tiny")
@@ -117,6 +118,16 @@ CASES = [
     _case("predict-batch-no-column", ["-m", "icdstudy.predict", "--model", "tiny", "--input", "batch.csv"], "no column input",
           files={"batch.csv": "foo,bar\n1,2\n"}, rc=2),
     _case("params-not-yaml", ["stages/baseline.py"], "not valid YAML", files={"params.yaml": "data: [unclosed\n"}),
+    _case("shortlist-off-but-selected", ["stages/evaluate.py", "tiny", "--shortlist"],
+          "eval.candidates is 0 (no shortlist) but shortlist / finetune_shortlist select models", {"eval.candidates": 0}),
+    _case("shortlist-unregistered", ["stages/evaluate.py", "tiny", "--shortlist"], "shortlist: 'nope' is not in base_models",
+          {"shortlist": ["nope"]}),
+    _case("train-shortlist-unknown-key", ["stages/train.py", "tiny", "--shortlist"],
+          "train_shortlist.epochs: not a train key", {"train_shortlist": {"epochs": 1}}),
+    _case("train-shortlist-bad-value", ["stages/train.py", "tiny", "--shortlist"], "train_shortlist: ",
+          {"train_shortlist": {"learning_rate": 5}}),
+    _case("model-key-like-a-run", ["stages/evaluate.py", "tiny"], "may not start with 'shortlist-'",
+          {"models.shortlist-x": {"hub_id": "org/x", "dtype": "auto", "load_in_4bit": False}}),
 ]
 
 

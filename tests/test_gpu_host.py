@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from icdstudy import plan, prompts
+from icdstudy import icd10, plan, prompts
 from icdstudy.architectures import PUBLIC_CONFIGS
 from icdstudy.generation import build_trie
 from icdstudy.measure import build_model, eval_probe, saved_activation_bytes, scaled_down, synthetic_batch
@@ -67,6 +67,24 @@ def test_training_labels_and_the_decoding_trie_carry_the_template_tokens(family_
         prompt_text, _ = prompts.prompt_for(tok, "Thirsty, tired.", "dialogue", 64)
         assert ex["input_ids"] == tok(prompt_text, add_special_tokens=False)["input_ids"] + want
         assert trie.code_for(want, tok.eos_token_id) == code  # the trie holds exactly this path
+
+
+def test_a_shortlist_prompt_goes_through_each_template_and_keeps_the_templates_answer_ids(family_tok):
+    family, tok = family_tok
+    shortlist = [{"code": c, "description": icd10.description(c) or "Retired code", "score": s}
+                 for c, s in zip(CODES, (0.41, 0.3, 0.17, 0.08, 0.04))]
+    row = {"input": "Thirsty, tired, HbA1c 7.2 on metformin.", "code": "E119", "shortlist": shortlist}
+    ex = build_example(tok, row, "dialogue", 64)
+    messages = prompts.build_messages(row["input"], "dialogue", candidates=shortlist)
+    fixed = {"date_string": "26 Jul 2024"}
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False, **fixed)
+    answer = template_answer_ids(tok, "E119")  # (Mistral folds the system text into the last user turn only, so
+    # its answer ids come from a conversation that ends with the answer: template_answer_ids)
+    assert ex["input_ids"] == prompt + answer, family  # the template's own prompt, then its own answer ids
+    assert [l for l in ex["labels"] if l != IGNORE] == answer
+    shown = tok.decode(prompt)
+    assert "1. E11.9 Type 2 diabetes mellitus without complications (0.41)" in shown, shown
+    assert shown.index("1. E11.9") < shown.index("2. S83.512A") < shown.index("5. M54.50") < shown.index(prompts.QUESTION)
 
 
 def test_mistral_answers_start_with_the_spaced_piece_its_template_writes(tmp_path):

@@ -59,3 +59,24 @@ def test_every_leaf_code_of_the_table_is_valid_billable_and_in_a_chapter():
                                            and icd10.description(c)))
     assert not bad, f"{len(bad)} leaf codes rejected, e.g. {bad[:10]}"
     assert not any(icd10.is_valid(c) for c in ("1", "A00-A09", "E08-E13", "B20-B20"))  # chapters and blocks
+    # the cached table says what the package says, code by code
+    for c in sorted(leaves)[::97]:
+        assert icd10.description(c) == cm.get_description(c) and icd10.chapter(c) == cm.get_ancestors(c)[-1], c
+    assert set(icd10.billable_codes()) == leaves
+
+
+def test_the_code_table_is_cached_once_and_rebuilt_when_unreadable(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "ICDSTUDY_CACHE": str(tmp_path)}
+    ask = "from icdstudy import icd10; print(icd10.is_billable('B20'), icd10.chapter('T814XXA'), icd10.description('E119'))"
+    first = subprocess.run([sys.executable, "-c", ask], env=env, capture_output=True, text=True, check=True).stdout
+    (cached,) = tmp_path.glob("icd10cm-table-*.json")
+    assert first.split() == ["True", "19", "Type", "2", "diabetes", "mellitus", "without", "complications"]
+    stamp = cached.stat().st_mtime_ns
+    assert subprocess.run([sys.executable, "-c", ask], env=env, capture_output=True, text=True).stdout == first
+    assert cached.stat().st_mtime_ns == stamp  # read, not rebuilt
+    cached.write_text('{"E119": [tru')  # cut off
+    assert subprocess.run([sys.executable, "-c", ask], env=env, capture_output=True, text=True).stdout == first
+    assert cached.read_text().startswith('{"A00"')

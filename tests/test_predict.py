@@ -83,3 +83,27 @@ def test_errors_are_one_clear_line(setup, capsys, args, needle):
     assert main(argv + args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("predict: error:") and needle in err[0]
+
+
+def test_a_shortlist_prompt_lists_the_retrieved_codes(setup, capsys, tmp_path):
+    from icdstudy.io import write_jsonl
+    from tests.test_training import ROWS
+
+    data = tmp_path / "processed"
+    write_jsonl(data / "train.jsonl", [{**r, "id": f"t{i}"} for i, r in enumerate(ROWS)])
+    assert _run(setup, "--adapter", setup["adapter"], "--shortlist", "--data", str(data), "--json", "--top-k", "3",
+                "--text", TEXT) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["system"] == "lora-shortlist-" + setup["model"].rstrip("/").split("/")[-1]
+    assert len(out["shortlist"]) == 5 and len(set(out["shortlist"])) == 5
+    assert {c.replace(".", "") for c in out["shortlist"]} <= {r["code"] for r in ROWS}
+    assert _run(setup, "--shortlist", "--data", str(tmp_path / "nowhere"), "--text", TEXT) == 2
+    assert "--shortlist: " in capsys.readouterr().err
+
+
+def test_all_labels_are_every_billable_code_of_the_table():
+    from icdstudy.predict import _label_set
+
+    labels = _label_set("all", REPO / "data" / "processed")
+    assert len(labels) > 70_000 and {"B20", "Z66", "E119", "S83512A"} <= set(labels)
+    assert "E11" not in labels and "E08-E13" not in labels  # a category with children, a block

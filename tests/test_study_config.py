@@ -51,7 +51,33 @@ def test_a_train_param_invalidates_only_training(tmp_path):
 
     status = json.loads(dvc(repo, "status", "--json"))
     changed = [s for s, reasons in status.items() if any("params.yaml" in r.get("changed deps", {}) for r in reasons)]
-    assert changed == ["train@smollm2-135m"], status
+    assert sorted(changed) == ["train-shortlist@smollm2-135m", "train@smollm2-135m"], status  # both recipes train
+
+    # the shortlist's length reruns the shortlist systems only, never the other GPU stages
+    params.write_text(params.read_text().replace("  lora_r: 8 ", "  lora_r: 16 ", 1).replace(
+        "  candidates: 5 ", "  candidates: 3 ", 1))
+    status = json.loads(dvc(repo, "status", "--json"))
+    changed = [s for s, reasons in status.items() if any("params.yaml" in r.get("changed deps", {}) for r in reasons)]
+    assert sorted(changed) == ["evaluate-shortlist@smollm2-135m", "report", "shortlist@smollm2-135m",
+                               "train-shortlist@smollm2-135m"], status
+
+
+def test_a_smoke_run_is_its_own_experiment_and_a_real_run_resets_its_sizes(capsys, monkeypatch, tmp_path):
+    from icdstudy.study import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["full-study", "--smoke", "--dry-run", "-S", "eval.max_samples=6", "-S", "models.qwen25-3b.path=/m"]) == 0
+    smoke = capsys.readouterr().out
+    assert smoke.startswith("dvc exp run -n full-study-smoke -S ")
+    assert "smoke=true" in smoke and "train.max_steps=4" in smoke and "train.lora_r=64" in smoke
+    assert smoke.count("eval.max_samples=") == 1 and "eval.max_samples=6" in smoke  # -S replaces, never repeats a key
+    assert "models.qwen25-3b.path=" in smoke
+    assert main(["full-study", "--dry-run"]) == 0
+    real = capsys.readouterr().out
+    assert real.startswith("dvc exp run -n full-study -S ")
+    # every key the smoke run shrinks is set back to its committed value, whatever params.yaml holds now
+    assert "smoke=false" in real and "eval.max_samples=null" in real and "train.max_steps=null" in real
+    assert "train.eval_steps=50" in real  # the study's own value wins over the committed demo value
 
 
 def test_overrides_without_dvc_give_the_same_params(tmp_path):

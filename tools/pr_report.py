@@ -136,7 +136,9 @@ def main(argv=None) -> int:
     figures = [systems_figure(read_at("reports/systems.json", args.base), read_at("reports/systems.json", args.head), out)]
     import yaml
 
-    models = sorted(set((yaml.safe_load(read_at("params.yaml", args.head) or "{}") or {}).get("finetune") or []))
+    from icdstudy.systems import training_runs  # noqa: E402 (the runs the head's params select)
+
+    models = sorted(set(training_runs(yaml.safe_load(read_at("params.yaml", args.head) or "{}") or {})))
     for model in models:
         texts = {(rev, which): read_at(f"dvclive/{model}/plots/metrics/{name}", r)
                  for rev, r in (("base", args.base), ("head", args.head))
