@@ -287,7 +287,7 @@ def _row(st, arch, device: str, batch: int, seq: int, what: str, predicted: floa
             "summary": f"{what} {measured:.4g} GB vs planned {predicted:.4g} GB ({100 * err:+.1f}%), {speed}"}
 
 
-TRAIN_KINDS = ("train", "train-shortlist")
+TRAIN_KINDS = planmod.TRAIN_KINDS
 EVAL_KINDS = ("zeroshot", "fewshot", "shortlist", "evaluate", "evaluate-shortlist")
 
 

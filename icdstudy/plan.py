@@ -40,6 +40,7 @@ DROPOUT_PER_INTERMEDIATE = 4.0
 CHECKPOINT_PER_HIDDEN = 2.0  # gradient checkpointing: the layer input only (bf16)
 NF4_BYTES_PER_PARAM = 0.516
 CUDA_OVERHEAD_GB = 1.5  # CUDA context, cuBLAS workspace, allocator slack
+TRAIN_KINDS = ("train", "train-shortlist")  # the stages that train (train@<m>, train-shortlist@<m>); the rest evaluate
 PROMPT_OVERHEAD_TOKENS = 90  # system message, chat template and question around the input
 # A shortlist (eval.candidates): its header, then one "1. E11.22 <official description> (0.41)" line per
 # code. Measured with the Llama-3.2 tokenizer on the 503 codes of the MedSynth sample: 14 tokens of
@@ -400,15 +401,16 @@ def render(plan: dict) -> str:
              "", f"{'stage':<32} {'peak GB':>8} {'fits':>5} {'hours':>7}  detail"]
     for s in plan["stages"]:
         d = s["detail"]
-        if s["stage"].startswith(("train@", "train-shortlist@")):
+        kind = s["stage"].partition("@")[0]
+        if kind in TRAIN_KINDS:
             what = (f"{d['params_total'] / 1e9:.2f}B params, LoRA {d['trainable_params'] / 1e6:.1f}M, batch "
                     f"{d['batch_tokens']:,} tokens, {d['steps']} steps, {d['tflops']:,} TFLOP")
-        elif s["stage"].startswith("base@"):
+        elif kind == "base":
             what = f"download {d['download_gb']} GB"
         else:
             what = f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']} tokens, {d['samples']} samples"
         lines.append(f"{s['stage']:<32} {s['peak_gb']:>8.1f} {'yes' if s['fits'] else 'NO':>5} {s['est_hours']:>7.2f}  {what}")
-        if not s["stage"].startswith(("train@", "train-shortlist@", "base@")):  # where the peak comes from, term by term
+        if kind not in TRAIN_KINDS + ("base",):  # where the peak comes from, term by term
             lines.append(f"{'':<32} {render_eval_parts(d['parts_gb'])}")
         if s["fix"]:
             lines.append(f"{'':<32} fix: {s['fix']}")

@@ -114,11 +114,8 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None]:
 def _result(res: dict, labels: dict, min_conf: float) -> dict:
     from . import icd10
 
-    def describe(code):  # a retired code keeps the data set's own description, not its prefix's
-        return (icd10.description(code) if icd10.is_valid(code) else labels.get(code)) or icd10.description(code)
-
     candidates = [{"code": icd10.dotted(c["code"]),
-                   "description": describe(c["code"]),
+                   "description": icd10.coder_description(c["code"], labels.get(c["code"])),
                    "score": c["score"],
                    "chapter": icd10.chapter(c["code"])} for c in (res["candidates"] or [])]
     top = candidates[0]["score"] if candidates else 0.0

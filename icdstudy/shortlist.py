@@ -19,12 +19,8 @@ def code_descriptions(rows: list[dict]) -> dict[str, str]:
     own = {}
     for r in rows:
         own.setdefault(r["code"], (r.get("description") or "").strip())
-    out = {}
-    for code, text in own.items():
-        table = icd10.description(code) if icd10.is_valid(code) else None
-        out[code] = table or (text[:1].upper() + text[1:].lower() if text.isupper() else text) \
-            or icd10.description(code) or "(no description)"
-    return out
+    return {code: icd10.coder_description(code, text[:1].upper() + text[1:].lower() if text.isupper() else text)
+            or "(no description)" for code, text in own.items()}
 
 
 def with_shortlists(train_rows: list[dict], rows: list[dict], n: int, retrieval: dict,

@@ -299,12 +299,12 @@ def shard_main(argv) -> int:
     return 0
 
 
-def _dotted(params: dict, key: str, fallback: dict):
-    """params[key] by dotted key, else fallback[key] (a key newer than the commit)."""
+def _dotted(params: dict, key: str, default=None):
+    """params[key] for a dotted key such as train.max_steps; ``default`` where it is absent."""
     node = params
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _dotted(fallback, key, {}) if fallback else None
+            return default
         node = node[part]
     return node
 
@@ -324,7 +324,7 @@ def run_values(name: str, smoke: bool) -> dict:
     if smoke:
         return {**values, **small}
     committed, current = _committed_params(), yaml.safe_load(Path("params.yaml").read_text())
-    return {**{k: _dotted(committed, k, current) for k in small}, **values}
+    return {**{k: _dotted(committed, k, _dotted(current, k)) for k in small}, **values}  # a key newer than the commit: as it is
 
 
 def main(argv=None) -> int:

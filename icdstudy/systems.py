@@ -29,6 +29,7 @@ class System:
     model: str | None
     stage: str
     run: str | None = None  # the training run behind a fine-tuned system (metrics/train/<run>.json)
+    train_stage: str | None = None  # the stage that writes that run
 
     @property
     def metrics(self) -> Path:
@@ -51,9 +52,10 @@ def selected(params: dict) -> list[System]:
     """Every system the params select, in the report's order: fine-tuned, untrained, floors."""
     out = []
     for m in params.get("finetune") or []:
-        out.append(System(f"lora-{m}", "lora", m, f"evaluate@{m}", run=m))
+        out.append(System(f"lora-{m}", "lora", m, f"evaluate@{m}", run=m, train_stage=f"train@{m}"))
     for m in params.get("finetune_shortlist") or []:
-        out.append(System(f"lora-shortlist-{m}", "lora-shortlist", m, f"evaluate-shortlist@{m}", run=SHORTLIST_RUN + m))
+        out.append(System(f"lora-shortlist-{m}", "lora-shortlist", m, f"evaluate-shortlist@{m}", run=SHORTLIST_RUN + m,
+                          train_stage=f"train-shortlist@{m}"))
     for m in params.get("zeroshot") or []:
         out.append(System(f"zeroshot-{m}", "zeroshot", m, f"zeroshot@{m}"))
         out.append(System(f"fewshot-{m}", "fewshot", m, f"fewshot@{m}"))

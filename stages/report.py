@@ -18,7 +18,7 @@ from icdstudy import metrics, plots
 from icdstudy.io import read_json, read_jsonl, write_json, write_text_atomic
 from icdstudy.params import ParamError, load_params
 from icdstudy.report import PairingError, error_breakdown, per_chapter_accuracy, render
-from icdstudy.systems import selected, seed_predictions, training_runs
+from icdstudy.systems import seed_predictions, selected
 
 
 class Missing(Exception):
@@ -42,11 +42,8 @@ def gather(root: Path, params: dict):
                 for name, path in seed_predictions(s, params).items()}
         if runs:
             seed_preds[s.id] = runs
-    trains = {}
-    for run in training_runs(params):
-        model = run.removeprefix("shortlist-")
-        stage = f"{'train-shortlist' if run != model else 'train'}@{model}"
-        trains[run] = read_json(_need(root / "metrics/train" / f"{run}.json", f"training run {run}", stage))
+    trains = {s.run: read_json(_need(root / "metrics/train" / f"{s.run}.json", f"training run {s.run}", s.train_stage))
+              for s in selected(params) if s.fine_tuned}
     return evals, preds, seed_preds, trains
 
 
