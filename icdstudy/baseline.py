@@ -10,8 +10,8 @@ import time
 import numpy as np
 
 
-def train_and_predict(train_rows: list[dict], test_rows: list[dict], cfg: dict, top_k: int = 5):
-    """Returns (per-sample predictions, n_parameters, fit seconds)."""
+def train_and_predict(train_rows: list[dict], splits: list[list[dict]], cfg: dict, top_k: int = 5):
+    """Fits once on ``train_rows``; returns (per-sample predictions of each of ``splits``, n_parameters, fit seconds)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -25,8 +25,17 @@ def train_and_predict(train_rows: list[dict], test_rows: list[dict], cfg: dict, 
     model.fit([r["input"] for r in train_rows], [r["code"] for r in train_rows])
     fit_s = time.perf_counter() - t0
     classes = model.classes_
+    return [_predict(model, classes, rows, top_k) for rows in splits], _size(model), fit_s
+
+
+def _size(model) -> int:
+    clf = model[-1]
+    return int(clf.coef_.size + clf.intercept_.size)
+
+
+def _predict(model, classes, rows: list[dict], top_k: int) -> list[dict]:
     predictions = []
-    for row in test_rows:
+    for row in rows:
         t = time.perf_counter()
         probs = model.predict_proba([row["input"]])[0]
         latency = time.perf_counter() - t
@@ -36,6 +45,4 @@ def train_and_predict(train_rows: list[dict], test_rows: list[dict], cfg: dict, 
                             "pred": candidates[0]["code"], "valid": True, "candidates": candidates,
                             "confidence": candidates[0]["score"], "latency_s": round(latency, 6),
                             "input_truncated": False})
-    clf = model[-1]
-    n_params = int(clf.coef_.size + clf.intercept_.size)
-    return predictions, n_params, fit_s
+    return predictions

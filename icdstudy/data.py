@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import icd10
+from .copies import copy_key
 
 
 class DataError(Exception):
@@ -155,10 +156,10 @@ def clean(df: pd.DataFrame, input_field: str, unknown_codes: str = "keep",
             text = _redact_phrase(text, description)
         result.mentions_before += had_mention
         result.mentions_after += bool(icd10.find_mentions(text, known))
-        if text in seen_inputs:
+        if copy_key(text) in seen_inputs:  # the same text up to case and whitespace: one copy is kept
             result.dropped["duplicate_input"] += 1
             continue
-        seen_inputs.add(text)
+        seen_inputs.add(copy_key(text))
         result.nonbillable_rows += icd10.is_valid(code) and not icd10.is_billable(code)
         result.rows.append({"id": rec["id"], "input": text, "code": code, "description": description})
     return result
@@ -250,10 +251,3 @@ def labels_table(train_rows: list[dict]) -> dict[str, dict]:
                 "billable": icd10.is_billable(code),
             }
     return labels
-
-
-def fingerprint(rows: list[dict]) -> str:
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(f"{row['id']}\t{row['code']}\t{row['input']}\n".encode())
-    return h.hexdigest()[:16]

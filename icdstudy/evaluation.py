@@ -1,23 +1,49 @@
-"""Evaluate one system on a split: prompts, resumable batched generation, metrics.
+"""Predict one system on a split: prompts, resumable batched generation.
 
-Zero-shot models and LoRA adapters go through this same function, so their numbers are
-comparable. Finished batches are appended to a resume file; a rerun with the same model, data
-and settings skips them and ends with the same predictions as an uninterrupted run.
+Zero-shot models and LoRA adapters, every prompt style, go through this same function, so their
+numbers are comparable (icdstudy.scoring turns the predictions into metrics). Finished batches
+are appended to a resume file; a rerun with the same model, data and settings skips them and ends
+with the same predictions as an uninterrupted run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import random
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import metrics, prompts
+from . import prompts
 from .generation import GenerationSettings, run_generation
 from .io import JsonlAppender, iter_jsonl
+from .shortlist import LISTED
 
 RETRIEVAL_DEFAULTS = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True}
+# How a kind's prompt presents an encounter (icdstudy.systems.Kind.prompt): the encounter alone; after its
+# eval.retrieval_k nearest training examples; or with the eval.candidates codes the retriever ranks highest.
+PROMPTS = ("plain", "examples", "candidates")
+
+
+def settings_for(prompt: str, ecfg: dict) -> GenerationSettings:
+    """Generation settings of a prompt style from params `eval`: "examples" shows eval.retrieval_k nearest
+    training examples and runs at eval.fewshot_batch_size (its prompts are longer)."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt style {prompt!r}: use one of {', '.join(PROMPTS)}")
+    if prompt == "examples":
+        ecfg = {**ecfg, "few_shot": ecfg["retrieval_k"], "few_shot_strategy": "nearest",
+                "batch_size": ecfg.get("fewshot_batch_size") or ecfg["batch_size"]}
+    return GenerationSettings.from_params(ecfg)
+
+
+def prompt_rows(prompt: str, train_rows: list[dict], rows: list[dict], ecfg: dict, retrieval: dict,
+                retriever=None) -> list[dict]:
+    """``rows`` with what their prompt lists beside the encounter: for "candidates", each row's
+    eval.candidates retrieved codes (from the other training rows when ``rows`` are training rows)."""
+    if prompt != "candidates":
+        return rows
+    from .shortlist import with_shortlists
+
+    return with_shortlists(train_rows, rows, ecfg["candidates"], retrieval, retriever)
 
 
 def few_shot_examples(train_rows: list[dict], test_rows: list[dict], k: int, strategy: str = "random",
@@ -29,7 +55,8 @@ def few_shot_examples(train_rows: list[dict], test_rows: list[dict], k: int, str
     """
     if k <= 0 or not train_rows:
         return [[] for _ in test_rows]
-    from .retrieval import Retriever, text_key
+    from .copies import copy_key
+    from .retrieval import Retriever
 
     if strategy == "nearest":
         retriever = Retriever.from_params(train_rows, retrieval or RETRIEVAL_DEFAULTS)
@@ -37,10 +64,10 @@ def few_shot_examples(train_rows: list[dict], test_rows: list[dict], k: int, str
     if strategy != "random":
         raise ValueError(f"eval.few_shot_strategy = {strategy!r}: use random or nearest")
     order = random.Random(seed).sample(range(len(train_rows)), k=min(len(train_rows), 4 * k + 4))
-    keys = {i: text_key(train_rows[i]["input"]) for i in order}
+    keys = {i: copy_key(train_rows[i]["input"]) for i in order}
     out = []
     for row in test_rows:
-        own = text_key(row["input"])
+        own = copy_key(row["input"])
         out.append([train_rows[i] for i in order if train_rows[i]["id"] != row.get("id") and keys[i] != own][:k])
     return out
 
@@ -75,17 +102,17 @@ def _resume_rows(path: Path, fingerprint: str) -> dict[str, dict]:
 def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: GenerationSettings,
              input_kind: str, train_rows: list[dict] = (), fingerprint_parts: dict | None = None,
              resume_file: str | Path | None = None, progress: bool = True,
-             retrieval: dict | None = None) -> tuple[list[dict], dict]:
-    """Returns (per-sample predictions in test order, quality + speed metrics)."""
+             retrieval: dict | None = None) -> list[dict]:
+    """Per-sample predictions, in the order of ``test_rows`` (any split's rows); icdstudy.scoring scores them."""
     shots = few_shot_examples(list(train_rows), test_rows, settings.few_shot, settings.few_shot_strategy,
                               settings.seed, retrieval)
     # The best neighbour goes last, next to the encounter it resembles.
     built = [prompts.prompt_for(tokenizer, r["input"], input_kind, settings.max_input_tokens, s[::-1],
-                                settings.max_shot_tokens, r.get("shortlist")) for r, s in zip(test_rows, shots)]
+                                settings.max_shot_tokens, r.get(LISTED)) for r, s in zip(test_rows, shots)]
     texts = [p for p, _ in built]
     fingerprint = hashlib.sha256(json.dumps({
         "settings": asdict(settings), "input": input_kind, "labels": sorted(label_codes),
-        "test": [(r["id"], r["code"], r["input"], r.get("shortlist")) for r in test_rows], **(fingerprint_parts or {}),
+        "test": [(r["id"], r["code"], r["input"], r.get(LISTED)) for r in test_rows], **(fingerprint_parts or {}),
         "shots": [[x["id"] for x in s] for s in shots],
     }, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -106,8 +133,8 @@ def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: Gen
                    "latency_s": round(seconds / len(indices), 5), "input_truncated": built[i][1]}
             if settings.few_shot:
                 row["shot_ids"] = [x["id"] for x in shots[i]]
-            if "shortlist" in test_rows[i]:
-                row["shortlist"] = [c["code"] for c in test_rows[i]["shortlist"]]
+            if LISTED in test_rows[i]:
+                row[LISTED] = [c["code"] for c in test_rows[i][LISTED]]
             done[row["id"]] = row
             if appender:
                 appender.write(row)
@@ -120,7 +147,4 @@ def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: Gen
         if appender:
             appender.close()
     predictions = [done[r["id"]] for r in test_rows]
-    result = metrics.quality(predictions)
-    result.update(metrics.efficiency(predictions))
-    result["inputs_truncated"] = sum(p["input_truncated"] for p in predictions)
-    return predictions, result
+    return predictions

@@ -6,7 +6,8 @@ undotted internally (as MedSynth stores them) and dotted only for display.
 Importing that package parses its XML table, about 2 seconds, in every stage and command that
 touches a code. The codes this module asks about (every category, subcategory and 7th-character
 code, with leaf flag, chapter and description) are read from it once and kept as JSON in the user's
-cache folder, keyed by the package's version: 0.3 seconds to import this module then.
+cache folder, keyed by the package's version and by the source of ``build_table`` (what builds it): a
+fix to how the table is read builds a new one. 0.3 seconds to import this module then.
 """
 from __future__ import annotations
 
@@ -63,8 +64,12 @@ def is_code_shaped(code: str) -> bool:
 
 
 def _cache_file() -> Path:
+    import hashlib
+    import inspect
+
     root = os.environ.get("ICDSTUDY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "icdstudy"
-    return Path(root) / f"icd10cm-table-{metadata.version('simple-icd-10-cm')}.json"
+    builder = hashlib.sha256(inspect.getsource(build_table).encode()).hexdigest()[:12]
+    return Path(root) / f"icd10cm-table-{metadata.version('simple-icd-10-cm')}-{builder}.json"
 
 
 def build_table() -> dict[str, list]:

@@ -287,10 +287,6 @@ def _row(st, arch, device: str, batch: int, seq: int, what: str, predicted: floa
             "summary": f"{what} {measured:.4g} GB vs planned {predicted:.4g} GB ({100 * err:+.1f}%), {speed}"}
 
 
-TRAIN_KINDS = planmod.TRAIN_KINDS
-EVAL_KINDS = ("zeroshot", "fewshot", "shortlist", "evaluate", "evaluate-shortlist")
-
-
 def measure_plan(params: dict, stages: list, hw, weights: str = "random", steps: int = 3) -> list[dict]:
     """Measured figures for each train@ and evaluation stage of ``stages`` beside its plan."""
     from pathlib import Path
@@ -304,16 +300,18 @@ def measure_plan(params: dict, stages: list, hw, weights: str = "random", steps:
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     tcfg, ecfg = params["train"], params["eval"]
     out = []
+    from . import systems
+
     for st in stages:
-        kind, _, key = st.stage.partition("@")
-        if kind not in TRAIN_KINDS + EVAL_KINDS:
+        role, kind, key = systems.from_stage(st.stage) or (None, None, None)
+        if role is None or kind.floor:
             continue
         entry = model_entry(params, key)
         arch = architecture(entry, Path("models/base") / key)
         wdir = Path(entry.get("path") or Path("models/base") / key) if weights == "real" else None
         four_bit = bool(entry.get("load_in_4bit"))
-        if kind in TRAIN_KINDS:
-            tcfg = train_config(params, shortlist=kind != "train")
+        if role == "train":
+            tcfg = train_config(params, kind.recipe)
             lora = arch.lora_params(tcfg["lora_r"], tcfg["target_modules"])
             if cuda:
                 batch, seq = tcfg["batch_size"], st.detail["seq_len"]

@@ -1,32 +1,45 @@
-"""Reading params.yaml: validated against icdstudy.schema, errors that name the key at fault."""
+"""Reading params.yaml as DVC reads it, validated against icdstudy.schema, with errors that name the key at fault.
+
+DVC parses YAML 1.2 (ruamel.yaml): `learning_rate: 1e-4` is a number there, where a YAML 1.1 loader
+(PyYAML) reads the string '1e-4' and `on`/`yes` as booleans. Every params reader of the project goes
+through ``yaml_load`` so that a stage sees the values `dvc params diff` shows, and every stage gets
+the schema's typed values (``load_params``), never a string where a number was meant.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-
-import yaml
 
 
 class ParamError(Exception):
     pass
 
 
+def yaml_load(text: str):
+    """YAML 1.2, as DVC parses params.yaml and dvc.yaml (ruamel.yaml's safe loader)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
 def load_params(path: str | Path = "params.yaml", validate: bool = True) -> dict:
-    """The params as a dict; with ``validate`` (the default) every key is checked first."""
+    """The params as a dict; with ``validate`` (the default) every key is checked and every value
+    comes back with the schema's type (a float stays a float, whatever spelling YAML allows)."""
+    from ruamel.yaml import YAMLError
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            params = yaml.safe_load(fh)
+        params = yaml_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamError(f"{path}: not found; run from the project folder or pass --params") from None
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if validate:
-        from .schema import validate as check
+    if not validate:
+        return params
+    from .schema import validate as check
 
-        try:
-            check(params, str(path))
-        except ValueError as exc:
-            raise ParamError(str(exc)) from None
-    return params
+    try:
+        return check(params, str(path)).model_dump()
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
 
 
 def section(params: dict, name: str) -> dict:
@@ -42,6 +55,13 @@ def model_entry(params: dict, key: str) -> dict:
     return {"key": key, **models[key]}
 
 
-def train_config(params: dict, shortlist: bool = False) -> dict:
-    """The training recipe: section ``train``, with ``train_shortlist``'s keys replaced for the shortlist runs."""
-    return {**section(params, "train"), **((params.get("train_shortlist") or {}) if shortlist else {})}
+def train_config(params: dict, recipe: str | None = None) -> dict:
+    """A training recipe, typed: section ``train`` with the keys of section ``recipe`` (a kind's own,
+    such as ``train_shortlist``) replaced."""
+    from .schema import Train
+
+    merged = {**section(params, "train"), **((params.get(recipe) or {}) if recipe else {})}
+    try:
+        return Train.model_validate(merged).model_dump()
+    except ValueError as exc:
+        raise ParamError(f"params.yaml: {recipe or 'train'}: {str(exc).splitlines()[-1]}") from None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from . import systems
 from .architectures import Architecture
 
 # Bytes autograd keeps per token per decoder layer (bf16 weights, bf16 autocast, LoRA on all 7
@@ -40,7 +41,6 @@ DROPOUT_PER_INTERMEDIATE = 4.0
 CHECKPOINT_PER_HIDDEN = 2.0  # gradient checkpointing: the layer input only (bf16)
 NF4_BYTES_PER_PARAM = 0.516
 CUDA_OVERHEAD_GB = 1.5  # CUDA context, cuBLAS workspace, allocator slack
-TRAIN_KINDS = ("train", "train-shortlist")  # the stages that train (train@<m>, train-shortlist@<m>); the rest evaluate
 PROMPT_OVERHEAD_TOKENS = 90  # system message, chat template and question around the input
 # A shortlist (eval.candidates): its header, then one "1. E11.22 <official description> (0.41)" line per
 # code. Measured with the Llama-3.2 tokenizer on the 503 codes of the MedSynth sample: 14 tokens of
@@ -283,8 +283,10 @@ def shortlist_tokens(candidates: int) -> int:
 
 
 def plan_train(key: str, arch: Architecture, entry: dict, tcfg: dict, max_input_tokens: int, stats: DataStats,
-               hw: Hardware, extra_tokens: int = 0, stage: str | None = None) -> StagePlan:
-    """``extra_tokens``: prompt tokens beyond the encounter (a shortlist); ``stage``: default train@<key>."""
+               hw: Hardware, extra_tokens: int = 0, stage: str | None = None, probe: StagePlan | None = None) -> StagePlan:
+    """``extra_tokens``: prompt tokens beyond the encounter (a shortlist); ``stage``: default train@<key>;
+    ``probe``: the plan of decoding the validation rows once (train.select_by: exact_match), paid at every
+    evaluation; its peak (weights, adapter and optimizer state stay resident) counts toward the stage's."""
     four_bit = bool(entry.get("load_in_4bit"))
     lora = arch.lora_params(tcfg["lora_r"], tcfg["target_modules"])
     seq, mean_seq = seq_lengths(stats, max_input_tokens, ANSWER_TOKENS + extra_tokens)
@@ -304,13 +306,21 @@ def plan_train(key: str, arch: Architecture, entry: dict, tcfg: dict, max_input_
     flops = train_flops(arch, train_tokens, mean_seq, lora, tcfg["gradient_checkpointing"])
     flops += evals * stats.val * mean_seq * 2 * arch.matmul_params
     seconds = flops / (hw.flops * hw.mfu * (2 / 3 if four_bit else 1)) / procs
+    peak_b = _peak(parts)
+    detail = {}
+    if probe is not None and tcfg.get("select_by", "exact_match") == "exact_match":
+        seconds += evals * probe.detail["seconds"]
+        probe_b = probe.peak_gb * 2**30 + 16.0 * lora
+        peak_b = max(peak_b, probe_b)
+        fits = fits and _fits(probe_b, hw)
+        detail = {"probe_peak_gb": _gb(probe_b), "probe_seconds_each": probe.detail["seconds"], "probe_samples": probe.detail["samples"]}
     fix = None
     if not fits:
         fix = _train_fix(key, tcfg, peak, hw, max_input_tokens, stats, four_bit)
-    return StagePlan(stage or f"train@{key}", _gb(_peak(parts)), fits, round(seconds / 3600, 2), fix, {
+    return StagePlan(stage or f"train@{key}", _gb(peak_b), fits, round(seconds / 3600, 2), fix, {
         "params_total": arch.params_total, "trainable_params": lora, "batch_tokens": tcfg["batch_size"] * seq,
         "seq_len": seq, "effective_batch": effective, "steps": steps, "evals": evals,
-        "tflops": round(flops / 1e12), "parts_gb": {k: _gb(v) for k, v in parts.items()}})
+        "tflops": round(flops / 1e12), "parts_gb": {k: _gb(v) for k, v in parts.items()}, **detail})
 
 
 def _train_fix(key, tcfg, peak, hw, max_input_tokens, stats, four_bit) -> str:
@@ -335,13 +345,17 @@ def _train_fix(key, tcfg, peak, hw, max_input_tokens, stats, four_bit) -> str:
 
 
 def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict, stats: DataStats,
-              hw: Hardware, few_shot: int = 0, batch_key: str = "eval.batch_size", extra_tokens: int = 0) -> StagePlan:
+              hw: Hardware, few_shot: int = 0, batch_key: str = "eval.batch_size", extra_tokens: int = 0,
+              splits: tuple[str, ...] = ("val", "test"), seeds: int = 1) -> StagePlan:
+    """A predicting stage: the first eval.max_samples rows of each of ``splits``, and the test rows again for
+    each training seed after the first."""
     four_bit = bool(entry.get("load_in_4bit"))
     beams = (ecfg.get("num_beams") or ecfg["top_k"]) if ecfg["constrained"] else 1
     shot_tokens = few_shot * (min(ecfg.get("max_shot_tokens") or ecfg["max_input_tokens"], stats.mean_input_tokens)
                               + 30 + ANSWER_TOKENS)
     seq, mean_seq = seq_lengths(stats, ecfg["max_input_tokens"], ecfg["max_new_tokens"] + int(shot_tokens) + extra_tokens)
-    n = min(stats.test, ecfg.get("max_samples") or stats.test)
+    cap = lambda rows: min(rows, ecfg.get("max_samples") or rows)  # noqa: E731
+    n = sum(cap(getattr(stats, split)) for split in splits) + (seeds - 1) * cap(stats.test)
 
     new_tokens = ecfg["max_new_tokens"]
 
@@ -365,7 +379,7 @@ def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict
         fix = fix or f"does not fit a {hw.mem_gb:.0f} GB GPU at batch 1; shorten eval.max_input_tokens"
     return StagePlan(f"{system}", _gb(total), fits, round(seconds / 3600, 2), fix, {
         "params_total": arch.params_total, "batch": ecfg["batch_size"], "beams": beams, "seq_len": seq,
-        "samples": n, "parts_gb": {k: _gb(v) for k, v in parts.items()}})
+        "samples": n, "seconds": round(seconds, 1), "parts_gb": {k: _gb(v) for k, v in parts.items()}})
 
 
 def plan_base(key: str, arch: Architecture) -> StagePlan:
@@ -380,6 +394,10 @@ def to_json(stages: list[StagePlan], hw: Hardware, usd_per_hour: float | None = 
            "stages": [asdict(s) for s in stages], "total_est_hours": total, "fits": all(s.fits for s in stages)}
     if usd_per_hour:
         out["est_usd"] = round(total * usd_per_hour, 2)
+        for st in out["stages"]:  # the plan's estimate of deploy's usd_per_1k, before a GPU run measures it
+            if (systems.from_stage(st["stage"]) or ("other",))[0] == "predict" and st["detail"].get("samples"):
+                st["detail"]["usd_per_1k"] = round(st["detail"]["seconds"] / 3600 * usd_per_hour / st["detail"]["samples"]
+                                                   * 1000, 4)
     return out
 
 
@@ -401,16 +419,20 @@ def render(plan: dict) -> str:
              "", f"{'stage':<32} {'peak GB':>8} {'fits':>5} {'hours':>7}  detail"]
     for s in plan["stages"]:
         d = s["detail"]
-        kind = s["stage"].partition("@")[0]
-        if kind in TRAIN_KINDS:
+        role = (systems.from_stage(s["stage"]) or ("other",))[0]
+        if role == "train":
             what = (f"{d['params_total'] / 1e9:.2f}B params, LoRA {d['trainable_params'] / 1e6:.1f}M, batch "
                     f"{d['batch_tokens']:,} tokens, {d['steps']} steps, {d['tflops']:,} TFLOP")
-        elif kind == "base":
-            what = f"download {d['download_gb']} GB"
+            if "probe_samples" in d:
+                what += f"; {d['evals']} x {d['probe_samples']} validation rows decoded to keep the best checkpoint"
+        elif role == "predict":
+            what = f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']} tokens, {d['samples']} samples (val + test)"
+            if "usd_per_1k" in d:
+                what += f", ${d['usd_per_1k']:.3g} per 1,000"
         else:
-            what = f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']} tokens, {d['samples']} samples"
+            what = f"download {d['download_gb']} GB"
         lines.append(f"{s['stage']:<32} {s['peak_gb']:>8.1f} {'yes' if s['fits'] else 'NO':>5} {s['est_hours']:>7.2f}  {what}")
-        if kind not in TRAIN_KINDS + ("base",):  # where the peak comes from, term by term
+        if role == "predict":  # where the peak comes from, term by term
             lines.append(f"{'':<32} {render_eval_parts(d['parts_gb'])}")
         if s["fix"]:
             lines.append(f"{'':<32} fix: {s['fix']}")

@@ -11,66 +11,102 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .icd10 import CHAPTER_TITLES  # noqa: E402
-from .systems import kind  # noqa: E402
+from .systems import kind_of, model_of  # noqa: E402
 
-COLORS = {"lora": "#1b9e77", "lora-shortlist": "#0b5d47", "zeroshot": "#d95f02", "fewshot": "#e6ab02",
-          "shortlist": "#a6761d", "tfidf": "#7570b3", "knn": "#e7298a"}
+MARKERS = "osD^v<>Ph*X"
 
 
 def _color(system: str) -> str:
-    return COLORS.get(kind(system), "#666666")
+    k = kind_of(system)
+    return k.color if k else "#666666"
+
+
+def _markers(systems) -> dict[str, str]:
+    """One marker per model (floors get their own), so systems of one kind on different models differ."""
+    models = list(dict.fromkeys(model_of(s) or s for s in systems))
+    return {s: MARKERS[models.index(model_of(s) or s) % len(MARKERS)] for s in systems}
 
 
 def _save(fig, path: Path) -> str:
+    """Saved with every artist inside the image (bbox_inches="tight"): a legend outside the axes is kept whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return str(path)
 
 
 def accuracy_by_system(evals: dict, out: Path) -> str:
+    """Exact, category and chapter accuracy per system as horizontal bars: names stay readable at any count."""
+    from matplotlib.patches import Patch
+
     systems = list(evals)
     levels = [("exact_match", "exact code"), ("category_match", "category (3 chars)"), ("chapter_match", "chapter")]
-    x = np.arange(len(systems))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(systems)), 4))
+    y = np.arange(len(systems))
+    fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.62 * len(systems)))
     for i, (key, label) in enumerate(levels):
         vals = [100 * evals[s][key] for s in systems]
-        bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=label, alpha=[1, 0.7, 0.45][i], color=[_color(s) for s in systems],
-                      edgecolor="black", linewidth=0.5)
+        bars = ax.barh(y + (i - 1) * 0.27, vals, 0.27, label=label, alpha=[1, 0.7, 0.45][i],
+                       color=[_color(s) for s in systems], edgecolor="black", linewidth=0.5)
         if key == "exact_match":
             lo = [100 * (evals[s]["exact_match"] - evals[s]["exact_match_ci95"][0]) for s in systems]
             hi = [100 * (evals[s]["exact_match_ci95"][1] - evals[s]["exact_match"]) for s in systems]
-            ax.errorbar(x - 0.27, vals, yerr=[lo, hi], fmt="none", ecolor="black", capsize=3)
-        for b, v in zip(bars, vals):
-            ax.text(b.get_x() + b.get_width() / 2, v + 1, f"{v:.0f}", ha="center", fontsize=7)
-    from matplotlib.patches import Patch
-
-    ax.set_xticks(x, systems, rotation=15, ha="right")
-    ax.set_ylabel("accuracy on the test split (%)")
-    ax.set_ylim(0, 118)
+            ax.errorbar(vals, y - 0.27, xerr=[lo, hi], fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+            ends = [v + h for v, h in zip(vals, hi)]
+        else:
+            ends = vals
+        for b, v, end in zip(bars, vals, ends):
+            ax.text(end + 1, b.get_y() + b.get_height() / 2, f"{v:.0f}", va="center", fontsize=6)
+    ax.set_yticks(y, systems, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy on the test split (%)")
+    ax.set_xlim(0, 110)
     ax.legend(handles=[Patch(facecolor="grey", alpha=a, edgecolor="black", label=l)
-                       for a, (_, l) in zip([1, 0.7, 0.45], levels)], fontsize=8, ncol=3, loc="upper center")
+                       for a, (_, l) in zip([1, 0.7, 0.45], levels)], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     ax.set_title("Test accuracy by ICD-10-CM level (error bars: 95% CI of exact match)", fontsize=10)
     return _save(fig, out)
 
 
+def _log_axis(ax, values) -> None:
+    """A log x-axis that spans at least a factor of ten around the data, labelled at 1, 2 and 5 times each power
+    of ten, with no minor labels (crowded ones overlap when the data span less than a decade)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    values = [v for v in values if v > 0]
+    if not values:
+        return
+    lo, hi = min(values) / 1.6, max(values) * 1.6
+    if hi / lo < 10:
+        mid = (lo * hi) ** 0.5
+        lo, hi = mid / 10 ** 0.5, mid * 10 ** 0.5
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _scatter(evals: dict, xkey: str, xlabel: str, title: str, out: Path, scale: float = 1.0) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """One point per system with its exact-match CI; named in a legend beside the axes (labels written next
+    to points collide as soon as two systems sit close)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    markers = _markers(evals)
     for s, m in evals.items():
         xv = (m.get(xkey) or 0) * scale
         if xv <= 0:
             continue
         y = 100 * m["exact_match"]
         lo, hi = (100 * v for v in m["exact_match_ci95"])
-        ax.errorbar([xv], [y], yerr=[[y - lo], [hi - y]], fmt="o", color=_color(s), capsize=3, markersize=8)
-        ax.annotate(s, (xv, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set_xscale("log")
+        ax.errorbar([xv], [y], yerr=[[y - lo], [hi - y]], fmt=markers[s], color=_color(s), capsize=3, markersize=8,
+                    label=s, alpha=0.9)
+    _log_axis(ax, [(m.get(xkey) or 0) * scale for m in evals.values()])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("exact match (%)")
+    ax.set_ylabel("exact match on test (%)")
     ax.set_ylim(-5, 105)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     return _save(fig, out)
 
 
@@ -81,6 +117,35 @@ def accuracy_vs_latency(evals: dict, out: Path) -> str:
 
 def accuracy_vs_params(evals: dict, out: Path) -> str:
     return _scatter(evals, "params_total", "parameters (millions, log scale)", "Accuracy against model size", out, 1e-6)
+
+
+def risk_coverage(curves: dict[str, tuple[list[float], list[bool]]], targets: list[float], out: Path) -> str:
+    """Error rate among the encounters coded without review, against the share coded, one curve per system
+    (confidence ordered, test split); dashed lines at the error rates the target precisions allow."""
+    from .deploy import risk_coverage as curve
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    markers = _markers(curves)
+    for s, (conf, correct) in curves.items():
+        pts = curve(conf, correct)
+        if not pts:
+            continue
+        cov = [0.0] + [100 * c for _, c, _ in pts]
+        risk = [100 * pts[0][2]] + [100 * r for _, _, r in pts]
+        ax.step(cov, risk, where="pre", color=_color(s), label=s, marker=markers[s], markevery=[len(cov) - 1],
+                markersize=5, linewidth=1.4)
+    for t in targets:
+        ax.axhline(100 * (1 - t), color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(f"{100 * t:g}% precision", (100, 100 * (1 - t)), xytext=(-4, 3), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=7, color="grey")
+    ax.set_xlabel("encounters coded without review (%, most confident first)")
+    ax.set_ylabel("error rate among them (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+    ax.set_title("Risk against coverage on test: low and to the right is better", fontsize=10)
+    return _save(fig, out)
 
 
 def chapter_heatmap(per_chapter: dict[str, dict[str, float]], out: Path) -> str:
@@ -111,7 +176,7 @@ def reliability(bins_by_system: dict[str, list[dict]], out: Path) -> str:
     ax.set_ylabel("share of top candidates that are correct")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     ax.set_title("Reliability (10 equal-width bins)", fontsize=10)
     return _save(fig, out)
 
@@ -139,7 +204,7 @@ def training_curves(live_dirs: dict[str, Path], out: Path) -> str | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per answer token (nats)")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     ax.grid(alpha=0.3)
     ax.set_title("LoRA training and validation loss", fontsize=10)
     return _save(fig, out)
@@ -163,6 +228,6 @@ def error_breakdown(breakdown: dict, out: Path) -> str:
     ax.invert_yaxis()
     ax.set_xlabel("test rows (%)")
     ax.set_xlim(0, 100)
-    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    ax.set_title("Where predictions land in the ICD-10-CM hierarchy", fontsize=10, pad=22)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+    ax.set_title("Where predictions land in the ICD-10-CM hierarchy", fontsize=10)
     return _save(fig, out)

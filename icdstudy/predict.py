@@ -3,8 +3,12 @@
     python -m icdstudy.predict --text "<dialogue or note>"          one encounter (or --file F, or stdin)
     python -m icdstudy.predict --input batch.csv --output out.jsonl  a batch (column `input`, `dialogue` or `note`)
 
-Uses the prompts, model loading and constrained ranking of the evaluation stages. Scores are
-probabilities under the model restricted to the candidate codes (they sum to at most 1). With
+Uses the prompts, model loading, decoding settings (params `eval`) and constrained ranking of the
+evaluation stages. Scores are probabilities under the model restricted to the candidate codes (they sum
+to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
+chosen on validation for the target precision (--target, default the highest of
+deploy.target_precision; stage `score` records it in metrics/val/<system>.json), else `review`; the
+output says which threshold, from which system and with what validation precision. With
 --min-confidence p, a result whose top score is below p is marked abstained.
 Suggestions support, and do not replace, a qualified medical coder.
 """
@@ -15,8 +19,14 @@ import json
 import sys
 from pathlib import Path
 
+from . import systems
+from .shortlist import LISTED
+
 DISCLAIMER = "Suggestions support, and do not replace, a qualified medical coder."
 DEFAULT_MODEL = "smollm2-135m"
+# The kind predict uses: the fine-tuned one where its adapter exists, else the untrained one, on the prompt asked for.
+FINE_TUNED = {k.prompt: k for k in systems.KINDS if k.fine_tuned}
+UNTRAINED = {k.prompt: k for k in reversed(systems.KINDS) if not k.fine_tuned and not k.floor}
 
 
 class PredictError(Exception):
@@ -37,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-adapter", action="store_true", help="use the base model even if an adapter exists")
     p.add_argument("--shortlist", action="store_true", help="list, in the prompt, the eval.candidates codes the TF-IDF "
                    "retriever over the training split ranks highest, as the shortlist systems do (default adapter: "
-                   "models/adapters/shortlist-<model>, trained on such prompts)")
+                   "that of the system fine-tuned on such prompts, models/adapters/<system>)")
+    p.add_argument("--target", type=float, help="route at this precision: code where the confidence reaches the "
+                   "threshold chosen on validation for it, else review (default: the highest deploy.target_precision)")
+    p.add_argument("--metrics", default="metrics/val", help="where stage score wrote each system's validation metrics "
+                   "(thresholds)")
     p.add_argument("--top-k", type=int, default=5, help="candidates to return (default 5)")
     p.add_argument("--labels", default="train", help="candidate codes: train (the training label set, default), "
                    "all (every billable ICD-10-CM code; slower), or a labels.json / text file of codes")
@@ -87,7 +101,8 @@ def _read_batch(path: Path) -> list[tuple[int, str | None]]:
     return rows
 
 
-def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None]:
+def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems.System]:
+    """The base model, its registry entry, the adapter (or None) and the system they make."""
     from .params import ParamError, model_entry
 
     key = args.model or DEFAULT_MODEL
@@ -101,14 +116,20 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None]:
         base = Path("models/base") / key
         if not base.exists():
             raise PredictError(f"--model {key}: {base} not found; run `dvc repro base@{key}` first")
+    prompt = "candidates" if args.shortlist else "plain"
+    tuned = systems.system(FINE_TUNED[prompt], entry["key"])
     adapter = None
     if args.adapter:
         adapter = Path(args.adapter)
     elif not args.no_adapter:
-        run = f"shortlist-{entry['key']}" if args.shortlist else entry["key"]
-        if (Path("models/adapters") / run / "adapter_config.json").exists():
-            adapter = Path("models/adapters") / run
-    return base, entry, adapter
+        if (tuned.adapter / "adapter_config.json").exists():
+            adapter = tuned.adapter
+        else:
+            old = [p for p in systems.old_run_paths(tuned) if p.parent.name == "adapters"]
+            if old:
+                raise PredictError(f"{tuned.adapter} not found, but {old[0]} is this adapter's old name (runs are named "
+                                   f"after their system now): run `dvc repro {tuned.train_stage}`, or pass --adapter {old[0]}")
+    return base, entry, adapter, tuned if adapter else systems.system(UNTRAINED[prompt], entry["key"])
 
 
 def _result(res: dict, labels: dict, min_conf: float) -> dict:
@@ -122,10 +143,48 @@ def _result(res: dict, labels: dict, min_conf: float) -> dict:
     return {"candidates": candidates, "abstained": top < min_conf, "top_score": top}
 
 
+def routing(system: systems.System, metrics_dir: Path, target: float) -> dict:
+    """The threshold a system codes without review at ``target`` precision, as stage score chose it on
+    validation: {signal, threshold, target, system, validation_precision, source} (threshold None with a
+    reason where there is none)."""
+    from . import deploy
+    from .io import read_json
+
+    path = metrics_dir / f"{system.id}.json"
+    k = deploy.key(target)
+    if not path.exists():
+        return {"system": system.id, "target": target, "threshold": None,
+                "reason": f"{path} not found: run `dvc repro score` for the thresholds chosen on validation"}
+    m = read_json(path)
+    if f"threshold_at_{k}" not in m:
+        return {"system": system.id, "target": target, "threshold": None,
+                "reason": f"{path} has no threshold for {100 * target:g}% precision (deploy.target_precision)"}
+    return {"system": system.id, "target": target, "signal": m["confidence_signal"], "threshold": m[f"threshold_at_{k}"],
+            "validation_precision": m.get(f"precision_at_{k}"), "validation_coverage": m.get(f"coverage_at_{k}"),
+            "source": str(path), **({"reason": m[f"threshold_at_{k}_reason"]} if m.get(f"threshold_at_{k}_reason") else {})}
+
+
+def route(raw: dict, rule: dict, first: str | None) -> str | None:
+    """code or review for one prediction (evaluation's raw result), by ``rule`` (from ``routing``); None without
+    a rule. Where validation reached no threshold, every encounter goes to review."""
+    from . import deploy
+
+    if "signal" not in rule:
+        return None
+    if rule["threshold"] is None:
+        return "review"
+    return "code" if deploy.coded([{"id": "x", **raw}], {"x": first}, rule["signal"], rule["threshold"])[0] else "review"
+
+
 def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_kind: str,
             max_input_tokens: int | None, min_confidence: float = 0.0, progress: bool = False,
-            shortlists: list[list[dict]] | None = None) -> list[dict]:
-    """``shortlists``: each text's candidate shortlist for the prompt (shortlist systems), or None."""
+            shortlists: list[list[dict]] | None = None, ecfg: dict | None = None, rule: dict | None = None,
+            first: list[str | None] | None = None) -> list[dict]:
+    """``shortlists``: each text's candidate shortlist for the prompt (shortlist systems), or None; ``ecfg``:
+    params `eval` (the evaluation stages' decoding); ``rule``: the routing threshold (``routing``), with
+    ``first``, each text's TF-IDF retriever's first code (its retriever-agreement signal)."""
+    from dataclasses import replace
+
     from . import icd10, prompts
     from .generation import GenerationSettings, run_generation
 
@@ -133,7 +192,8 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
     shortlists = shortlists or [None] * len(texts)
     prompt_texts = [prompts.prompt_for(tokenizer, icd10.redact(t, known), input_kind, max_input_tokens,
                                        candidates=listed)[0] for t, listed in zip(texts, shortlists)]
-    settings = GenerationSettings(batch_size=8, constrained=True, top_k=max(top_k, 2), max_input_tokens=max_input_tokens)
+    settings = GenerationSettings.from_params({**(ecfg or {}), "max_input_tokens": max_input_tokens})
+    settings = replace(settings, constrained=True, top_k=max(top_k, settings.top_k, 2), few_shot=0)
     out: dict[int, dict] = {}
     run_generation(model, tokenizer, prompt_texts, settings, list(labels),
                    on_batch=lambda idx, res, s: out.update(zip(idx, res)), progress=progress)
@@ -142,21 +202,25 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
         r = _result(out[i], labels, min_confidence)
         r["candidates"] = r["candidates"][:top_k]
         if shortlists[i]:
-            r["shortlist"] = [icd10.dotted(c["code"]) for c in shortlists[i]]
+            r[LISTED] = [icd10.dotted(c["code"]) for c in shortlists[i]]
+        if rule:
+            r["route"] = route(out[i], rule, (first or [None] * len(texts))[i])
         results.append(r)
     return results
 
 
-def _shortlists(texts: list[str], params: dict, data_dir: Path) -> list[list[dict]]:
+def _shortlists(texts: list[str], params: dict, data_dir: Path, n: int | None = None, flag: str = "--shortlist"
+                ) -> list[list[dict]]:
+    """Each text's ``n`` (default eval.candidates) retrieved codes, from the retriever over the training split."""
     from .io import read_jsonl
-    from .shortlist import with_shortlists
+    from .shortlist import LISTED, with_shortlists
 
     train = data_dir / "train.jsonl"
     if not train.exists():
-        raise PredictError(f"--shortlist: {train} not found: run `dvc repro prepare` (the retriever searches it)")
-    n = params.get("eval", {}).get("candidates") or 5
+        raise PredictError(f"{flag}: {train} not found: run `dvc repro prepare` (the retriever searches it)")
+    n = n or params.get("eval", {}).get("candidates") or 5
     rows = [{"id": f"input-{i}", "input": t} for i, t in enumerate(texts)]
-    return [r["shortlist"] for r in with_shortlists(read_jsonl(train), rows, n, params["retrieval"])]
+    return [r[LISTED] for r in with_shortlists(read_jsonl(train), rows, n, params["retrieval"])]
 
 
 def _print_human(result: dict) -> None:
@@ -165,6 +229,21 @@ def _print_human(result: dict) -> None:
     for rank, c in enumerate(result["candidates"], start=1):
         print(f"{rank}. {c['code']:<9} {c['score']:.3f}  {c['description'] or '(not in the current ICD-10-CM table)'}"
               f"  [chapter {c['chapter']}]")
+
+
+def _route_line(decision: str | None, rule: dict) -> str:
+    if decision is None:
+        return f"Route: none ({rule.get('reason')})"
+    if rule["threshold"] is None:
+        return (f"Route: REVIEW: {rule['system']} reaches no threshold for {100 * rule['target']:g}% precision on "
+                f"validation ({rule.get('reason')})")
+    return (f"Route: {decision.upper()} ({rule['signal']} threshold {rule['threshold']:.3g} for {100 * rule['target']:g}% "
+            f"precision, chosen on validation for {rule['system']}: {_pct(rule['validation_precision'])} precise, "
+            f"{_pct(rule['validation_coverage'])} coded there; {rule['source']})")
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def main(argv=None) -> int:
@@ -195,7 +274,7 @@ def main(argv=None) -> int:
             params = load_params(args.params)
         except ParamError as exc:
             raise PredictError(str(exc)) from None
-        base, entry, adapter = _resolve_model(args, params)
+        base, entry, adapter, system = _resolve_model(args, params)
         labels = _label_set(args.labels, Path(args.data))
         input_kind = args.input_kind or params.get("data", {}).get("input", "dialogue")
         max_tokens = params.get("eval", {}).get("max_input_tokens")
@@ -213,17 +292,22 @@ def main(argv=None) -> int:
     good = [(n, t) for n, t in rows if t is not None]
     for n, _ in (r for r in rows if r[1] is None):
         print(f"predict: row {n}: empty input, skipped", file=sys.stderr)
+    texts = [t for _, t in good]
+    target = args.target or max((params.get("deploy") or {}).get("target_precision") or [0.95])
+    rule = routing(system, Path(args.metrics), target)
     try:
-        listed = _shortlists([t for _, t in good], params, Path(args.data)) if args.shortlist else None
-        results = predict([t for _, t in good], tokenizer, model, labels, args.top_k, input_kind, max_tokens,
-                          args.min_confidence, progress=bool(args.input), shortlists=listed)
+        listed = _shortlists(texts, params, Path(args.data)) if args.shortlist else None
+        first = None
+        if rule.get("signal") == "retriever_agreement":  # the retriever's first code, as knn-tfidf ranks it
+            first = [c[0]["code"] if c else None for c in _shortlists(texts, params, Path(args.data), 1, "--target")]
+        results = predict(texts, tokenizer, model, labels, args.top_k, input_kind, max_tokens, args.min_confidence,
+                          progress=bool(args.input), shortlists=listed, ecfg=params.get("eval"), rule=rule, first=first)
     except (ModelError, PredictError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
-    kind = ("lora-shortlist" if args.shortlist else "lora") if adapter else ("shortlist" if args.shortlist else "zeroshot")
-    system = f"{kind}-{entry['key']}"
+    system = system.id
     if args.input:
-        lines = [json.dumps({"row": n, "system": system, **r}) for (n, _), r in zip(good, results)]
+        lines = [json.dumps({"row": n, "system": system, **r, "routing": rule}) for (n, _), r in zip(good, results)]
         lines += [json.dumps({"row": n, "error": "empty input"}) for n, t in rows if t is None]
         text = "\n".join(lines) + "\n"
         if args.output:
@@ -237,12 +321,13 @@ def main(argv=None) -> int:
         return 0
     result = results[0]
     if args.json:
-        print(json.dumps({"system": system, **result, "note": DISCLAIMER}, indent=2))
+        print(json.dumps({"system": system, **result, "routing": rule, "note": DISCLAIMER}, indent=2))
     else:
         print(f"Top {args.top_k} ICD-10-CM suggestions ({system}):")
-        if result.get("shortlist"):
-            print(f"(shortlist shown to the model: {', '.join(result['shortlist'])})")
+        if result.get(LISTED):
+            print(f"(codes listed to the model: {', '.join(result[LISTED])})")
         _print_human(result)
+        print(_route_line(result.get("route"), rule))
         print(DISCLAIMER)
     return 0
 

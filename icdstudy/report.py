@@ -1,12 +1,17 @@
-"""The study report: the answer first, then the evidence. Pure Python + numpy/scipy (no torch)."""
+"""The study report: the answer first, in a coding team's terms, then the evidence. Pure Python + numpy/scipy.
+
+Everything the report chooses (which fine-tuned and which large system lead the answer) it chooses on
+validation metrics; test numbers are what it reports. Every paired test it prints (exact match and
+coverage at the headline precision, for every pair) is one family, corrected by Holm's method:
+"significant" means Holm-adjusted p < 0.05.
+"""
 from __future__ import annotations
 
 import platform
 from pathlib import Path
 
-from . import icd10
-from .stats import mcnemar_exact, paired_bootstrap_diff
-from .systems import kind as _kind
+from . import deploy, icd10, systems
+from .stats import holm, mcnemar_exact, paired_bootstrap_diff
 
 DEMO_CAVEAT = ("These numbers come from the **synthetic demo data** (codes in groups of siblings that share a "
                "category, 5 to 7 generated encounters each) and the 135M embedded model: they show that the pipeline "
@@ -17,14 +22,11 @@ SMOKE_BANNER = ("> **SMOKE RUN: these numbers mean nothing.** `study full-study 
                 "the smallest sizes that exercise it (a few dozen test rows, a few optimizer steps) to show that downloads, "
                 "chat templates, training, evaluation and this report work before the GPU hours are spent. Run "
                 "`python -m icdstudy.study full-study` for the study's numbers.")
+ALPHA = 0.05
 
 
 class PairingError(ValueError):
     """Two systems' predictions cannot be compared row by row."""
-
-
-def _model(system: str) -> str:
-    return system[len(_kind(system)) + 1:]
 
 
 def _pct(x) -> str:
@@ -35,101 +37,123 @@ def _num(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _usd(x) -> str:
+    return "n/a" if x is None else (f"${x:,.2f}" if x >= 0.1 else f"${x:.2g}")
+
+
+def _p(x) -> str:
+    return "n/a" if x is None else f"{x:.2g}"
+
+
 def _ratio(a, b) -> float | None:
     return (a / b) if a and b else None
 
 
-def compare_rows(rows_a: list[dict], rows_b: list[dict], a: str = "A", b: str = "B") -> dict:
-    """Exact-match difference (A - B) with its bootstrap CI and McNemar's test. Both must have predicted
-    the same rows with the same gold codes; anything else raises PairingError."""
+def paired(ca: list[bool], cb: list[bool]) -> dict:
+    """A - B on paired 0/1 outcomes: the difference with its bootstrap CI, and McNemar's exact test."""
+    return {"n": len(ca), **paired_bootstrap_diff(ca, cb), "mcnemar": mcnemar_exact(ca, cb)}
+
+
+def aligned(rows_a: list[dict], rows_b: list[dict], a: str = "A", b: str = "B") -> list[str]:
+    """The row ids both systems predicted, after checking they are the same rows with the same gold
+    codes (anything else raises PairingError)."""
     pa = {r["id"]: r for r in rows_a}
     pb = {r["id"]: r for r in rows_b}
     if set(pa) != set(pb):
         only = sorted(set(pa) ^ set(pb))
         raise PairingError(f"{a} and {b} predicted different test rows ({len(only)} in one only, e.g. {only[0]}); "
                            "rerun both stages on the same split")
-    ids = list(pa)
-    for i in ids:
+    for i in pa:
         if pa[i]["gold"] != pb[i]["gold"]:
             raise PairingError(f"test row {i} has gold code {pa[i]['gold']} in {a} but {pb[i]['gold']} in {b}: "
                                "their predictions come from different data; rerun both stages")
-    ca = [pa[i]["pred"] == pa[i]["gold"] for i in ids]
-    cb = [pb[i]["pred"] == pb[i]["gold"] for i in ids]
-    return {"n": len(ids), **paired_bootstrap_diff(ca, cb), "mcnemar": mcnemar_exact(ca, cb)}
+    return list(pa)
+
+
+def compare_rows(rows_a: list[dict], rows_b: list[dict], a: str = "A", b: str = "B") -> dict:
+    """Exact-match difference (A - B) with its bootstrap CI and McNemar's test on the same rows."""
+    ids = aligned(rows_a, rows_b, a, b)
+    pa, pb = ({r["id"]: r for r in rows} for rows in (rows_a, rows_b))
+    return paired([pa[i]["pred"] == pa[i]["gold"] for i in ids], [pb[i]["pred"] == pb[i]["gold"] for i in ids])
 
 
 def same_split(ma: dict, mb: dict) -> bool:
-    """Both systems were scored on the same test rows (metrics' split_fingerprint, recorded by every stage)."""
+    """Both systems were scored on the same test rows (metrics' split_fingerprint, recorded for every system)."""
     return bool(ma.get("split_fingerprint")) and ma.get("split_fingerprint") == mb.get("split_fingerprint")
 
 
-def compare(a: str, b: str, evals: dict, preds: dict, seed_preds: dict | None = None) -> dict:
-    """A vs B on the same test rows: exact-match difference, McNemar, cost ratios, and (with several
-    training seeds) in how many seeds the verdict holds. Systems scored on different splits are not
-    paired: the result says so (``unpaired``) and carries no numbers."""
+def coded_rows(system: str, evals: dict, preds: dict, first: dict, target: float) -> dict[str, bool]:
+    """Per test row: coded without review by ``system`` at ``target`` (its signal and threshold, both
+    chosen on validation, as its metrics record them)."""
+    m, k = evals[system], deploy.key(target)
+    flags = deploy.coded(preds[system], first, m.get("confidence_signal") or "top1", m.get(f"threshold_at_{k}"))
+    return {r["id"]: f for r, f in zip(preds[system], flags)}
+
+
+def compare(a: str, b: str, evals: dict, preds: dict, first: dict, target: float,
+            seed_preds: dict | None = None) -> dict:
+    """A vs B on the same test rows: exact match, coverage at ``target`` precision, cost ratios and (with several
+    training seeds) in how many seeds the exact-match direction holds. Systems scored on different splits
+    are not paired: the result says so (``unpaired``) and carries no numbers."""
     ma, mb = evals[a], evals[b]
     if not same_split(ma, mb):
         return {"a": a, "b": b, "unpaired": (ma.get("split_fingerprint"), mb.get("split_fingerprint"))}
     c = {"a": a, "b": b, **compare_rows(preds[a], preds[b], a, b)}
+    ids = [r["id"] for r in preds[a]]
+    ca, cb = coded_rows(a, evals, preds, first, target), coded_rows(b, evals, preds, first, target)
+    c["coverage"] = paired([ca[i] for i in ids], [cb[i] for i in ids])
     c["seeds"] = seed_agreement(a, b, c, seed_preds or {}, preds)
-    return {
-        **c,
-        "speed_ratio": _ratio(ma.get("samples_per_s"), mb.get("samples_per_s")),
-        "latency_ratio": _ratio(mb.get("latency_p50_s"), ma.get("latency_p50_s")),
-        "memory_ratio": _ratio(mb.get("peak_mem_mb"), ma.get("peak_mem_mb")),
-    }
-
-
-# The fine-tuned systems, and what each is compared with, in the order the verdicts are listed.
-TUNED = ("lora", "lora-shortlist")
-OPPONENTS = ("zeroshot", "fewshot", "shortlist", "tfidf", "knn")
-ORDER = {k: i for i, k in enumerate(TUNED + OPPONENTS)}
-
-
-def pairs(systems: list[str]) -> list[tuple[str, str]]:
-    tuned = sorted((s for s in systems if _kind(s) in TUNED), key=lambda s: (ORDER[_kind(s)], s))
-    others = sorted((s for s in systems if _kind(s) in OPPONENTS), key=lambda s: (OPPONENTS.index(_kind(s)), s))
-    return [(a, b) for a in tuned for b in others]
-
-
-def shortlist_pairs(systems: list[str]) -> list[tuple[str, str]]:
-    """(lora-shortlist-<m>, lora-<m>) for every model fine-tuned both ways: did the candidates help?"""
-    return [(s, f"lora-{_model(s)}") for s in sorted(systems) if _kind(s) == "lora-shortlist"
-            and f"lora-{_model(s)}" in systems]
-
-
-def describe(system: str, m: dict | None = None) -> str:
-    """A system as a sentence names it."""
-    kind, model = _kind(system), _model(system)
-    if kind == "lora":
-        return f"fine-tuned {model}"
-    if kind == "lora-shortlist":
-        return f"fine-tuned {model} with shortlists"
-    if kind == "zeroshot":
-        return f"zero-shot {model}"
-    if kind == "fewshot":
-        k = (m or {}).get("few_shot")
-        return f"few-shot {model}" + (f" ({k} retrieved examples)" if k else "")
-    if kind == "shortlist":
-        n = (m or {}).get("candidates")
-        return f"zero-shot {model} with a shortlist" + (f" ({n} retrieved codes)" if n else "")
-    return {"tfidf-logreg": "the TF-IDF baseline", "knn-tfidf": "the TF-IDF nearest-neighbour floor"}.get(system, system)
+    return {**c, "speed_ratio": _ratio(ma.get("samples_per_s"), mb.get("samples_per_s")),
+            "memory_ratio": _ratio(mb.get("peak_mem_mb"), ma.get("peak_mem_mb"))}
 
 
 def seed_agreement(a: str, b: str, first: dict, seed_preds: dict, preds: dict) -> dict | None:
-    """In how many of A's training seeds the first seed's verdict against B holds: the same
-    direction, and significant (McNemar p < 0.05). None with a single seed."""
+    """In how many of A's training seeds the first seed's exact-match direction against B holds. None with
+    a single seed."""
     runs = seed_preds.get(a) or {}
     if not runs:
         return None
     sign = (first["diff"] > 0) - (first["diff"] < 0)
-    same = significant = 0
+    same = 0
     for name, rows in [("first seed", preds[a]), *runs.items()]:
-        c = compare_rows(rows, preds[b], f"{a} ({name})", b)
-        s = (c["diff"] > 0) - (c["diff"] < 0)
-        same += s == sign
-        significant += s == sign and c["mcnemar"]["p_value"] < 0.05
-    return {"seeds": 1 + len(runs), "same_direction": same, "significant": significant}
+        d = compare_rows(rows, preds[b], f"{a} ({name})", b)["diff"]
+        same += ((d > 0) - (d < 0)) == sign
+    return {"seeds": 1 + len(runs), "same_direction": same}
+
+
+def pairs(selected: list[systems.System]) -> list[tuple[str, str]]:
+    """Every fine-tuned system against every other kind of system, then each kind against the kind it extends
+    by one thing (Kind.adds) on the same model, where both are selected."""
+    ids = {s.id for s in selected}
+    tuned = [s.id for s in selected if s.fine_tuned]
+    others = [s.id for s in selected if not s.fine_tuned]
+    out = [(a, b) for a in tuned for b in others]
+    for s in selected:
+        if s.kind.adds:
+            base = systems.system(s.kind.adds[0], s.model).id
+            if base in ids and (s.id, base) not in out:
+                out.append((s.id, base))
+    return out
+
+
+def adjust(comparisons: list[dict]) -> None:
+    """Holm-adjusted p-values over every test printed (exact match and coverage of every paired comparison)."""
+    tests = [t for c in comparisons if "unpaired" not in c for t in (c, c["coverage"])]
+    for t, adjusted in zip(tests, holm([t["mcnemar"]["p_value"] for t in tests])):
+        t["p_holm"] = adjusted
+        t["significant"] = adjusted < ALPHA
+
+
+def best(candidates: list[str], vals: dict, k: str) -> str | None:
+    """The system a team would pick on validation: the most coverage at the headline precision, then exact match."""
+    return max(candidates, key=lambda s: ((vals.get(s) or {}).get(f"coverage_at_{k}") or 0.0,
+                                          (vals.get(s) or {}).get("exact_match") or 0.0, s), default=None)
+
+
+def _difference(t: dict, unit: str) -> str:
+    lo, hi = (100 * x for x in t["ci95"])
+    return (f"{100 * t['diff']:+.1f} points of {unit} (95% CI {lo:+.1f} to {hi:+.1f}; McNemar p = {_p(t['mcnemar']['p_value'])}, "
+            f"Holm-adjusted {_p(t['p_holm'])}: {'significant' if t['significant'] else 'not significant'})")
 
 
 def unpaired_line(c: dict) -> str:
@@ -138,67 +162,90 @@ def unpaired_line(c: dict) -> str:
             f"`{fa or 'none recorded'}` and `{fb or 'none recorded'}`): not compared. Rerun both on the same data.")
 
 
-def shortlist_verdict(c: dict) -> str:
-    """Whether candidate shortlists helped a fine-tuned model, and by how much."""
-    model = _model(c["b"])
-    if "unpaired" in c:
-        return unpaired_line(c)
-    d, p = 100 * c["diff"], c["mcnemar"]["p_value"]
-    lo, hi = (100 * x for x in c["ci95"])
-    if p < 0.05:
-        head = f"**Shortlists {'help' if d > 0 else 'hurt'} fine-tuned {model}**: {abs(d):.1f} points of exact match " \
-               f"{'gained' if d > 0 else 'lost'}, significant"
+def coverage_phrase(m: dict, k: str, target: float) -> str:
+    cov = m.get(f"coverage_at_{k}")
+    if cov is None:
+        return f"codes no encounter without review ({m.get(f'threshold_at_{k}_reason') or 'no threshold'})"
+    lo, hi = m.get(f"coverage_at_{k}_ci95") or (None, None)
+    return f"codes {_pct(cov)}% of encounters without review (95% CI {_pct(lo)}–{_pct(hi)})"
+
+
+def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, target: float, params: dict) -> list[str]:
+    """The Answer: the deployment line, the same pair's exact match, what each one-thing change adds, the tally."""
+    k = deploy.key(target)
+    chosen = [s for s in sel.values() if s.id in evals]
+    tuned = [s.id for s in chosen if s.fine_tuned]
+    fine_models = {s.model for s in chosen if s.fine_tuned}
+    prompted = [s for s in chosen if not s.fine_tuned and not s.kind.floor]
+    large = [s.id for s in prompted if s.model not in fine_models]
+    note = ""
+    if not large:
+        large = [s.id for s in prompted]
+        note = " (every prompted model here is also a fine-tuned one: the best prompted system stands in)"
+    a, b = best(tuned, vals, k), best(large, vals, k)
+    out = []
+    if a and b:
+        ma, mb = evals[a], evals[b]
+        cpu = "cpu" in (ma.get("cost_device"), mb.get("cost_device"))
+        line = (f"- **At {100 * target:g}% precision, `{a}` ({sel[a].label(ma)}) {coverage_phrase(ma, k, target)} at "
+                f"{_usd(ma.get('usd_per_1k'))} per 1,000 encounters; `{b}` ({sel[b].label(mb)}), the best large "
+                f"system{note}, {coverage_phrase(mb, k, target)} at {_usd(mb.get('usd_per_1k'))}.**")
+        c = comparisons.get((a, b))
+        if c and "unpaired" not in c:
+            line += f" Difference: {_difference(c['coverage'], 'coverage')}."
+            line += f" Exact match {_pct(ma['exact_match'])}% against {_pct(mb['exact_match'])}%: {_difference(c, 'exact match')}."
+        elif c:
+            line += " " + unpaired_line(c)
+        out.append(line)
+        if cpu:
+            out.append(f"- Costs are measured generation time priced at {_usd(ma.get('usd_per_hour'))} per hour: this "
+                       "run used CPUs, so they are CPU time, not what a GPU host would cost (README: Cost).")
+        out.append(f"- Both were chosen on validation (the most encounters coded at {100 * target:g}% precision); "
+                   "test numbers are reported, never used to choose.")
+    elif tuned:
+        out.append("- No prompted system was evaluated beside the fine-tuned ones.")
     else:
-        head = (f"**Fine-tuned {model} {'gains' if d >= 0 else 'loses'} {abs(d):.1f} points of exact match with "
-                "shortlists**, not significant")
-    return (f"{head} (`{c['a']}` vs `{c['b']}`; 95% CI {lo:+.1f} to {hi:+.1f}; McNemar p = {p:.2g}; n = {c['n']}).")
+        out.append("- No fine-tuned system was evaluated.")
+    for s in chosen:
+        if not s.kind.adds:
+            continue
+        base = systems.system(s.kind.adds[0], s.model).id
+        c = comparisons.get((s.id, base))
+        if c is None:
+            continue
+        what = s.kind.adds[1].format(model=s.model)
+        if "unpaired" in c:
+            out.append(f"- {what}: " + unpaired_line(c))
+            continue
+        out.append(f"- **{what}** (`{s.id}` vs `{base}`): {_difference(c, 'exact match')}; "
+                   f"{_difference(c['coverage'], f'coverage at {100 * target:g}% precision')}.")
+    tested = [t for c in comparisons.values() if "unpaired" not in c for t in (c, c["coverage"])]
+    if tested:
+        out.append(f"- {sum(t['significant'] for t in tested)} of {len(tested)} paired tests are significant after "
+                   "Holm's correction for all of them (exact match and coverage of every pair: "
+                   "[Paired comparisons](#paired-comparisons)).")
+    return out
 
 
-def verdict(c: dict, evals: dict | None = None) -> str:
-    if "unpaired" in c:
-        return unpaired_line(c)
-    d = 100 * c["diff"]
-    lo, hi = (100 * x for x in c["ci95"])
-    verb = "beats" if d > 0 else ("trails" if d < 0 else "ties with")
-    who_a = describe(c["a"])
-    who_b = describe(c["b"], (evals or {}).get(c["b"]))
-    p = c["mcnemar"]["p_value"]
-    sig = "significant" if p < 0.05 else "not significant"
-    cost = []
-    if c["speed_ratio"]:
-        r = c["speed_ratio"]
-        cost.append("about the same throughput" if 0.9 <= r <= 1.1 else f"{r:.2g}× the throughput")
-    if c["memory_ratio"]:
-        m = c["memory_ratio"]
-        cost.append("about the same memory" if 0.9 <= m <= 1.1 else
-                    (f"{m:.2g}× less memory" if m > 1 else f"{1 / m:.2g}× more memory"))
-    seeds = c.get("seeds")
-    held = (f" It holds in {seeds['same_direction']} of {seeds['seeds']} training seeds "
-            f"(significant in {seeds['significant']}).") if seeds else ""
-    return (f"**{who_a[0].upper() + who_a[1:]} {verb} {who_b}** by {abs(d):.1f} points of exact match "
-            f"(`{c['a']}` vs `{c['b']}`; 95% CI {lo:+.1f} to {hi:+.1f}; McNemar p = {p:.2g}, {sig}; n = {c['n']})"
-            + (f", at {' and '.join(cost)}." if cost else ".") + held)
-
-
-def _fewshot_settings(evals: dict, params: dict) -> list[str]:
+def _fewshot_settings(evals: dict, sel: dict, params: dict) -> list[str]:
     e, r = params.get("eval", {}), params.get("retrieval", {})
+    prompts = {sel[s].kind.prompt for s in evals if s in sel}
     lines = []
-    if any(_kind(s) == "fewshot" for s in evals):
-        lines.append(f"- Few-shot systems: each test input follows its {e.get('retrieval_k')} nearest training examples "
+    if "examples" in prompts:
+        lines.append(f"- Few-shot systems: each input follows its {e.get('retrieval_k')} nearest training examples "
                      f"(TF-IDF cosine, 1–{r.get('ngram_max')}-grams; never the row itself or a copy of its text), "
                      f"each cut to {e.get('max_shot_tokens') or e.get('max_input_tokens')} tokens, the nearest last.")
-    if any(_kind(s) in ("shortlist", "lora-shortlist") for s in evals):
+    if "candidates" in prompts:
         lines.append(f"- Shortlist systems: each prompt lists the {e.get('candidates')} codes the same retriever ranks "
                      f"highest (knn-tfidf's vote over the {r.get('neighbours')} nearest training inputs, then the codes of "
                      "the next nearest), best first, each with its official description and vote share; decoding still "
                      "covers every label. A training row's list comes from the other training rows, as a test row's does.")
-    if "knn-tfidf" in evals:
-        lines.append(f"- knn-tfidf: the code with the largest summed similarity among the {r.get('neighbours')} "
-                     "nearest training inputs (same retriever): what an LLM adds beyond retrieval.")
     return lines
 
 
 def _hardware(evals: dict) -> str:
+    import os
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -207,8 +254,6 @@ def _hardware(evals: dict) -> str:
                 break
     except OSError:
         pass
-    import os
-
     devices = sorted({m.get("device", "?") for m in evals.values()})
     return (f"models ran on {' and '.join(devices)}; host CPU {cpu} ({os.cpu_count()} cores), "
             f"{platform.system()} {platform.release()}")
@@ -225,7 +270,7 @@ def seed_table(evals: dict) -> list[str]:
         by = ", ".join(f"{k}: {_pct(v)}" for k, v in sd["exact_match_by_seed"].items())
         out.append(f"| {s} | {len(sd['seeds'])} | {by} | {_pct(sd['exact_match_mean'])} | {_pct(sd['exact_match_sd'])} "
                    f"| {_pct(sd['exact_match_min'])}–{_pct(sd['exact_match_max'])} |")
-    return out + ["", "The table and verdicts above use the first seed; the verdicts say in how many seeds they hold.", ""]
+    return out + ["", "Every other table uses the first seed; the paired table says in how many seeds the direction holds.", ""]
 
 
 def _provenance(bases: dict) -> str:
@@ -238,9 +283,9 @@ def _provenance(bases: dict) -> str:
     return "; ".join(parts)
 
 
-def shortlist_section(evals: dict, systems: list[str]) -> list[str]:
+def shortlist_section(evals: dict, systems_: list[str]) -> list[str]:
     """Candidate recall beside each shortlist system, and where its answers sit on the lists it was shown."""
-    rows = [s for s in systems if _kind(s) in ("shortlist", "lora-shortlist")]
+    rows = [s for s in systems_ if evals[s].get("candidate_recall") is not None]
     if not rows:
         return []
     out = ["## Shortlists", "", "| system | candidates | candidate recall % | exact % | picked the first candidate % "
@@ -250,14 +295,66 @@ def shortlist_section(evals: dict, systems: list[str]) -> list[str]:
         out.append(f"| {s} | {m.get('candidates')} | {_pct(m.get('candidate_recall'))} | {_pct(m['exact_match'])} "
                    f"| {_pct(m.get('picked_first_candidate'))} | {_pct(m.get('picked_other_candidate'))} "
                    f"| {_pct(m.get('picked_off_list'))} |")
-    knn = evals.get("knn-tfidf")
     out += ["", "Candidate recall is the share of test rows whose gold code is on the list: the most a system that only "
-            "picks from it can reach." + (f" The retriever's first candidate is knn-tfidf's answer, right on "
-                                          f"{_pct(knn['exact_match'])}% of rows." if knn else ""), ""]
+            "picks from it can reach. The retriever's first candidate is knn-tfidf's answer.", ""]
     return out
 
 
-def near_copy_section(near: dict | None, preds: dict, systems: list[str]) -> list[str]:
+def deployment_section(evals: dict, vals: dict, systems_: list[str], targets: list[float], params: dict) -> list[str]:
+    head = " | ".join(f"threshold @{100 * t:g} | coverage @{100 * t:g} % (95% CI) | precision @{100 * t:g} %"
+                      for t in targets)
+    out = ["## Coded without review", "",
+           f"| system | signal | {head} | AURC | $ per 1,000 | $ per 1,000 coded @{100 * max(targets):g} |",
+           "|---|---|" + "---:|---|---:|" * len(targets) + "---:|---:|---:|"]
+    for s in systems_:
+        m = evals[s]
+        cells = []
+        for t in targets:
+            k = deploy.key(t)
+            lo, hi = m.get(f"coverage_at_{k}_ci95") or (None, None)
+            th = m.get(f"threshold_at_{k}")
+            cells += ["—" if th is None else f"{th:.3g}",
+                      "none" if m.get(f"coverage_at_{k}") is None else f"{_pct(m[f'coverage_at_{k}'])} ({_pct(lo)}–{_pct(hi)})",
+                      _pct(m.get(f"precision_at_{k}"))]
+        top = deploy.key(max(targets))
+        out.append(f"| {s} | {m.get('confidence_signal')} | {' | '.join(cells)} | {_num(m.get('aurc'))} "
+                   f"| {_usd(m.get('usd_per_1k'))} | {_usd(m.get(f'usd_per_1k_coded_at_{top}'))} |")
+    dep = params.get("deploy", {})
+    out += ["", "A system codes an encounter without review when its confidence reaches the threshold for the target "
+            "precision. The confidence signal (top-1 probability, its margin over the second, or agreement with the "
+            "TF-IDF retriever's first code, then probability) and each threshold were chosen on the validation split: "
+            "the signal with the smallest risk-coverage area there, the lowest threshold whose validation precision "
+            "reaches the target. Coverage and precision above are on test, where the thresholds were applied as "
+            "chosen (Wilson 95% CIs). AURC: area under the test risk-coverage curve (mean error rate over all coverage "
+            f"levels; lower is better). Cost: measured generation throughput priced at {_usd(dep.get('usd_per_hour'))} "
+            f"per GPU hour or {_usd(dep.get('cpu_usd_per_hour'))} per CPU hour ({dep.get('price_source', 'params deploy')}); "
+            "per 1,000 coded: the cost of all encounters divided by the share coded without review.", ""]
+    missing = [(s, t) for s in systems_ for t in targets if evals[s].get(f"threshold_at_{deploy.key(t)}_reason")]
+    for s, t in missing:
+        out.append(f"- `{s}` at {100 * t:g}%: {evals[s][f'threshold_at_{deploy.key(t)}_reason']}.")
+    return out + ([""] if missing else [])
+
+
+def validation_section(trains: dict, vals: dict, evals: dict, systems_: list[str]) -> list[str]:
+    out = ["## Chosen on validation", "",
+           "The test split was read once, here. Every choice was made on validation: the checkpoint each training run "
+           "kept, each system's confidence signal and thresholds, and the systems that lead the answer.", "",
+           "| system | exact % val | exact % test | coverage @95 % val | coverage @95 % test |", "|---|---:|---:|---:|---:|"]
+    k = deploy.key(0.95)
+    for s in systems_:
+        v, t = vals.get(s) or {}, evals[s]
+        out.append(f"| {s} | {_pct(v.get('exact_match'))} | {_pct(t['exact_match'])} | {_pct(v.get(f'coverage_at_{k}'))} "
+                   f"| {_pct(t.get(f'coverage_at_{k}'))} |")
+    if trains:
+        out += ["", "| training run | checkpoint kept by | kept step | of steps | validation exact % at that step "
+                "| validation loss there |", "|---|---|---:|---:|---:|---:|"]
+        for run, tr in sorted(trains.items()):
+            out.append(f"| {run} | {tr.get('select_by', 'loss')} | {tr.get('best_step', 'n/a')} | {tr['steps']} "
+                       f"| {_pct(tr.get('best_val_exact_match'))} | {tr['eval_loss']} |")
+    return out + [""]
+
+
+def near_copy_section(near: dict | None, preds: dict, systems_: list[str]) -> list[str]:
     """Exact match on the test rows that have a near copy in training, against the rest."""
     if not near:
         return []
@@ -268,7 +365,7 @@ def near_copy_section(near: dict | None, preds: dict, systems: list[str]) -> lis
     if not ids or len(ids) == near["n"]:
         return out
     out += ["| system | exact % on rows with a near copy | exact % on the others |", "|---|---:|---:|"]
-    for s in systems:
+    for s in systems_:
         hit = [r["pred"] == r["gold"] for r in preds[s] if r["id"] in ids]
         rest = [r["pred"] == r["gold"] for r in preds[s] if r["id"] not in ids]
         out.append(f"| {s} | {_pct(sum(hit) / len(hit)) if hit else 'n/a'} | {_pct(sum(rest) / len(rest)) if rest else 'n/a'} |")
@@ -286,63 +383,92 @@ def _split_line(evals: dict) -> str:
         f"`{fp}`: {', '.join(sorted(names))}" for fp, names in sorted(groups.items())) + "."
 
 
+def paired_table(comparisons: list[dict], target: float) -> list[str]:
+    done = [c for c in comparisons if "unpaired" not in c]
+    if not done:
+        return []
+    t = f"{100 * target:g}"
+    out = ["## Paired comparisons", "",
+           f"| A | B | n | exact A − B (points) | 95% CI | McNemar p | Holm p | coverage @{t} A − B (points) | 95% CI "
+           "| McNemar p | Holm p | throughput A/B | memory B/A | seeds in the same direction |",
+           "|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+
+    def cells(x):
+        lo, hi = x["ci95"]
+        mark = "**" if x["significant"] else ""
+        return (f"{mark}{100 * x['diff']:+.1f}{mark} | {100 * lo:+.1f} to {100 * hi:+.1f} | {_p(x['mcnemar']['p_value'])} "
+                f"| {mark}{_p(x['p_holm'])}{mark}")
+
+    for c in done:
+        seeds = c.get("seeds")
+        held = f"{seeds['same_direction']} of {seeds['seeds']}" if seeds else "—"
+        out.append(f"| {c['a']} | {c['b']} | {c['n']} | {cells(c)} | {cells(c['coverage'])} "
+                   f"| {c['speed_ratio'] or 0:.2g} | {c['memory_ratio'] or 0:.2g} | {held} |")
+    out += ["", "Every fine-tuned system against every other system, and each system against the one it extends by one "
+            "thing (fine-tuning, shortlists). CI: paired bootstrap over test rows (5,000 resamples, seed 42). McNemar: "
+            f"exact binomial test on the rows where exactly one of the two is right (exact) or coded without review at "
+            f"{t}% precision (coverage). Holm p: adjusted for all {2 * len(done)} tests in this table together; bold = "
+            "significant after that adjustment (Holm p < 0.05).", ""]
+    return out
+
+
 def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str],
            seed_preds: dict | None = None, bases: dict | None = None, inputs: dict | None = None,
-           near: dict | None = None) -> str:
-    """``inputs``: test row id -> input text, for the error examples; ``near``: the near-copy test rows
-    (threshold, n, ids)."""
-    systems = sorted(evals, key=lambda s: (ORDER.get(_kind(s), 9), s))
-    comparisons = [compare(a, b, evals, preds, seed_preds) for a, b in pairs(systems) if a in preds and b in preds]
-    helped = [compare(a, b, evals, preds) for a, b in shortlist_pairs(systems) if a in preds and b in preds]
+           near: dict | None = None, vals: dict | None = None) -> str:
+    """``evals``/``vals``: test/validation metrics by system; ``preds``: test predictions; ``inputs``: test row id ->
+    input text, for the error examples; ``near``: the near-copy test rows (threshold, n, ids)."""
+    vals = vals or {}
+    sel = {s.id: s for s in systems.selected(params)}
+    sel.update({s: systems.parse(s) for s in evals if s not in sel})
+    order = list(sel)
+    ordered = sorted(evals, key=lambda s: (order.index(s), s))
+    targets = sorted((params.get("deploy") or {}).get("target_precision") or [0.95])
+    target = max(targets)
+    retriever = systems.system(systems.from_stage("knn")[1]).id
+    first = {r["id"]: r["pred"] for r in preds.get(retriever, [])}
+    comparisons = {(a, b): compare(a, b, evals, preds, first, target, seed_preds)
+                   for a, b in pairs([sel[s] for s in ordered]) if a in preds and b in preds}
+    adjust(list(comparisons.values()))
     out = ["# Can a fine-tuned small model code ICD-10-CM better than zero-shot larger models?", ""]
     if params.get("smoke"):
         out += [SMOKE_BANNER, ""]
-    out += ["## Answer", ""]
-    out += [f"- {verdict(c, evals)}" for c in comparisons] or ["- No fine-tuned system was evaluated."]
-    out += [f"- {shortlist_verdict(c)}" for c in helped]
+    out += ["## Answer", ""] + answer(sel, evals, vals, comparisons, target, params)
+    out += [f"- {unpaired_line(c)}" for c in comparisons.values() if "unpaired" in c]
     if str(params.get("data", {}).get("source")) == "demo":
         out += ["", f"> {DEMO_CAVEAT}"]
+    k = deploy.key(target)
     out += ["", "## All systems", "",
-            "| system | parameters | exact % (95% CI) | category % | chapter % | valid % | macro-F1 | top-3 % | top-5 % | ECE "
-            "| latency p50 s | samples/s | peak memory MB |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in systems:
+            f"| system | parameters | exact % (95% CI) | category % | chapter % | valid % | macro-F1 | top-3 % | top-5 % "
+            f"| ECE | coverage @{100 * target:g} % | $ per 1,000 | latency p50 s | samples/s | peak memory MB |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in ordered:
         m = evals[s]
         lo, hi = m["exact_match_ci95"]
         out.append(f"| {s} | {m.get('params_total', 0) / 1e6:,.1f}M | {_pct(m['exact_match'])} ({_pct(lo)}–{_pct(hi)}) "
                    f"| {_pct(m['category_match'])} | {_pct(m['chapter_match'])} | {_pct(m['valid_rate'])} "
                    f"| {m['macro_f1']:.3f} | {_pct(m.get('top3_match'))} | {_pct(m.get('top5_match'))} "
-                   f"| {_num(m.get('ece'))} | {m.get('latency_p50_s') or 0:.3f} "
-                   f"| {m.get('samples_per_s') or 0:.2f} | {m.get('peak_mem_mb') or 0:,.0f} |")
-    out += ["", "Exact: the whole code; category: its first 3 characters; chapter: its ICD-10-CM chapter. Top-k and ECE "
-            "only for systems that rank candidates with scores. Latency is per sample within batches, generation only "
-            "(model loading excluded); memory is peak process RSS on CPU or peak allocated CUDA memory.", ""]
-    out += shortlist_section(evals, systems)
-    paired = [c for c in comparisons + helped if "unpaired" not in c]
-    if paired:
-        out += ["## Paired comparisons", "", "| A | B | n | A − B exact (points) | 95% CI | only A right | only B right "
-                "| McNemar p | throughput A/B | memory B/A |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
-        for c in paired:
-            c = {"speed_ratio": None, "memory_ratio": None, **c}
-            lo, hi = c["ci95"]
-            out.append(f"| {c['a']} | {c['b']} | {c['n']} | {100 * c['diff']:+.1f} | {100 * lo:+.1f} to {100 * hi:+.1f} "
-                       f"| {c['mcnemar']['only_a']} | {c['mcnemar']['only_b']} | {c['mcnemar']['p_value']:.2g} "
-                       f"| {c['speed_ratio'] or 0:.2g} | {c['memory_ratio'] or 0:.2g} |")
-        out += ["", "CI: paired bootstrap over test rows (5,000 resamples, seed 42). McNemar: exact binomial test on "
-                "the rows where exactly one system is right.", ""]
-    scored = [s for s in systems if s in preds]
+                   f"| {_num(m.get('ece'))} | {_pct(m.get(f'coverage_at_{k}'))} | {_usd(m.get('usd_per_1k'))} "
+                   f"| {m.get('latency_p50_s') or 0:.3f} | {m.get('samples_per_s') or 0:.2f} | {m.get('peak_mem_mb') or 0:,.0f} |")
+    out += ["", "Test split. Exact: the whole code; category: its first 3 characters; chapter: its ICD-10-CM chapter. "
+            "Top-k and ECE only for systems that rank candidates with scores. Latency is per sample within batches, "
+            "generation only (model loading excluded); memory is peak process RSS on CPU or peak allocated CUDA memory.", ""]
+    out += deployment_section(evals, vals, ordered, targets, params)
+    out += validation_section(trains, vals, evals, ordered)
+    out += shortlist_section(evals, ordered)
+    out += paired_table(list(comparisons.values()), target)
+    scored = [s for s in ordered if s in preds]
     if scored:
-        out += error_section(error_breakdown({s: preds[s] for s in scored}), preds, inputs or {}, scored)
+        out += error_section(error_breakdown({s: preds[s] for s in scored}), preds, inputs or {}, scored, sel)
     out += near_copy_section(near, preds, scored)
     out += seed_table(evals)
     if trains:
-        out += ["## Training", "", "| run | trainable params | steps | epochs | mean train loss | best val loss "
+        out += ["## Training", "", "| run | trainable params | steps | epochs | mean train loss | val loss at the kept step "
                 "| tokens/s | peak memory MB | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for k, t in sorted(trains.items()):
-            out.append(f"| {k} | {t['trainable_params']:,} | {t['steps']} | {t['epochs']} | {t['train_loss']} "
+        for run, t in sorted(trains.items()):
+            out.append(f"| {run} | {t['trainable_params']:,} | {t['steps']} | {t['epochs']} | {t['train_loss']} "
                        f"| {t['eval_loss']} | {t['train_tokens_per_s']} | {t.get('peak_mem_mb', 0):,.0f} | {t['wall_s']} |")
         out.append("")
-    d = params.get("data", {})
+    d, e = params.get("data", {}), params.get("eval", {})
     out += ["## Data and settings", "",
             f"- Source `{d.get('source')}`"
             + (f" (revision `{data['source_revision']}`)" if data.get("source_revision") else "")
@@ -353,10 +479,9 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             f"- Leakage control: ICD-10 code mentions in the {data.get('input')} texts redacted "
             f"({data['code_mentions_before']} inputs had one before, {data['code_mentions_after']} after); "
             f"label description phrases redacted too: {'yes' if d.get('redact_descriptions') else 'no'}.",
-            f"- Decoding: constrained to the label set = {params.get('eval', {}).get('constrained')}, "
-            f"top-k {params.get('eval', {}).get('top_k')}, examples in the zero-shot and fine-tuned prompts: "
-            f"{params.get('eval', {}).get('few_shot')}.",
-            *_fewshot_settings(evals, params),
+            f"- Decoding: constrained to the label set = {e.get('constrained')}, top-k {e.get('top_k')}, examples in "
+            f"the zero-shot and fine-tuned prompts: {e.get('few_shot')}.",
+            *_fewshot_settings(evals, sel, params),
             _split_line(evals),
             *([f"- Base models: {_provenance(bases)}."] if bases else []),
             f"- Hardware: {_hardware(evals)}.", ""]
@@ -388,19 +513,20 @@ def error_breakdown(preds: dict) -> dict[str, dict[str, int]]:
     return out
 
 
-def error_section(breakdown: dict, preds: dict, inputs: dict[str, str], systems: list[str], examples: int = 2) -> list[str]:
+def error_section(breakdown: dict, preds: dict, inputs: dict[str, str], systems_: list[str], sel: dict,
+                  examples: int = 2) -> list[str]:
     """The table of error kinds for every system, then a few errors of each kind of the fine-tuned ones."""
     out = ["## Where the errors land", "",
            "| system | correct | right category, wrong code | right chapter, wrong category | wrong chapter | no prediction |",
            "|---|---:|---:|---:|---:|---:|"]
-    for s in systems:
+    for s in systems_:
         b = breakdown[s]
         wrong = sum(b[k] for k in ERROR_KINDS)
         cells = " | ".join(f"{b[k]} ({100 * b[k] / wrong:.0f}%)" if wrong else "0" for k in ERROR_KINDS)
         out.append(f"| {s} | {b['correct']} | {cells} |")
     out += ["", "Percentages are shares of the system's errors. A wrong code in the right category is a near miss "
             "(laterality, type, stage, encounter); a wrong chapter is a different disease.", ""]
-    for s in (x for x in systems if _kind(x) in TUNED and x in preds):
+    for s in (x for x in systems_ if sel[x].fine_tuned and x in preds):
         rows = [(error_kind(r["gold"], r["pred"]), r) for r in preds[s]]
         shown = [pair for kind in ERROR_KINDS[:3] for pair in [(k, r) for k, r in rows if k == kind][:examples]]
         if not shown:

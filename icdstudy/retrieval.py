@@ -2,20 +2,16 @@
 the `knn-tfidf` floor's votes come from this one retriever, so the report can say what a
 model adds beyond retrieval.
 
-A query never gets back its own row (same id) or a training row whose input is the same text
-(after case and whitespace folding): that would hand the model its answer.
+A query never gets back its own row (same id) or a copy of its text (icdstudy.copies): that would
+hand the model its answer.
 """
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-
-def text_key(text: str) -> str:
-    return hashlib.sha1(re.sub(r"\s+", " ", text).strip().lower().encode()).hexdigest()
+from .copies import copy_key
 
 
 @dataclass
@@ -37,7 +33,7 @@ class Retriever:
         self.matrix = self.vectorizer.fit_transform([r["input"] for r in train_rows])  # rows are L2-normalized
         self.same_text: dict[str, list[int]] = {}
         for i, r in enumerate(train_rows):
-            self.same_text.setdefault(text_key(r["input"]), []).append(i)
+            self.same_text.setdefault(copy_key(r["input"]), []).append(i)
 
     @classmethod
     def from_params(cls, train_rows: list[dict], cfg: dict) -> "Retriever":
@@ -52,7 +48,7 @@ class Retriever:
             part = queries[start:start + chunk]
             sims = (self.vectorizer.transform([q["input"] for q in part]) @ self.matrix.T).toarray()
             for q, row in zip(part, sims):
-                banned = set(self.same_text.get(text_key(q["input"]), []))
+                banned = set(self.same_text.get(copy_key(q["input"]), []))
                 if q.get("id") in ids:
                     banned.add(ids[q["id"]])
                 row[list(banned)] = -np.inf

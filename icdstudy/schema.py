@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from . import systems
 
 PROJECTIONS = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -88,7 +90,7 @@ class Train(_Section):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                           "polynomial", "inverse_sqrt"] = Field(description="learning-rate schedule")
     num_epochs: float = Field(gt=0, description="passes over the training split")
-    warmup_steps: int = Field(ge=0, description="linear warm-up steps")
+    warmup_steps: float = Field(ge=0, description="linear warm-up: steps (1 or more) or a share of all steps (below 1)")
     weight_decay: float = Field(ge=0, description="AdamW weight decay")
     batch_size: int = Field(ge=1, description="examples per device per step")
     eval_batch_size: int | None = Field(default=None, ge=1, description="validation batch (default batch_size)")
@@ -106,7 +108,11 @@ class Train(_Section):
     loss_on_prompt: bool = Field(description="ablation: the loss also covers prompt tokens")
     sanity_steps: int = Field(ge=0, description="stop if the loss has not fallen by this step (0 = off)")
     max_steps: int | None = Field(default=None, ge=1, description="stop after N optimizer steps (smoke runs; null = epochs)")
-    max_val_samples: int | None = Field(default=None, ge=1, description="validation loss on the first N rows (null = all)")
+    max_val_samples: int | None = Field(default=None, ge=1, description="validation loss and exact match on the first N "
+                                        "validation rows (null = all)")
+    select_by: Literal["exact_match", "loss"] = Field(
+        default="exact_match", description="the checkpoint kept: highest validation exact match (the pipeline's own "
+        "constrained decoding) or lowest validation loss; early stopping watches the same")
 
     @model_validator(mode="after")
     def _checkpoints_are_evaluated(self):
@@ -134,22 +140,37 @@ class Baseline(_Section):
     seed: int = Field(description="solver seed")
 
 
-class Params(_Section):
+class Deploy(_Section):
+    target_precision: list[float] = Field(min_length=1, description="precisions at which encounters are coded without "
+                                          "review; each threshold is chosen on validation")
+    usd_per_hour: float = Field(gt=0, description="price of one GPU host hour (the study's stages on CUDA)")
+    cpu_usd_per_hour: float = Field(gt=0, description="price of one hour of the CPU machine (stages run on CPU)")
+    price_source: str = Field(description="where both prices come from, and their date (printed beside every cost)")
+
+    @model_validator(mode="after")
+    def _targets_are_precisions(self):
+        bad = [t for t in self.target_precision if not 0.5 <= t < 1]
+        if bad:
+            raise ValueError(f"deploy.target_precision {self.target_precision}: each must be in [0.5, 1)")
+        if len(set(round(t, 4) for t in self.target_precision)) != len(self.target_precision):
+            raise ValueError(f"deploy.target_precision {self.target_precision} repeats a target")
+        return self
+
+
+class _Params(_Section):
+    """The sections every study has; Params adds one list per selection list of the kinds of system, and one
+    section per kind's own training recipe (icdstudy.systems), so a new kind needs no change here."""
     smoke: bool = Field(default=False, description="a smoke run (study full-study --smoke): its report says so at the top")
     data: Data
     split: Split
     datacard: Datacard
     base_models: list[str] = Field(min_length=1, description="models put on disk by base@<key>")
-    zeroshot: list[str] = Field(description="models evaluated without training")
-    finetune: list[str] = Field(description="models LoRA-trained and evaluated")
-    shortlist: list[str] = Field(default_factory=list, description="models evaluated with a candidate shortlist, untrained")
-    finetune_shortlist: list[str] = Field(default_factory=list, description="models LoRA-trained on shortlist prompts")
     models: dict[str, ModelEntry] = Field(description="the model registry")
     eval: Eval
     train: Train
-    train_shortlist: dict = Field(default_factory=dict, description="train keys replaced for train-shortlist@<model>")
     retrieval: Retrieval
     baseline: Baseline
+    deploy: Deploy
 
     @model_validator(mode="after")
     def _keys_are_registered(self):
@@ -158,26 +179,44 @@ class Params(_Section):
         for key in self.base_models:
             if key not in self.models:
                 raise ValueError(f"base_models: {key!r} is not registered under models ({', '.join(self.models)})")
-        for name in ("zeroshot", "finetune", "shortlist", "finetune_shortlist"):
+        for name in systems.selection_lists():
             for key in getattr(self, name):
                 if key not in self.base_models:
                     raise ValueError(f"{name}: {key!r} is not in base_models {self.base_models}")
-        for key in self.models:
-            if key.startswith("shortlist-"):  # models/adapters/shortlist-<key> is the shortlist recipe's run
-                raise ValueError(f"models: {key!r}: a model key may not start with 'shortlist-'; rename it")
-        unknown = sorted(set(self.train_shortlist) - set(Train.model_fields))
-        if unknown:
-            raise ValueError(f"train_shortlist.{unknown[0]}: not a train key (train_shortlist replaces keys of train)")
-        try:
-            Train.model_validate({**self.train.model_dump(), **self.train_shortlist})
-        except ValidationError as exc:
-            raise ValueError("train_shortlist: " + first_error(exc, "train merged with train_shortlist")) from None
-        if not self.eval.candidates and (self.shortlist or self.finetune_shortlist):
-            raise ValueError("eval.candidates is 0 (no shortlist) but shortlist / finetune_shortlist select models: "
+        twice = systems.duplicate_ids(self.model_dump())
+        if twice:
+            raise ValueError(f"models: two systems would both be named {twice[0]!r} (a model key that starts like a kind "
+                             f"of system: {', '.join(systems.BY_NAME)}); rename the model key")
+        for kind in systems.KINDS:
+            if not kind.recipe:
+                continue
+            recipe = getattr(self, kind.recipe)
+            unknown = sorted(set(recipe) - set(Train.model_fields))
+            if unknown:
+                raise ValueError(f"{kind.recipe}.{unknown[0]}: not a train key ({kind.recipe} replaces keys of train)")
+            try:
+                Train.model_validate({**self.train.model_dump(), **recipe})
+            except ValidationError as exc:
+                raise ValueError(f"{kind.recipe}: " + first_error(exc, f"train merged with {kind.recipe}")) from None
+        listed = [k.selects for k in systems.KINDS if "eval.candidates" in k.params and getattr(self, k.selects)]
+        if not self.eval.candidates and listed:
+            raise ValueError(f"eval.candidates is 0 (no shortlist) but {' / '.join(dict.fromkeys(listed))} select models: "
                              "empty those lists to leave the shortlist systems out, or set eval.candidates >= 1")
         if self.datacard.tokenizer not in self.base_models:
             raise ValueError(f"datacard.tokenizer: {self.datacard.tokenizer!r} is not in base_models {self.base_models}")
         return self
+
+
+def _selection_field(name: str):
+    kinds = [k.name for k in systems.KINDS if k.selects == name]
+    return list[str], Field(default_factory=list, description=f"models of the systems {', '.join(kinds)} (empty: none)")
+
+
+Params = create_model(
+    "Params", __base__=_Params,
+    **{name: _selection_field(name) for name in systems.selection_lists()},
+    **{k.recipe: (dict, Field(default_factory=dict, description=f"train keys replaced for {k.train_stage}@<model>"))
+       for k in systems.KINDS if k.recipe})
 
 
 def _describe(model: type[BaseModel], loc: tuple) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from . import icd10
 from .retrieval import Retriever
 
+LISTED = "candidate_list"  # the field of a row (and of its prediction) holding the codes its prompt lists
+
 
 def code_descriptions(rows: list[dict]) -> dict[str, str]:
     """Each code's description as a coder reads it: the ICD-10-CM table's for a valid code, else the
@@ -31,30 +33,30 @@ def with_shortlists(train_rows: list[dict], rows: list[dict], n: int, retrieval:
     retriever = retriever or Retriever.from_params(train_rows, retrieval)
     descriptions = code_descriptions(train_rows)
     lists = retriever.shortlists(rows, n, retrieval["neighbours"])
-    return [{**r, "shortlist": [{"code": c["code"], "description": descriptions[c["code"]], "score": c["score"]}
+    return [{**r, LISTED: [{"code": c["code"], "description": descriptions[c["code"]], "score": c["score"]}
                                 for c in found]} for r, found in zip(rows, lists)]
 
 
+def listed_codes(row: dict) -> list[str]:
+    """The codes a row's prompt listed, best first: a row carries dicts (code, description, score), its
+    prediction the codes alone."""
+    return [c["code"] if isinstance(c, dict) else c for c in row[LISTED]]
+
+
 def candidate_recall(rows: list[dict]) -> float:
-    """The share of rows whose gold code is on their shortlist: the most a pure reranker can reach."""
-    return round(sum(r["code"] in {c["code"] for c in r["shortlist"]} for r in rows) / len(rows), 4) if rows else 0.0
+    """The share of rows (or predictions) whose gold code is on their list: the most a pure reranker can reach."""
+    gold = lambda r: r["code"] if "code" in r else r["gold"]  # noqa: E731
+    return round(sum(gold(r) in listed_codes(r) for r in rows) / len(rows), 4) if rows else 0.0
 
 
-def gold_rank(row: dict) -> int | None:
-    """1-based position of the gold code on the row's shortlist; None when it is not there."""
-    codes = [c["code"] for c in row["shortlist"]]
-    return codes.index(row["code"]) + 1 if row["code"] in codes else None
-
-
-def shortlist_metrics(rows: list[dict], predictions: list[dict]) -> dict:
-    """Candidate recall, and where the system's answers sit on the lists it was shown: the share that
-    took the retriever's first candidate, another listed one, or a code off the list."""
+def shortlist_metrics(predictions: list[dict]) -> dict:
+    """Candidate recall, and where a system's answers sit on the lists it was shown: the share that took
+    the retriever's first candidate, another listed one, or a code off the list."""
     n = len(predictions) or 1
-    ranks = [[c["code"] for c in r["shortlist"]].index(p["pred"]) + 1 if p["pred"] in {c["code"] for c in r["shortlist"]}
-             else None for r, p in zip(rows, predictions)]
+    ranks = [listed_codes(p).index(p["pred"]) + 1 if p["pred"] in listed_codes(p) else None for p in predictions]
     return {
-        "candidates": max((len(r["shortlist"]) for r in rows), default=0),
-        "candidate_recall": candidate_recall(rows),
+        "candidates": max((len(listed_codes(p)) for p in predictions), default=0),
+        "candidate_recall": candidate_recall(predictions),
         "picked_first_candidate": round(sum(k == 1 for k in ranks) / n, 4),
         "picked_other_candidate": round(sum(k is not None and k > 1 for k in ranks) / n, 4),
         "picked_off_list": round(sum(k is None for k in ranks) / n, 4),

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from .params import yaml_load
+
 
 SMOKE = Path("configs/smoke.yaml")
 
@@ -38,7 +40,7 @@ def overrides(config: Path | dict) -> list[str]:
         values = config
     else:
         with open(config, encoding="utf-8") as fh:
-            values = yaml.safe_load(fh) or {}
+            values = yaml_load(fh) or {}
     args = []
     for key, value in values.items():
         # JSON is valid Hydra override syntax for strings, numbers, booleans and lists.
@@ -58,7 +60,7 @@ def _config(name: str) -> Path:
 def _apply_plain_overrides(path: Path, overrides: list[str]) -> None:
     """``key.sub=value`` overrides with YAML values, for machines without DVC (the GPU check):
     the subset of Hydra's grammar that configs/*.yaml and ``-S`` use."""
-    params = yaml.safe_load(path.read_text())
+    params = yaml_load(path.read_text())
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -67,7 +69,7 @@ def _apply_plain_overrides(path: Path, overrides: list[str]) -> None:
         node = params
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
+        node[last] = yaml_load(value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -88,7 +90,7 @@ def resolved_params(name: str | None, sets: list[str], params_file: str = "param
                 apply_overrides(path, [a for a in args if a != "-S"])
             except Exception as exc:
                 raise SystemExit(f"study: error: override {sets or name}: {exc}") from None
-        return yaml.safe_load(path.read_text())
+        return yaml_load(path.read_text())
 
 
 def data_stats(params: dict, root: Path = Path(".")):
@@ -100,7 +102,7 @@ def data_stats(params: dict, root: Path = Path(".")):
     lock = root / "dvc.lock"
     processed = root / "data/processed"
     if lock.exists() and (processed / "train.jsonl").exists():
-        prep = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("prepare", {})
+        prep = (yaml_load(lock.read_text()) or {}).get("stages", {}).get("prepare", {})
         locked = prep.get("params", {}).get("params.yaml", {})
         if locked.get("data") == params["data"] and locked.get("split") == params["split"]:
             parts = {n: read_jsonl(processed / f"{n}.jsonl") for n in ("train", "val", "test")}
@@ -115,41 +117,42 @@ def data_stats(params: dict, root: Path = Path(".")):
 
 
 def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
+    """A plan for every stage the selected systems run: base@ per model, each fine-tuned system's training
+    stage, and each model system's predicting stage (floors and score run on CPU in seconds)."""
+    from . import systems
     from .architectures import architecture
     from .params import model_entry, train_config
     from .plan import plan_base, plan_eval, plan_train, shortlist_tokens
+    from .training import probe_settings
 
     archs = {}
     for key in params["base_models"]:
         entry = model_entry(params, key)
         archs[key] = (architecture(entry, Path("models/base") / key, use_hub=use_hub), entry)
     stages = [plan_base(k, a) for k, (a, _) in archs.items()]
-    ecfg = params["eval"]
-    for key in params["zeroshot"]:
-        arch, entry = archs[key]
-        stages.append(plan_eval(f"zeroshot@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0)))
-        fewshot = {**ecfg, "batch_size": ecfg.get("fewshot_batch_size") or ecfg["batch_size"]}
-        stages.append(plan_eval(f"fewshot@{key}", key, arch, entry, fewshot, stats, hw, ecfg["retrieval_k"],
-                                "eval.fewshot_batch_size"))
-    listed = shortlist_tokens(ecfg.get("candidates", 0))
-    for key in params.get("shortlist") or []:
-        arch, entry = archs[key]
-        stages.append(plan_eval(f"shortlist@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0),
-                                extra_tokens=listed))
-    seeds = len(params["train"]["seeds"])
-    fine_tuned = [(key, "", 0) for key in params["finetune"]]
-    fine_tuned += [(key, "-shortlist", listed) for key in params.get("finetune_shortlist") or []]
-    for key, suffix, extra in fine_tuned:
-        arch, entry = archs[key]
-        tcfg = train_config(params, shortlist=bool(suffix))
-        train = plan_train(key, arch, entry, tcfg, ecfg["max_input_tokens"], stats, hw, extra, stage=f"train{suffix}@{key}")
-        evaluate = plan_eval(f"evaluate{suffix}@{key}", key, arch, entry, ecfg, stats, hw, ecfg.get("few_shot", 0),
-                             extra_tokens=extra)
-        for st in (train, evaluate):
-            if seeds > 1:
-                st.est_hours = round(st.est_hours * seeds, 2)
-                st.detail["seeds"] = seeds
-            stages.append(st)
+    ecfg, seeds = params["eval"], len(params["train"]["seeds"])
+    for s in systems.selected(params):
+        if s.kind.floor:
+            continue
+        arch, entry = archs[s.model]
+        listed = shortlist_tokens(ecfg["candidates"]) if s.kind.prompt == "candidates" else 0
+        shots, cfg, batch_key = ecfg.get("few_shot", 0), ecfg, "eval.batch_size"
+        if s.kind.prompt == "examples":
+            shots, batch_key = ecfg["retrieval_k"], "eval.fewshot_batch_size"
+            cfg = {**ecfg, "batch_size": ecfg.get("fewshot_batch_size") or ecfg["batch_size"]}
+        if s.fine_tuned:
+            tcfg = train_config(params, s.kind.recipe)
+            probe = {**ecfg, **vars(probe_settings(ecfg, tcfg)), "max_samples": tcfg.get("max_val_samples")}
+            train = plan_train(s.model, arch, entry, tcfg, ecfg["max_input_tokens"], stats, hw, listed,
+                               stage=s.train_stage, probe=plan_eval(f"{s.train_stage} probe", s.model, arch, entry, probe,
+                                                                    stats, hw, 0, extra_tokens=listed, splits=("val",)))
+            stages.append(train)
+        predict = plan_eval(s.stage, s.model, arch, entry, cfg, stats, hw, shots, batch_key, extra_tokens=listed,
+                            seeds=seeds if s.fine_tuned else 1)
+        stages.append(predict)
+        if s.fine_tuned and seeds > 1:
+            train.est_hours = round(train.est_hours * seeds, 2)
+            train.detail["seeds"] = predict.detail["seeds"] = seeds
     return stages
 
 
@@ -166,7 +169,8 @@ def plan_main(argv) -> int:
     p.add_argument("--gpu", help="GPU name for FLOP/s and bandwidth: H100, H200, A100, L40S, L4, A10 (default: detected, else H100)")
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help=f"assumed model FLOPs utilization (default {DEFAULT_MFU})")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help=f"memory kept free (default {DEFAULT_MARGIN})")
-    p.add_argument("--usd-per-hour", type=float, help="GPU price, to print the study's cost")
+    p.add_argument("--usd-per-hour", type=float, help="GPU price, for the study's cost and each predicting stage's "
+                   "dollars per 1,000 encounters (default: deploy.usd_per_hour)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--measure", action="store_true", help="also run a few real steps per model and report the plan's error "
                    "(full size on CUDA; a scaled-down architecture on CPU)")
@@ -195,7 +199,7 @@ def plan_main(argv) -> int:
     except ValueError as exc:
         print(f"plan: error: {exc}", file=sys.stderr)
         return 2
-    result = to_json(stages, hw, args.usd_per_hour)
+    result = to_json(stages, hw, args.usd_per_hour or params["deploy"]["usd_per_hour"])
     result["data"] = stats.source
     if args.measure:
         from .measure import measure_plan
@@ -238,17 +242,16 @@ def apply_main(argv) -> int:
     return 0
 
 
-# The GPU stages of one model, in pipeline order; a host that runs them also runs prepare and base@<model>.
-MODEL_STAGES = ("zeroshot", "fewshot", "shortlist", "train", "evaluate", "train-shortlist", "evaluate-shortlist")
-
-
 def assign_hosts(stages: list, hosts: int) -> list[dict]:
-    """Each model's GPU stages on one host (they share its base weights), models spread so that the
-    planned GPU hours are as even as a greedy longest-first assignment makes them."""
+    """Each model's GPU stages on one host (they share its base weights), in the plan's order (a training stage
+    before the stage that predicts with its adapter), models spread so that the planned GPU hours are as even as
+    a greedy longest-first assignment makes them. A host that runs them also runs prepare and base@<model>."""
+    from . import systems
+
     by_model: dict[str, dict] = {}
     for st in stages:
-        kind, _, key = st.stage.partition("@")
-        if kind in MODEL_STAGES:
+        role, kind, key = systems.from_stage(st.stage) or (None, None, None)
+        if role and not kind.floor:
             group = by_model.setdefault(key, {"model": key, "stages": [], "hours": 0.0})
             group["stages"].append(st.stage)
             group["hours"] += st.est_hours
@@ -256,7 +259,7 @@ def assign_hosts(stages: list, hosts: int) -> list[dict]:
     for group in sorted(by_model.values(), key=lambda g: (-g["hours"], g["model"])):
         host = min(plan, key=lambda h: h["hours"])
         host["models"].append(group["model"])
-        host["stages"] += sorted(group["stages"], key=lambda s: MODEL_STAGES.index(s.split("@")[0]))
+        host["stages"] += group["stages"]
         host["hours"] += group["hours"]
     return [h for h in plan if h["stages"]]
 
@@ -312,18 +315,18 @@ def _dotted(params: dict, key: str, default=None):
 def _committed_params() -> dict:
     """params.yaml as committed (HEAD), else as it is: what a real run resets a smoke run's keys to."""
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], capture_output=True, text=True)
-    return yaml.safe_load(shown.stdout if shown.returncode == 0 else Path("params.yaml").read_text())
+    return yaml_load(shown.stdout if shown.returncode == 0 else Path("params.yaml").read_text())
 
 
 def run_values(name: str, smoke: bool) -> dict:
     """The overrides of a run of configs/NAME.yaml. A smoke run adds configs/smoke.yaml; a real run sets
     those same keys to their committed values, so that a workspace a smoke run left behind (`dvc exp run`
     keeps the experiment's params.yaml) cannot shrink the real run."""
-    values = yaml.safe_load(_config(name).read_text()) or {}
-    small = yaml.safe_load(SMOKE.read_text()) or {}
+    values = yaml_load(_config(name).read_text()) or {}
+    small = yaml_load(SMOKE.read_text()) or {}
     if smoke:
         return {**values, **small}
-    committed, current = _committed_params(), yaml.safe_load(Path("params.yaml").read_text())
+    committed, current = _committed_params(), yaml_load(Path("params.yaml").read_text())
     return {**{k: _dotted(committed, k, _dotted(current, k)) for k in small}, **values}  # a key newer than the commit: as it is
 
 
@@ -356,7 +359,7 @@ def main(argv=None) -> int:
         value = next(sets, None) if arg in ("-S", "--set-param") else None
         if value and "=" in value:
             key, _, text = value.partition("=")
-            values[key.strip()] = yaml.safe_load(text)
+            values[key.strip()] = yaml_load(text)
         else:
             rest += [arg] + ([value] if value is not None else [])
     cmd = ["dvc", "exp", "run", "-n", name, *overrides(values), *rest]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import prompts
 from .io import replace_tree
+from .shortlist import LISTED
 
 IGNORE = -100
 MODEL_COLUMNS = {"input_ids", "labels"}
@@ -30,7 +31,9 @@ SANITY_MIN_DROP = 0.02
 NON_REENTRANT = {"use_reentrant": False}
 # The DVCLive series the stage keeps as its training curves (dvc.yaml plots); the rest of what
 # DVCLive writes (its summary, params, runtimes, FLOPs) stays in the work folder and goes with it.
-CURVES = ("loss.tsv", "eval/loss.tsv", "learning_rate.tsv", "grad_norm.tsv")
+CURVES = ("loss.tsv", "eval/loss.tsv", "eval/exact_match.tsv", "learning_rate.tsv", "grad_norm.tsv")
+# What a checkpoint is kept by (train.select_by): the metric the Trainer compares, and whether higher is better.
+SELECT_BY = {"exact_match": ("eval_exact_match", True), "loss": ("eval_loss", False)}
 
 
 class PreflightError(Exception):
@@ -46,7 +49,7 @@ def build_example(tokenizer, row: dict, input_kind: str, max_input_tokens: int |
                   loss_on_prompt: bool = False, answer: list[int] | None = None) -> dict:
     """``answer``: the code's answer ids when already known (prompts.answer_ids otherwise)."""
     prompt, _ = prompts.prompt_for(tokenizer, row["input"], input_kind, max_input_tokens,
-                                   candidates=row.get("shortlist"))
+                                   candidates=row.get(LISTED))
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer = answer or prompts.answer_ids(tokenizer, row["code"])
     labels = (prompt_ids if loss_on_prompt else [IGNORE] * len(prompt_ids)) + answer
@@ -217,13 +220,13 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
 
     return TrainingArguments(
         output_dir=str(work_dir), per_device_train_batch_size=cfg["batch_size"],
-        per_device_eval_batch_size=cfg.get("eval_batch_size", cfg["batch_size"]),
+        per_device_eval_batch_size=cfg.get("eval_batch_size") or cfg["batch_size"],
         gradient_accumulation_steps=cfg["grad_accum"], learning_rate=cfg["learning_rate"],
         num_train_epochs=cfg["num_epochs"], max_steps=cfg.get("max_steps") or -1, warmup_steps=cfg["warmup_steps"], weight_decay=cfg["weight_decay"],
         max_grad_norm=cfg["max_grad_norm"], lr_scheduler_type=cfg["lr_scheduler"], logging_steps=cfg["logging_steps"],
         eval_strategy="steps", eval_steps=cfg["eval_steps"], save_strategy="steps", save_steps=cfg["save_steps"],
-        save_total_limit=cfg["save_total_limit"], load_best_model_at_end=True, metric_for_best_model="eval_loss",
-        greater_is_better=False, bf16=bf16, tf32=cuda or None, seed=cfg["seed"], data_seed=cfg["seed"],
+        save_total_limit=cfg["save_total_limit"], load_best_model_at_end=True,
+        metric_for_best_model=SELECT_BY[cfg["select_by"]][0], greater_is_better=SELECT_BY[cfg["select_by"]][1], bf16=bf16, tf32=cuda or None, seed=cfg["seed"], data_seed=cfg["seed"],
         train_sampling_strategy="group_by_length", gradient_checkpointing=cfg["gradient_checkpointing"],
         gradient_checkpointing_kwargs=NON_REENTRANT,
         report_to="none", remove_unused_columns=False, use_cpu=not cuda, dataloader_num_workers=0,
@@ -232,9 +235,37 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
     )
 
 
-def resumable_trainer(**kwargs):
+def probe_settings(ecfg: dict, cfg: dict):
+    """How the validation rows are decoded at each evaluation: the evaluation stages' decoding keys (eval.*:
+    constrained, top_k, num_beams, max_new_tokens, max_input_tokens, repetition_penalty), at the training
+    recipe's evaluation batch, with no examples in the prompt (a trained prompt shows none). Only these keys
+    decide the checkpoint kept, so the train stages depend on them and on no other eval key."""
+    from .generation import GenerationSettings
+
+    keys = ("constrained", "top_k", "num_beams", "max_new_tokens", "max_input_tokens", "repetition_penalty")
+    return GenerationSettings(**{k: ecfg[k] for k in keys}, batch_size=cfg.get("eval_batch_size") or cfg["batch_size"])
+
+
+def exact_match_probe(tokenizer, rows: list[dict], labels, settings, input_kind: str):
+    """model -> exact match on ``rows`` by the pipeline's own prompts and constrained decoding (the
+    evaluation stages' code): what a checkpoint is kept by with train.select_by: exact_match."""
+    import torch
+
+    from .evaluation import evaluate
+
+    def probe(model, autocast: bool = False) -> float:
+        device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+            predictions = evaluate(model, tokenizer, rows, labels, settings, input_kind, progress=False)
+        return round(sum(p["pred"] == p["gold"] for p in predictions) / len(predictions), 4)
+
+    return probe
+
+
+def resumable_trainer(exact_match=None, **kwargs):
     """A Trainer whose run, killed after a checkpoint and resumed, computes what the uninterrupted run
-    computes. The stock group_by_length sampler draws each epoch's order from the global RNG at the
+    computes, and which adds ``eval_exact_match`` (``exact_match(model)``, the validation rows decoded as
+    the evaluation stages decode them) to every evaluation, where the checkpoint is kept by it. The stock group_by_length sampler draws each epoch's order from the global RNG at the
     moment the epoch starts; a run resumed mid-epoch has that RNG in another state (the checkpoint's
     RNG is restored only after the first batch), so it would train on a different order. Here each
     epoch's length-grouped order comes from (data_seed, epoch) alone."""
@@ -255,6 +286,13 @@ def resumable_trainer(**kwargs):
             return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
     class ResumableTrainer(Trainer):
+        def evaluation_loop(self, *args, **kw):
+            output = super().evaluation_loop(*args, **kw)
+            prefix = kw.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            if exact_match is not None:
+                output.metrics[f"{prefix}_exact_match"] = exact_match(self.model, autocast=self.args.bf16)
+            return output
+
         def _get_train_sampler(self, train_dataset=None):
             dataset = self.train_dataset if train_dataset is None else train_dataset
             return EpochSeededLengthGroupedSampler(
@@ -300,6 +338,17 @@ def curves_callback(live: Path, resumed_step: int):
     return StepCurves(live=Live(dir=str(live), dvcyaml=False, save_dvc_exp=False, resume=bool(resumed_step), report=None))
 
 
+def kept_evaluation(state) -> dict:
+    """The evaluation of the checkpoint the Trainer kept (loaded at the end): its step, validation loss and,
+    where decoded, validation exact match, from the run's log (a resumed run's log holds the earlier part)."""
+    evals = [e for e in state.log_history if "eval_loss" in e]
+    if not evals:
+        raise TrainingSanityError("training: no evaluation ran; train.eval_steps is larger than the run's steps")
+    name = Path(state.best_model_checkpoint or "").name
+    step = int(name.removeprefix("checkpoint-")) if name.startswith("checkpoint-") else evals[-1]["step"]
+    return next((e for e in evals if e["step"] == step), evals[-1])
+
+
 def canonical_adapter_config(path: Path) -> None:
     """peft keeps target_modules as a set and writes it in the set's iteration order, which follows
     Python's per-process string hashing: the same adapter got a different adapter_config.json in
@@ -312,8 +361,13 @@ def canonical_adapter_config(path: Path) -> None:
 
 def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
               max_input_tokens: int | None, adapter_dir, work_dir, live_dir=None, allow_cpu_4bit: bool = False,
-              model_fingerprint: str = "", done_file=None, extra_callbacks=()) -> dict:
-    """Train a LoRA adapter on ``train_rows``, keep the best by validation loss, return metrics.
+              model_fingerprint: str = "", done_file=None, extra_callbacks=(), labels=(), generation=None) -> dict:
+    """Train a LoRA adapter on ``train_rows``, keep the checkpoint that is best on ``val_rows``, return metrics.
+
+    ``cfg["select_by"]``: exact_match keeps the checkpoint with the highest validation exact match, the
+    validation rows decoded at every evaluation by the evaluation stages' code over ``labels`` with
+    ``generation`` (a GenerationSettings); loss keeps the lowest validation loss. Early stopping watches
+    the same metric.
 
     Checkpoints go to ``work_dir``; a rerun with the same data, model and params resumes from
     the last one and ends with the same adapter bytes as an uninterrupted run (resumable_trainer).
@@ -340,9 +394,14 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     bf16 = resolve_dtype(entry.get("dtype", "auto")) == torch.bfloat16 and (cuda or not entry.get("load_in_4bit"))
     args = _training_args(cfg, work_dir, bf16, cuda)
     main = args.process_index == 0  # under `accelerate launch`, one process of several writes files
+    decode = cfg["select_by"] == "exact_match"
+    if decode and (generation is None or not labels):
+        raise PreflightError("train.select_by: exact_match decodes the validation rows: pass the label set and the "
+                             "generation settings (the train stage does), or set train.select_by: loss")
     run_id = _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint, _code_version(),
-                          [(r["id"], r["code"], r["input"], r.get("shortlist")) for r in train_rows],
-                          [(r["id"], r.get("shortlist")) for r in val_rows])
+                          sorted(labels) if decode else None, generation if decode else None,
+                          [(r["id"], r["code"], r["input"], r.get(LISTED)) for r in train_rows],
+                          [(r["id"], r.get(LISTED)) for r in val_rows])
     if done_file and Path(done_file).exists() and (adapter_dir / "adapter_config.json").exists():
         done = json.loads(Path(done_file).read_text())
         if done.get("run") == run_id:
@@ -390,12 +449,13 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
         except ImportError:  # a bare CUDA image (the GPU check) trains without curves
             print(f"training: DVCLive is not installed; no training curves in {live_dir}")
     callbacks += list(extra_callbacks)
-    trainer = resumable_trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+    probe = exact_match_probe(tokenizer, val_rows, labels, generation, input_kind) if decode else None
+    trainer = resumable_trainer(exact_match=probe, model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                                 data_collator=collate, processing_class=tokenizer, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=last)
-    best_eval = trainer.evaluate()["eval_loss"]  # the best checkpoint is loaded at the end
     if not main:
         return None
+    kept = kept_evaluation(trainer.state)
 
     adapter_tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
     shutil.rmtree(adapter_tmp, ignore_errors=True)
@@ -416,7 +476,10 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the whole run, resumed or not
     result = {
         "train_loss": round(float(sum(logged) / len(logged)), 4) if logged else round(float(result.training_loss), 4),
-        "eval_loss": round(float(best_eval), 4),
+        "eval_loss": round(float(kept["eval_loss"]), 4),  # at the kept checkpoint
+        "select_by": cfg["select_by"],
+        "best_step": kept["step"],
+        "best_val_exact_match": kept.get("eval_exact_match"),
         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
         "steps": steps,
         "resumed_from_step": start["global_step"],

@@ -1,46 +1,48 @@
-"""Stage `baseline`: TF-IDF + logistic regression on the same splits and inputs as the LLMs.
+"""Stage `baseline`: the floor tfidf-logreg, TF-IDF + logistic regression on the same splits and inputs
+as the LLMs.
 
-Reads params `baseline` and `eval.top_k`; writes metrics/eval/tfidf-logreg.json and
-predictions/tfidf-logreg.jsonl, scored by the same metrics code as every other system.
+Reads params `baseline`, `eval.top_k` and `eval.max_samples`; fits on the training split and predicts
+the validation and test splits (their first eval.max_samples rows, as every system does). Writes
+predictions/val/tfidf-logreg.jsonl, predictions/tfidf-logreg.jsonl and predictions/runs/tfidf-logreg.json;
+stage `score` scores them like every other system.
 """
 import argparse
 import sys
 import time
 
-from icdstudy import metrics
+from icdstudy import metrics, systems
 from icdstudy.baseline import train_and_predict
 from icdstudy.io import read_splits, write_json, write_jsonl
 from icdstudy.params import ParamError, load_params, section
 
-SYSTEM = "tfidf-logreg"
+SYSTEM = systems.system(systems.from_stage("baseline")[1])
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
-        cfg, top_k = section(params, "baseline"), section(params, "eval")["top_k"]
-        max_samples = section(params, "eval")["max_samples"]
+        cfg, ecfg = section(params, "baseline"), section(params, "eval")
         t0 = time.time()
-        train_rows, test_rows = read_splits(args.data, "train", "test")
-        test_rows = test_rows[:max_samples] if max_samples else test_rows  # the rows the LLM systems score
+        train_rows, *scored = read_splits(args.data, "train", *systems.SPLITS)
     except (ParamError, ValueError) as exc:
         print(f"baseline: error: {exc}", file=sys.stderr)
         return 1
-    predictions, n_params, fit_s = train_and_predict(train_rows, test_rows, cfg, top_k=max(top_k, 5))
-    result = metrics.quality(predictions)
-    result.update(metrics.efficiency(predictions))
-    result.update({"system": SYSTEM, "model": SYSTEM, "params_total": n_params, "peak_mem_mb": metrics.peak_memory_mb(),
-                   "load_s": round(fit_s, 2), "wall_s": round(time.time() - t0, 2), "device": "cpu",
-                   "constrained": True, "top_k": max(top_k, 5), "few_shot": 0,
-                   "split_fingerprint": metrics.split_fingerprint(test_rows), "inputs_truncated": 0})
-    write_jsonl(f"predictions/{SYSTEM}.jsonl", predictions)
-    write_json(f"metrics/eval/{SYSTEM}.json", result)
-    print(f"baseline: {SYSTEM}: exact {result['exact_match']:.3f} {result['exact_match_ci95']}, "
-          f"top5 {result['top5_match']}, ece {result['ece']}, fit {fit_s:.1f}s")
+    top_k = max(ecfg["top_k"], 5)
+    predictions, n_params, fit_s = train_and_predict(train_rows, [rows[:ecfg["max_samples"] or None] for rows in scored],
+                                                     cfg, top_k=top_k)
+    for split, rows in zip(systems.SPLITS, predictions):
+        write_jsonl(SYSTEM.predictions(split), rows)
+    write_json(SYSTEM.run_record, {"system": SYSTEM.id, "kind": SYSTEM.kind.name, "model": SYSTEM.id,
+                                   "params_total": n_params, "peak_mem_mb": metrics.peak_memory_mb(),
+                                   "load_s": round(fit_s, 2), "wall_s": round(time.time() - t0, 2), "device": "cpu",
+                                   "constrained": True, "top_k": top_k, "few_shot": 0})
+    print(f"baseline: {SYSTEM.id}: " + ", ".join(f"{split} exact {sum(p['pred'] == p['gold'] for p in rows)}/{len(rows)}"
+                                                 for split, rows in zip(systems.SPLITS, predictions))
+          + f", fit {fit_s:.1f}s")
     return 0
 
 

@@ -1,95 +1,85 @@
-"""Stages `zeroshot@<model>`, `fewshot@<model>`, `shortlist@<model>`, `evaluate@<model>` and
-`evaluate-shortlist@<model>`: score a system on the test split.
+"""The stage that writes a model system's predictions: zeroshot@<model>, fewshot@<model>,
+shortlist@<model>, evaluate@<model>, evaluate-shortlist@<model>, and any model kind added to
+icdstudy/systems.py.
 
-Without options the base model is evaluated zero-shot (system `zeroshot-<model>`, with
-`eval.few_shot` examples drawn by `eval.few_shot_strategy`). With --fewshot each test input is
-preceded by its `eval.retrieval_k` nearest training examples (TF-IDF, params `retrieval`; system
-`fewshot-<model>`). With --shortlist the prompt lists the `eval.candidates` codes the TF-IDF
-retriever ranks highest, each with its description and score (system `shortlist-<model>`). With
---adapter the LoRA adapter is merged in first (system `lora-<model>`, or `lora-shortlist-<model>`
-with --shortlist for an adapter trained on shortlist prompts); --seed-adapters also evaluates the
-adapters of the other `train.seeds` and adds their spread to the metrics. All use the same prompts,
-generation and metrics. Writes predictions/<system>.jsonl and metrics/eval/<system>.json. An
-interrupted run resumes from .resume/<system>.jsonl.
+    python stages/evaluate.py KIND MODEL        e.g. `lora-shortlist smollm2-135m`
+
+The kind (icdstudy.systems.KINDS) says how the prompt presents an encounter (alone, after its
+eval.retrieval_k nearest training examples, or with the eval.candidates codes the TF-IDF retriever
+ranks highest) and whether the model's LoRA adapter (models/adapters/<system>, written by the kind's
+training stage) is merged in first. The model is loaded once and predicts the validation split, then
+the test split (the first eval.max_samples rows of each); the adapters of the other `train.seeds`
+predict the test split. All systems share the prompts and constrained generation.
+
+Writes predictions/val/<system>.jsonl, predictions/<system>.jsonl (test),
+predictions/seeds/<system>/seed-<n>.jsonl and predictions/runs/<system>.json (load time, memory,
+size, settings); stage `score` turns them into metrics. An interrupted run resumes from
+.resume/<system>-<split>.jsonl.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
+from icdstudy import systems
 from icdstudy.io import read_json, read_jsonl, write_json, write_jsonl
 from icdstudy.params import ParamError, load_params, model_entry, section
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    model_kinds = [k.name for k in systems.KINDS if not k.floor]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=model_kinds, metavar="KIND", help=f"a kind of system: {', '.join(model_kinds)}")
     parser.add_argument("model", help="a key under models: in params.yaml")
-    parser.add_argument("--adapter", help="LoRA adapter folder (evaluates lora-<model>)")
-    parser.add_argument("--seed-adapters", help="folder written by train@<model> with the other seeds' adapters "
-                        "(seed-<n>/); their predictions go to predictions/seeds/lora-<model>/")
-    parser.add_argument("--fewshot", action="store_true",
-                        help="show each input's eval.retrieval_k nearest training examples (evaluates fewshot-<model>)")
-    parser.add_argument("--shortlist", action="store_true",
-                        help="list each input's eval.candidates retrieved codes with their descriptions in the prompt "
-                             "(evaluates shortlist-<model>, or lora-shortlist-<model> with --adapter)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
-    parser.add_argument("--split", default="test")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
+    kind = systems.kind_named(args.kind)
+    system = systems.system(kind, args.model)
     try:
         params = load_params(args.params)
         entry = model_entry(params, args.model)
-        ecfg = section(params, "eval")
+        ecfg, retrieval = section(params, "eval"), section(params, "retrieval")
         input_kind = section(params, "data")["input"]
-        retrieval = section(params, "retrieval")
     except ParamError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 1
-    if args.fewshot and (args.adapter or args.shortlist):
-        parser.error("--fewshot evaluates a base model with examples; it does not combine with --adapter or --shortlist")
-    if args.seed_adapters and not args.adapter:
-        parser.error("--seed-adapters needs --adapter (the first seed's adapter)")
-    if args.shortlist and not ecfg["candidates"]:
-        print("evaluate: error: --shortlist needs eval.candidates >= 1 in params.yaml", file=sys.stderr)
+    if kind.prompt == "candidates" and not ecfg["candidates"]:
+        print(f"evaluate: error: {system.id} lists candidate codes; it needs eval.candidates >= 1 in params.yaml",
+              file=sys.stderr)
         return 1
-    kind = ("lora-shortlist" if args.shortlist else "lora") if args.adapter else \
-        "fewshot" if args.fewshot else "shortlist" if args.shortlist else "zeroshot"
-    system = f"{kind}-{args.model}"
-    if args.fewshot:
-        ecfg = {**ecfg, "few_shot": ecfg["retrieval_k"], "few_shot_strategy": "nearest",
-                "batch_size": ecfg["fewshot_batch_size"] or ecfg["batch_size"]}
+    if kind.fine_tuned and not (system.adapter / "adapter_config.json").exists():
+        print(f"evaluate: error: {system.adapter} holds no adapter; run `dvc repro {system.train_stage}` first",
+              file=sys.stderr)
+        return 1
 
     # Heavy imports after argument parsing keep --help instant.
     import torch
 
     from icdstudy import metrics
-    from icdstudy.evaluation import evaluate, model_fingerprint
-    from icdstudy.metrics import seed_summary
-    from icdstudy.shortlist import shortlist_metrics
-    from icdstudy.generation import GenerationSettings
+    from icdstudy.evaluation import evaluate, model_fingerprint, prompt_rows, settings_for
     from icdstudy.modeling import ModelError, count_parameters, is_oom, load_for_inference, oom_message
+    from icdstudy.retrieval import Retriever
 
-    test_rows = read_jsonl(Path(args.data) / f"{args.split}.jsonl")
-    if ecfg.get("max_samples"):
-        test_rows = test_rows[: ecfg["max_samples"]]
-    if not test_rows:
-        print(f"evaluate: error: {args.data}/{args.split}.jsonl has no samples; rerun `dvc repro prepare` "
-              "(it refuses empty splits)", file=sys.stderr)
-        return 1
-    train_rows = read_jsonl(Path(args.data) / "train.jsonl")
-    labels = read_json(Path(args.data) / "labels.json")
-    split_fingerprint = metrics.split_fingerprint(test_rows)
-    if args.shortlist:
-        from icdstudy.shortlist import with_shortlists
-
-        test_rows = with_shortlists(train_rows, test_rows, ecfg["candidates"], retrieval)
-    settings = GenerationSettings.from_params(ecfg)
+    data = Path(args.data)
+    train_rows = read_jsonl(data / "train.jsonl")
+    labels = read_json(data / "labels.json")
+    settings = settings_for(kind.prompt, ecfg)
+    retriever = Retriever.from_params(train_rows, retrieval) if kind.prompt == "candidates" else None
+    splits = {}
+    for split in systems.SPLITS:
+        rows = read_jsonl(data / f"{split}.jsonl")[:ecfg["max_samples"] or None]
+        if not rows:
+            print(f"evaluate: error: {data}/{split}.jsonl has no samples; rerun `dvc repro prepare` "
+                  "(it refuses empty splits)", file=sys.stderr)
+            return 1
+        splits[split] = prompt_rows(kind.prompt, train_rows, rows, ecfg, retrieval, retriever)
     base_dir = Path(f"models/base/{args.model}")
 
-    def run(name: str, adapter):
-        """Load, evaluate and describe one system; None after printing the error."""
-        torch.manual_seed(ecfg.get("seed", 42))
+    def run(name: str, adapter, split_names) -> dict | None:
+        """Load one model and predict the named splits: {split: predictions}, None after printing the error."""
+        torch.manual_seed(ecfg["seed"])
         t_start = time.time()
         try:
             tokenizer, model = load_for_inference(base_dir, entry, adapter)
@@ -97,68 +87,62 @@ def main() -> int:
             print(f"evaluate: error: {exc}", file=sys.stderr)
             return None
         load_s = time.time() - t_start
-        print(f"evaluate: {name} on {len(test_rows)} {args.split} samples, {len(labels)} labels, "
-              f"{'constrained top-' + str(settings.top_k) if settings.constrained else 'free text'}"
-              + (f", {settings.few_shot} {settings.few_shot_strategy} examples each" if settings.few_shot else "")
-              + f", load {load_s:.1f}s")
-        try:
-            predictions, result = evaluate(
-                model, tokenizer, test_rows, labels, settings, input_kind, train_rows,
-                fingerprint_parts={"model": model_fingerprint(base_dir, adapter)},
-                resume_file=Path(".resume") / f"{name}.jsonl", retrieval=retrieval,
-            )
-        except ModelError as exc:
-            print(f"evaluate: error: {exc}", file=sys.stderr)
-            return None
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            print(f"evaluate: error: {oom_message(name, 'eval.batch_size, eval.top_k / eval.num_beams or eval.max_input_tokens')}",
-                  file=sys.stderr)
-            return None
-        result.update({
-            "system": system,
-            "model": args.model,
-            "params_total": count_parameters(model),
-            "peak_mem_mb": metrics.peak_memory_mb(),
-            "load_s": round(load_s, 2),
-            "wall_s": round(time.time() - t_start, 2),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "constrained": settings.constrained,
-            "top_k": settings.top_k if settings.constrained else 1,
-            "few_shot": settings.few_shot,
-            "few_shot_strategy": settings.few_shot_strategy if settings.few_shot else None,
-            "split_fingerprint": split_fingerprint,
-        })
-        if args.shortlist:
-            result.update(shortlist_metrics(test_rows, predictions))
-        print(f"evaluate: {name}: exact {result['exact_match']:.3f} {result['exact_match_ci95']}, "
-              f"category {result['category_match']:.3f}, valid {result['valid_rate']:.3f}, "
-              f"top5 {result['top5_match']}, {result['samples_per_s']} samples/s")
+        out = {}
+        for split in split_names:
+            rows = splits[split]
+            print(f"evaluate: {name} on {len(rows)} {split} samples, {len(labels)} labels, "
+                  f"{'constrained top-' + str(settings.top_k) if settings.constrained else 'free text'}"
+                  + (f", {settings.few_shot} {settings.few_shot_strategy} examples each" if settings.few_shot else "")
+                  + (f", {ecfg['candidates']} listed codes each" if kind.prompt == "candidates" else "")
+                  + f", load {load_s:.1f}s")
+            try:
+                out[split] = evaluate(model, tokenizer, rows, labels, settings, input_kind, train_rows,
+                                      fingerprint_parts={"model": model_fingerprint(base_dir, adapter)},
+                                      resume_file=Path(".resume") / f"{name}-{split}.jsonl", retrieval=retrieval)
+            except ModelError as exc:
+                print(f"evaluate: error: {exc}", file=sys.stderr)
+                return None
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                batch = "eval.fewshot_batch_size" if kind.prompt == "examples" else "eval.batch_size"
+                print(f"evaluate: error: {oom_message(name, f'{batch}, eval.top_k / eval.num_beams or eval.max_input_tokens')}",
+                      file=sys.stderr)
+                return None
+            hits = sum(p["pred"] == p["gold"] for p in out[split])
+            print(f"evaluate: {name}: {split} exact {hits}/{len(rows)}")
+        out["record"] = {"params_total": count_parameters(model), "peak_mem_mb": metrics.peak_memory_mb(),
+                         "load_s": round(load_s, 2), "wall_s": round(time.time() - t_start, 2),
+                         "device": "cuda" if torch.cuda.is_available() else "cpu"}
         del model
-        return predictions, result
+        return out
 
-    done = run(system, args.adapter)
+    done = run(system.id, system.adapter, systems.SPLITS)
     if done is None:
         return 1
-    predictions, result = done
-    if args.seed_adapters:
-        seed_dir = Path(args.seed_adapters)
-        manifest = read_json(seed_dir / "seeds.json")
-        by_seed = {manifest["seeds"][0]: result}
-        out_dir = Path("predictions/seeds") / system
-        for seed in manifest["seeds"][1:]:
-            extra = run(f"{system}-seed{seed}", seed_dir / f"seed-{seed}")
+    seeds = []
+    if kind.fine_tuned:
+        manifest = read_json(system.seed_adapters / "seeds.json")
+        seeds = manifest["seeds"]
+        paths = systems.seed_predictions(system, params)
+        for seed, path in zip(seeds[1:], paths.values()):
+            extra = run(f"{system.id}-seed{seed}", system.seed_adapters / f"seed-{seed}", ["test"])
             if extra is None:
                 return 1
-            write_jsonl(out_dir / f"seed-{seed}.jsonl", extra[0])
-            by_seed[seed] = extra[1]
-        result["seeds"] = seed_summary(by_seed)
-        write_json(out_dir / "seeds.json", result["seeds"])
-    write_jsonl(f"predictions/{system}.jsonl", predictions)
-    write_json(f"metrics/eval/{system}.json", result)
-    for name in [system] + [f"{system}-seed{s}" for s in result.get("seeds", {}).get("seeds", [])[1:]]:
-        Path(".resume", f"{name}.jsonl").unlink(missing_ok=True)
+            write_jsonl(path, extra["test"])
+        write_json(Path("predictions/seeds") / system.id / "seeds.json", {"seeds": seeds, "files": [str(p) for p in paths.values()]})
+    for split in systems.SPLITS:
+        write_jsonl(system.predictions(split), done[split])
+    write_json(system.run_record, {
+        "system": system.id, "kind": kind.name, "model": args.model, **done["record"],
+        "constrained": settings.constrained, "top_k": settings.top_k if settings.constrained else 1,
+        "few_shot": settings.few_shot, "few_shot_strategy": settings.few_shot_strategy if settings.few_shot else None,
+        "inputs_truncated": {split: sum(p["input_truncated"] for p in done[split]) for split in systems.SPLITS},
+        **({"seeds": seeds} if seeds else {}),
+    })
+    for name in [system.id] + [f"{system.id}-seed{s}" for s in seeds[1:]]:
+        for split in systems.SPLITS:
+            Path(".resume", f"{name}-{split}.jsonl").unlink(missing_ok=True)
     return 0
 
 

@@ -1,24 +1,23 @@
-"""Stage `report`: the study's answer, table, paired tests and plots.
+"""Stage `report`: the study's answer, tables, paired tests and plots.
 
-Reads exactly the systems params.yaml selects (icdstudy/systems.py: zero-shot, few-shot and
-shortlist systems per model list, the fine-tuned systems with their other training seeds, and the
-two floors), each from its own metrics/eval/<system>.json and predictions/<system>.jsonl; files of
-systems the params do not select are ignored, whatever lies in the folders, and a selected system
-whose file is missing stops the report with the stage to run. Also reads the selected training
-runs' metrics/train/<run>.json and curves, metrics/data.json, metrics/base/<model>.json (each base
-model's revision) and the splits (error examples, near copies); writes reports/report.md,
-reports/systems.json and plots/*.png. Imports no torch: it runs in seconds.
+Reads exactly the systems params.yaml selects (icdstudy/systems.py): each one's test and validation
+metrics (metrics/eval/<system>.json, metrics/val/<system>.json, written by stage `score`), its test
+predictions (predictions/<system>.jsonl, with its other training seeds'), and the selected training
+runs' metrics/train/<run>.json and curves; also metrics/data.json, metrics/base/<model>.json (each
+base model's revision) and the train and test splits (error examples, near copies). Files of systems
+the params do not select are ignored, whatever lies in the folders; a selected system whose file is
+missing stops the report with the stage to run. Writes reports/report.md, reports/systems.json and
+plots/*.png. Imports no torch: it runs in seconds.
 """
 import argparse
 import os
 import sys
 from pathlib import Path
 
-from icdstudy import metrics, plots
+from icdstudy import deploy, metrics, plots, systems
 from icdstudy.io import read_json, read_jsonl, write_json, write_text_atomic
 from icdstudy.params import ParamError, load_params
 from icdstudy.report import PairingError, error_breakdown, per_chapter_accuracy, render
-from icdstudy.systems import seed_predictions, selected
 
 
 class Missing(Exception):
@@ -31,34 +30,44 @@ def _need(path: Path, what: str, stage: str) -> Path:
     return path
 
 
+def _run_metrics(root: Path, s: systems.System) -> dict:
+    path = root / "metrics/train" / f"{s.run}.json"
+    old = [p for p in systems.old_run_paths(s, root) if p.parent.name == "train"]
+    if not path.exists() and old:
+        raise Missing(f"{path} is missing, and {old[0]} is this run's old name (training runs are now named after their "
+                      f"system); run `dvc repro {s.train_stage}` and delete {old[0]}")
+    return read_json(_need(path, f"training run {s.run}", s.train_stage))
+
+
 def gather(root: Path, params: dict):
-    """The selected systems' metrics and predictions, their other seeds' predictions, and the selected
-    training runs' metrics: (evals, preds, seed_preds, trains)."""
-    evals, preds, seed_preds = {}, {}, {}
-    for s in selected(params):
-        evals[s.id] = read_json(_need(root / s.metrics, f"system {s.id}", s.stage))
-        preds[s.id] = read_jsonl(_need(root / s.predictions, f"system {s.id}", s.stage))
+    """The selected systems' test and validation metrics, test predictions, their other seeds' test
+    predictions, and the selected training runs' metrics: (evals, vals, preds, seed_preds, trains)."""
+    evals, vals, preds, seed_preds, trains = {}, {}, {}, {}, {}
+    for s in systems.selected(params):
+        evals[s.id] = read_json(_need(root / s.metrics("test"), f"system {s.id}", "score"))
+        vals[s.id] = read_json(_need(root / s.metrics("val"), f"system {s.id}", "score"))
+        preds[s.id] = read_jsonl(_need(root / s.predictions("test"), f"system {s.id}", s.stage))
         runs = {name: read_jsonl(_need(root / path, f"{s.id}'s training seed {name}", s.stage))
-                for name, path in seed_predictions(s, params).items()}
+                for name, path in systems.seed_predictions(s, params).items()}
         if runs:
             seed_preds[s.id] = runs
-    trains = {s.run: read_json(_need(root / "metrics/train" / f"{s.run}.json", f"training run {s.run}", s.train_stage))
-              for s in selected(params) if s.fine_tuned}
-    return evals, preds, seed_preds, trains
+        if s.fine_tuned:
+            trains[s.run] = _run_metrics(root, s)
+    return evals, vals, preds, seed_preds, trains
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--root", default=".", help="project folder holding metrics/, predictions/, dvclive/")
     parser.add_argument("--out", default="reports/report.md")
     parser.add_argument("--plots", default="plots")
     parser.add_argument("--systems", default="reports/systems.json", help="per-system metrics for `dvc plots`")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     root, plot_dir = Path(args.root), Path(args.plots)
     try:
         params = load_params(args.params)
-        evals, preds, seed_preds, trains = gather(root, params)
+        evals, vals, preds, seed_preds, trains = gather(root, params)
     except (ParamError, Missing) as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 1
@@ -76,16 +85,20 @@ def main() -> int:
         near = near_copy_rows(read_jsonl(processed / "train.jsonl"), [r for r in test_rows if r["id"] in scored], params)
 
     def write(plot_paths: list[str]) -> str:
-        return render(evals, preds, trains, data, params, plot_paths, seed_preds, bases, inputs, near)
+        return render(evals, preds, trains, data, params, plot_paths, seed_preds, bases, inputs, near, vals)
 
     try:
         text = write([])  # every pairing is checked before anything is written
     except PairingError as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 1
+    first = {r["id"]: r["pred"] for r in preds[systems.system(systems.from_stage("knn")[1]).id]}
     made = [plots.accuracy_by_system(evals, plot_dir / "accuracy_by_system.png"),
             plots.accuracy_vs_latency(evals, plot_dir / "accuracy_vs_latency.png"),
             plots.accuracy_vs_params(evals, plot_dir / "accuracy_vs_params.png"),
+            plots.risk_coverage({s: (deploy.confidences(rows, evals[s]["confidence_signal"], first),
+                                     deploy.correctness(rows)) for s, rows in preds.items()},
+                                sorted(params["deploy"]["target_precision"]), plot_dir / "risk_coverage.png"),
             plots.chapter_heatmap(per_chapter_accuracy(preds), plot_dir / "chapter_accuracy.png"),
             plots.error_breakdown(error_breakdown(preds), plot_dir / "error_breakdown.png")]
     scored = {s: metrics.reliability_bins([r["confidence"] for r in rows], [r["pred"] == r["gold"] for r in rows])
@@ -101,8 +114,8 @@ def main() -> int:
     out = Path(args.out)
     write_text_atomic(out, write([os.path.relpath(p, out.parent) for p in made]))
     print(f"report: {len(evals)} systems, {len(made)} plots -> {out}")
-    for line in text.splitlines()[2:]:
-        if line.startswith("- **") or line.startswith("- `"):
+    for line in text.split("## Answer")[1].split("##")[0].strip().splitlines():
+        if line.startswith("- "):
             print("  " + line[2:].replace("**", ""))
     return 0
 

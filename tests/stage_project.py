@@ -1,8 +1,14 @@
 """Shared test fixtures for running the pipeline's stage scripts directly: labelled rows, a small
-training config, and a folder laid out like the project with a tiny model and those rows."""
+training config, a folder laid out like the project with a tiny model and those rows, and a runner
+that calls a stage's main() in this process (no interpreter start, no imports repeated) or, where a
+test needs a real process (a kill, a no-torch check), as a subprocess."""
+import importlib.util
+import io
+import os
 import shutil
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import yaml
@@ -17,7 +23,8 @@ CFG = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "
            "gate_proj", "up_proj", "down_proj"], learning_rate=5e-3, lr_scheduler="linear", num_epochs=2,
            warmup_steps=0, weight_decay=0.0, batch_size=4, grad_accum=1, max_grad_norm=1.0, seed=0,
            logging_steps=1, eval_steps=2, save_steps=2, save_total_limit=2, early_stopping_patience=10,
-           early_stopping_threshold=0.0, gradient_checkpointing=False, loss_on_prompt=False, sanity_steps=0)
+           early_stopping_threshold=0.0, gradient_checkpointing=False, loss_on_prompt=False, sanity_steps=0,
+           select_by="loss")
 TRAIN_ROWS = [{**r, "id": f"{r['id']}-{k}", "input": f"{r['input']} Visit {k}."} for k in range(2) for r in ROWS]
 
 
@@ -26,8 +33,9 @@ def project(path: Path, tiny_model_dir: Path, test_rows: list[dict] | None = Non
     """A folder laid out like the pipeline's, with a tiny model and data, for running stages directly."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False}
-    params["train"].update({**{k: v for k, v in CFG.items() if k != "seed"}, "seeds": [0], "num_epochs": 2,
-                            "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "learning_rate": 2e-3, **train})
+    params["train"].update({**{k: v for k, v in CFG.items() if k not in ("seed", "select_by")}, "seeds": [0],
+                            "num_epochs": 2, "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "learning_rate": 2e-3,
+                            **train})
     params["eval"].update({"max_input_tokens": 64, "batch_size": 2, "top_k": 3, **(eval_params or {})})
     params["train_shortlist"] = {}  # the shortlist recipe trains as long as the plain one here (12 steps)
     path.mkdir(parents=True)
@@ -36,12 +44,40 @@ def project(path: Path, tiny_model_dir: Path, test_rows: list[dict] | None = Non
     write_jsonl(data / "train.jsonl", TRAIN_ROWS)
     write_jsonl(data / "val.jsonl", ROWS[:4])
     write_jsonl(data / "test.jsonl", TRAIN_ROWS[:24] if test_rows is None else test_rows)
-    write_json(data / "labels.json", sorted({r["code"] for r in ROWS}))
+    write_json(data / "labels.json", {c: {"description": "x"} for c in sorted({r["code"] for r in ROWS})})
     shutil.copytree(tiny_model_dir, path / "models" / "base" / "tiny")
     return path
 
 
+_LOADED: dict = {}
+
+
+def stage_module(name: str):
+    """stages/<name>.py as a module (loaded once per test session)."""
+    if name not in _LOADED:
+        spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _LOADED[name] = module
+    return _LOADED[name]
+
+
+def run_stage(cwd: Path, name: str, *args, expect: int = 0) -> str:
+    """stages/<name>.py's main(args) in this process, from ``cwd``; its output (stdout and stderr)."""
+    out = io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(out):
+            rc = stage_module(name).main([str(a) for a in args])
+    finally:
+        os.chdir(here)
+    assert rc == expect, f"stages/{name}.py {' '.join(map(str, args))} returned {rc}:\n{out.getvalue()[-4000:]}"
+    return out.getvalue()
+
+
 def stage(cwd: Path, *args) -> subprocess.CompletedProcess:
+    """A stage (or any script) as a process of its own."""
     run = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     return run

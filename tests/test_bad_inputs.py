@@ -56,6 +56,7 @@ def project(tmp_path_factory, tiny_model_dir):
                                          num_attention_heads=2, num_key_value_heads=1))
     get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(root / "foreign")
     shutil.copytree(root / "foreign", root / "corrupt")
+    shutil.copytree(root / "foreign", root / "models/adapters/lora-shortlist-tiny")  # evaluate-shortlist@tiny meets it
     (root / "corrupt/adapter_config.json").write_text('{"r": 2, "peft_type": ')
     (root / "empty_dir").mkdir()
     return root
@@ -74,26 +75,26 @@ def _case(id, argv, expect, params=None, files=None, rc=1):
 
 STAGE = [sys.executable]
 CASES = [
-    _case("top_k-not-a-number", ["stages/evaluate.py", "tiny"], "eval.top_k = 'five'", {"eval.top_k": "five"}),
-    _case("unknown-key-typo", ["stages/evaluate.py", "tiny"], "eval.topk is not a known key", {"eval.topk": 5}),
-    _case("lora-rank-zero", ["stages/train.py", "tiny"], "train.lora_r = 0", {"train.lora_r": 0}),
-    _case("dropout-above-one", ["stages/train.py", "tiny"], "train.lora_dropout = 1.5", {"train.lora_dropout": 1.5}),
-    _case("unknown-projection", ["stages/train.py", "tiny"], "train.target_modules", {"train.target_modules": ["qproj"]}),
-    _case("save-not-multiple-of-eval", ["stages/train.py", "tiny"], "multiple of train.eval_steps", {"train.save_steps": 7}),
-    _case("bad-scheduler", ["stages/train.py", "tiny"], "train.lr_scheduler", {"train.lr_scheduler": "zigzag"}),
+    _case("top_k-not-a-number", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.top_k = 'five'", {"eval.top_k": "five"}),
+    _case("unknown-key-typo", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.topk is not a known key", {"eval.topk": 5}),
+    _case("lora-rank-zero", ["stages/train.py", "lora", "tiny"], "train.lora_r = 0", {"train.lora_r": 0}),
+    _case("dropout-above-one", ["stages/train.py", "lora", "tiny"], "train.lora_dropout = 1.5", {"train.lora_dropout": 1.5}),
+    _case("unknown-projection", ["stages/train.py", "lora", "tiny"], "train.target_modules", {"train.target_modules": ["qproj"]}),
+    _case("save-not-multiple-of-eval", ["stages/train.py", "lora", "tiny"], "multiple of train.eval_steps", {"train.save_steps": 7}),
+    _case("bad-scheduler", ["stages/train.py", "lora", "tiny"], "train.lr_scheduler", {"train.lr_scheduler": "zigzag"}),
     _case("bad-input-field", ["stages/prepare.py"], "data.input = 'summary'", {"data.input": "summary"}),
     _case("split-over-one", ["stages/prepare.py"], "split.val + split.test", {"split.val": 0.6, "split.test": 0.5}),
-    _case("bad-dtype", ["stages/evaluate.py", "tiny"], "dtype = 'float8'", {"models.tiny.dtype": "float8"}),
-    _case("unregistered-zeroshot", ["stages/evaluate.py", "tiny"], "'nope' is not in base_models", {"zeroshot": ["nope"]}),
-    _case("negative-batch", ["stages/evaluate.py", "tiny"], "eval.batch_size = -1", {"eval.batch_size": -1}),
+    _case("bad-dtype", ["stages/evaluate.py", "zeroshot", "tiny"], "dtype = 'float8'", {"models.tiny.dtype": "float8"}),
+    _case("unregistered-zeroshot", ["stages/evaluate.py", "zeroshot", "tiny"], "'nope' is not in base_models", {"zeroshot": ["nope"]}),
+    _case("negative-batch", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.batch_size = -1", {"eval.batch_size": -1}),
     _case("baseline-C-zero", ["stages/baseline.py"], "baseline.C = 0", {"baseline.C": 0}),
-    _case("beams-below-k", ["stages/evaluate.py", "tiny"], "eval.num_beams (2) must be at least", {"eval.num_beams": 2}),
-    _case("bad-few-shot-strategy", ["stages/evaluate.py", "tiny", "--fewshot"], "eval.few_shot_strategy = 'closest'",
+    _case("beams-below-k", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.num_beams (2) must be at least", {"eval.num_beams": 2}),
+    _case("bad-few-shot-strategy", ["stages/evaluate.py", "fewshot", "tiny"], "eval.few_shot_strategy = 'closest'",
           {"eval.few_shot_strategy": "closest"}),
-    _case("retrieval-k-zero", ["stages/evaluate.py", "tiny", "--fewshot"], "eval.retrieval_k = 0", {"eval.retrieval_k": 0}),
-    _case("repeated-seed", ["stages/train.py", "tiny"], "train.seeds [1, 1] repeats a seed", {"train.seeds": [1, 1]}),
-    _case("no-seeds", ["stages/train.py", "tiny"], "train.seeds = []", {"train.seeds": []}),
-    _case("old-seed-key", ["stages/train.py", "tiny"], "train.seed is not a known key", {"train.seed": 42}),
+    _case("retrieval-k-zero", ["stages/evaluate.py", "fewshot", "tiny"], "eval.retrieval_k = 0", {"eval.retrieval_k": 0}),
+    _case("repeated-seed", ["stages/train.py", "lora", "tiny"], "train.seeds [1, 1] repeats a seed", {"train.seeds": [1, 1]}),
+    _case("no-seeds", ["stages/train.py", "lora", "tiny"], "train.seeds = []", {"train.seeds": []}),
+    _case("old-seed-key", ["stages/train.py", "lora", "tiny"], "train.seed is not a known key", {"train.seed": 42}),
     _case("knn-no-neighbours", ["stages/knn.py"], "retrieval.neighbours = 0", {"retrieval.neighbours": 0}),
     _case("missing-source-file", ["stages/prepare.py"], "file not found", {"data.source": "nowhere.csv"}),
     _case("unknown-scheme", ["stages/prepare.py"], "unknown source scheme", {"data.source": "ftp://host/x.csv"}),
@@ -106,28 +107,32 @@ CASES = [
           {"no_code.csv": None}),
     _case("all-dialogues-empty", ["stages/prepare.py"], "no rows left after cleaning", {"data.source": "empty.csv"},
           {"empty.csv": [("E119", ""), ("I10", "")]}),
-    _case("empty-test-split-eval", ["stages/evaluate.py", "tiny", "--split", "nothing"], "has no samples",
-          files={"data/processed/nothing.jsonl": ""}),
-    _case("adapter-missing", ["stages/evaluate.py", "tiny", "--adapter", "empty_dir"], "no adapter_config.json there"),
+    _case("empty-val-split-eval", ["stages/evaluate.py", "zeroshot", "tiny"], "data/processed/val.jsonl has no samples",
+          files={"data/processed/val.jsonl": ""}),
+    _case("adapter-missing", ["stages/evaluate.py", "lora", "tiny"],
+          "models/adapters/lora-tiny holds no adapter; run `dvc repro train@tiny` first"),
     _case("adapter-corrupt", ["-m", "icdstudy.predict", "--model", "tiny", "--adapter", "corrupt", "--text", "x"],
           "adapter_config.json is not valid JSON", rc=2),
     _case("adapter-other-base", ["-m", "icdstudy.predict", "--model", "tiny", "--adapter", "foreign", "--text", "x"],
           "trained on another base model", rc=2),
-    _case("adapter-other-base-eval", ["stages/evaluate.py", "tiny", "--adapter", "foreign"], "trained on another base model"),
+    _case("adapter-other-base-eval", ["stages/evaluate.py", "lora-shortlist", "tiny"], "trained on another base model"),
     _case("predict-top-k-zero", ["-m", "icdstudy.predict", "--top-k", "0", "--text", "x"], "--top-k must be at least 1", rc=2),
     _case("predict-batch-no-column", ["-m", "icdstudy.predict", "--model", "tiny", "--input", "batch.csv"], "no column input",
           files={"batch.csv": "foo,bar\n1,2\n"}, rc=2),
     _case("params-not-yaml", ["stages/baseline.py"], "not valid YAML", files={"params.yaml": "data: [unclosed\n"}),
-    _case("shortlist-off-but-selected", ["stages/evaluate.py", "tiny", "--shortlist"],
-          "eval.candidates is 0 (no shortlist) but shortlist / finetune_shortlist select models", {"eval.candidates": 0}),
-    _case("shortlist-unregistered", ["stages/evaluate.py", "tiny", "--shortlist"], "shortlist: 'nope' is not in base_models",
+    _case("shortlist-off-but-selected", ["stages/evaluate.py", "shortlist", "tiny"],
+          "eval.candidates is 0 (no shortlist) but finetune_shortlist / shortlist select models", {"eval.candidates": 0}),
+    _case("shortlist-unregistered", ["stages/evaluate.py", "shortlist", "tiny"], "shortlist: 'nope' is not in base_models",
           {"shortlist": ["nope"]}),
-    _case("train-shortlist-unknown-key", ["stages/train.py", "tiny", "--shortlist"],
+    _case("train-shortlist-unknown-key", ["stages/train.py", "lora-shortlist", "tiny"],
           "train_shortlist.epochs: not a train key", {"train_shortlist": {"epochs": 1}}),
-    _case("train-shortlist-bad-value", ["stages/train.py", "tiny", "--shortlist"], "train_shortlist: ",
+    _case("train-shortlist-bad-value", ["stages/train.py", "lora-shortlist", "tiny"], "train_shortlist: ",
           {"train_shortlist": {"learning_rate": 5}}),
-    _case("model-key-like-a-run", ["stages/evaluate.py", "tiny"], "may not start with 'shortlist-'",
-          {"models.shortlist-x": {"hub_id": "org/x", "dtype": "auto", "load_in_4bit": False}}),
+    _case("two-systems-one-name", ["stages/evaluate.py", "zeroshot", "tiny"],
+          "two systems would both be named 'lora-shortlist-tiny'",
+          {"models.shortlist-tiny": {"hub_id": "org/x", "dtype": "auto", "load_in_4bit": False},
+           "base_models": ["tiny", "shortlist-tiny"], "finetune": ["tiny", "shortlist-tiny"]}),
+    _case("kind-unknown", ["stages/evaluate.py", "lora-fewshot", "tiny"], "invalid choice: 'lora-fewshot'", rc=2),
 ]
 
 
@@ -140,6 +145,7 @@ def _snapshot(root: Path) -> dict:
 def test_bad_input(project, argv, expect, overrides, files, rc):
     params_file = project / "params.yaml"
     original = params_file.read_text()
+    kept = {name: (project / name).read_text() for name in files if (project / name).exists()}
     written = []
     try:
         if overrides:
@@ -165,6 +171,8 @@ def test_bad_input(project, argv, expect, overrides, files, rc):
         for path in written:
             if path.name != "params.yaml":
                 path.unlink(missing_ok=True)
+        for name, text in kept.items():
+            (project / name).write_text(text)
     assert run.returncode == rc, run.stdout + run.stderr
     assert expect in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
@@ -186,33 +194,34 @@ def test_out_of_memory_is_explained_and_the_rerun_resumes(project, monkeypatch, 
     params["eval"]["batch_size"] = 1
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", "tiny"])
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "zeroshot", "tiny"])
     real = generation.generate_batch
     calls = []
 
-    def oom_on_second_batch(*args, **kwargs):
+    def oom_on_second_test_batch(*args, **kwargs):  # one validation row, then two test rows, a batch each
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(*args, **kwargs)
 
     try:
-        monkeypatch.setattr(generation, "generate_batch", oom_on_second_batch)
+        monkeypatch.setattr(generation, "generate_batch", oom_on_second_test_batch)
         with pytest.raises(SystemExit) as stop:
             runpy.run_path(str(project / "stages/evaluate.py"), run_name="__main__")
         assert stop.value.code == 1
         err = capsys.readouterr().err
         assert "out of memory" in err and "eval.batch_size" in err and "icdstudy.study plan" in err
-        resume = project / ".resume/zeroshot-tiny.jsonl"
+        resume = project / ".resume/zeroshot-tiny-test.jsonl"
         assert len(resume.read_text().splitlines()) == 2  # the header and the finished first sample
-        assert not (project / "metrics/eval/zeroshot-tiny.json").exists()
+        assert not (project / "predictions").exists()
 
         monkeypatch.setattr(generation, "generate_batch", real)
         with pytest.raises(SystemExit) as stop:
             runpy.run_path(str(project / "stages/evaluate.py"), run_name="__main__")
         assert stop.value.code == 0
-        assert "resuming: 1 of 2" in capsys.readouterr().out
-        assert json.loads((project / "metrics/eval/zeroshot-tiny.json").read_text())["n"] == 2
+        out = capsys.readouterr().out
+        assert "resuming: 1 of 1" in out and "resuming: 1 of 2" in out
+        assert len((project / "predictions/zeroshot-tiny.jsonl").read_text().splitlines()) == 2
     finally:
         params_file.write_text(original)
         shutil.rmtree(project / "metrics", ignore_errors=True)

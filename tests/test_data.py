@@ -158,3 +158,23 @@ def test_prepare_refuses_the_sample_alone_and_runs_on_enough_rows(tmp_path, samp
     for name in ("train", "val", "test"):
         for line in (out / f"{name}.jsonl").read_text().splitlines():
             assert set(json.loads(line)) == {"id", "input", "code", "description"}
+
+
+@pytest.mark.parametrize("offset,counted", [(-1e-6, True), (0.0, True), (1e-6, False)])
+def test_a_near_copy_is_a_row_at_or_above_the_similarity_threshold(offset, counted):
+    """Just below, at and just above the threshold: the data card and the report count a test row as a near copy
+    when its most similar training row reaches datacard.near_copy_similarity."""
+    from icdstudy.datacard import near_copy_rows
+    from icdstudy.retrieval import Retriever
+
+    cfg = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True, "neighbours": 3}
+    train = [{"id": "t0", "code": "E119", "input": "thirst polyuria metformin hba1c raised"},
+             {"id": "t1", "code": "I10", "input": "blood pressure high amlodipine"}]
+    test = [{"id": "q0", "code": "E119", "input": "thirst polyuria metformin hba1c"},
+            {"id": "q1", "code": "Z23", "input": "influenza vaccine today"}]
+    r = Retriever.from_params(train, cfg)
+    best = float((r.vectorizer.transform([test[0]["input"]]) @ r.matrix.T).max())  # the exact cosine, unrounded
+    assert 0.5 < best < 1
+    near = near_copy_rows(train, test, {"datacard": {"near_copy_similarity": best + offset}, "retrieval": cfg})
+    assert near["ids"] == (["q0"] if counted else []) and near["n"] == 2
+

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from icdstudy import prompts
+from icdstudy import metrics, prompts
 from icdstudy.evaluation import evaluate
 from icdstudy.generation import GenerationSettings, build_trie
 from icdstudy.modeling import load_model, load_tokenizer
@@ -52,7 +52,8 @@ def test_answer_ids_end_with_eos_and_decode_to_the_dotted_code(smol):
 def test_constrained_decoding_never_emits_a_non_label(which, request):
     model, tok = request.getfixturevalue(which)
     settings = GenerationSettings(batch_size=4, top_k=3, max_input_tokens=64)
-    preds, q = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
+    preds = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
+    q = metrics.quality(preds)
     assert q["valid_rate"] == 1.0
     for p in preds:
         codes = [c["code"] for c in p["candidates"]]
@@ -65,7 +66,8 @@ def test_constrained_decoding_never_emits_a_non_label(which, request):
 def test_free_text_mode_parses_and_reports_no_ranking(tiny):
     model, tok = tiny
     settings = GenerationSettings(batch_size=4, constrained=False, max_new_tokens=6, max_input_tokens=64)
-    preds, q = evaluate(model, tok, ROWS[:4], LABELS, settings, "dialogue", progress=False)
+    preds = evaluate(model, tok, ROWS[:4], LABELS, settings, "dialogue", progress=False)
+    q = metrics.quality(preds)
     assert q["top3_match"] is None and q["ece"] is None
     assert all(p["candidates"] is None for p in preds)
 
@@ -73,7 +75,7 @@ def test_free_text_mode_parses_and_reports_no_ranking(tiny):
 def test_resume_gives_the_same_results_as_a_full_run(tiny, tmp_path):
     model, tok = tiny
     settings = GenerationSettings(batch_size=3, top_k=2, max_input_tokens=64)
-    full, q_full = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
+    full = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
 
     resume = tmp_path / "resume.jsonl"
     calls = {"n": 0}
@@ -103,14 +105,12 @@ def test_resume_gives_the_same_results_as_a_full_run(tiny, tmp_path):
 
     gen.generate_batch = counting
     try:
-        resumed, q_resumed = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", resume_file=resume, progress=False)
+        resumed = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", resume_file=resume, progress=False)
     finally:
         gen.generate_batch = original
     assert counted["n"] == 2  # only the two unfinished batches ran
     strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
     assert strip(resumed) == strip(full)
-    assert {k: q_resumed[k] for k in ("exact_match", "top3_match", "ece")} == \
-        {k: q_full[k] for k in ("exact_match", "top3_match", "ece")}
 
     # other settings: the old resume file is not reused
     other = GenerationSettings(batch_size=3, top_k=1, max_input_tokens=64)
@@ -124,6 +124,57 @@ def test_trie_masks_everything_off_the_label_paths(tiny):
     first = set(trie.allowed([]))
     assert first == {prompts.answer_ids(tok, c)[0] for c in LABELS}
     assert trie.allowed([tok.eos_token_id]) == []
+
+
+def test_the_trie_processor_renormalizes_over_the_allowed_tokens_exactly():
+    """Hand-built: a 10-token vocabulary, labels [3, 4, EOS], [3, 5, EOS], [6, EOS]; beams at every depth, one past EOS
+    and one off the trie. Each row's scores are the log-softmax over exactly the tokens the trie allows there."""
+    import torch
+
+    from icdstudy.generation import LabelTrie, TrieLogitsProcessor
+
+    eos, prompt = 9, [1, 2, 0]
+    proc = TrieLogitsProcessor(LabelTrie({"A": [3, 4, eos], "B": [3, 5, eos], "C": [6, eos]}), len(prompt), eos)
+    generated = [[], [3], [3, 5], [6, eos], [7]]
+    allowed = [{3, 6}, {4, 5}, {eos}, {eos}, {eos}]
+    rows = [torch.tensor([prompt + g]) for g in generated]  # one beam at a time: their lengths differ
+    scores = torch.log_softmax(torch.randn(len(generated), 10, generator=torch.Generator().manual_seed(0)), dim=-1)
+    out = torch.cat([proc(r, scores[i:i + 1]) for i, r in enumerate(rows)])
+    for row, ok in enumerate(allowed):
+        keep = sorted(ok)
+        want = scores[row, keep] - torch.logsumexp(scores[row, keep], dim=0)
+        assert torch.allclose(out[row, keep], want, atol=1e-6)
+        assert torch.isinf(out[row, [t for t in range(10) if t not in ok]]).all()
+        assert torch.exp(out[row]).sum().item() == pytest.approx(1.0, abs=1e-6)
+    # all beams in one call (as generate calls it) give the same rows
+    same_len = torch.tensor([prompt + [3, 5], prompt + [6, eos], prompt + [3, 4]])
+    together = proc(same_len, scores[:3])
+    for i, g in enumerate([[3, 5], [6, eos], [3, 4]]):
+        assert torch.equal(together[i], proc(torch.tensor([prompt + g]), scores[i:i + 1])[0])
+
+
+def test_the_processor_gives_todays_candidates_and_scores(tiny):
+    """Against the processor it replaced (benchmarks/run.py keeps it as the naive way): the same beams."""
+    import importlib.util
+
+    from icdstudy import generation
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model, tok = tiny
+    settings = GenerationSettings(batch_size=4, top_k=3, max_input_tokens=64)
+    now = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
+    real = generation.TrieLogitsProcessor
+    generation.TrieLogitsProcessor = bench.RowByRowTrieProcessor
+    try:
+        before = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
+    finally:
+        generation.TrieLogitsProcessor = real
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
+    for a, b in zip(strip(now), strip(before)):
+        assert [c["code"] for c in a["candidates"]] == [c["code"] for c in b["candidates"]]
+        assert [c["score"] for c in a["candidates"]] == pytest.approx([c["score"] for c in b["candidates"]], abs=2e-6)
 
 
 def test_unreachable_hub_model_fails_with_one_clear_line(tmp_path):

@@ -73,7 +73,7 @@ def test_a_shortlist_prompt_goes_through_each_template_and_keeps_the_templates_a
     family, tok = family_tok
     shortlist = [{"code": c, "description": icd10.description(c) or "Retired code", "score": s}
                  for c, s in zip(CODES, (0.41, 0.3, 0.17, 0.08, 0.04))]
-    row = {"input": "Thirsty, tired, HbA1c 7.2 on metformin.", "code": "E119", "shortlist": shortlist}
+    row = {"input": "Thirsty, tired, HbA1c 7.2 on metformin.", "code": "E119", "candidate_list": shortlist}
     ex = build_example(tok, row, "dialogue", 64)
     messages = prompts.build_messages(row["input"], "dialogue", candidates=shortlist)
     fixed = {"date_string": "26 Jul 2024"}
@@ -251,8 +251,8 @@ def _train_stage(path: Path, tiny_model_dir: Path, **train) -> dict:
     from tests.stage_project import project, stage
 
     run = project(path, tiny_model_dir, num_epochs=1, **train)
-    stage(run, REPO / "stages/train.py", "tiny")
-    return {"metrics": read_json(run / "metrics/train/tiny.json"), "losses": _losses(run / "dvclive/tiny")}
+    stage(run, REPO / "stages/train.py", "lora", "tiny")
+    return {"metrics": read_json(run / "metrics/train/lora-tiny.json"), "losses": _losses(run / "dvclive/lora-tiny")}
 
 
 @pytest.mark.slow

@@ -80,3 +80,16 @@ def test_the_code_table_is_cached_once_and_rebuilt_when_unreadable(tmp_path):
     cached.write_text('{"E119": [tru')  # cut off
     assert subprocess.run([sys.executable, "-c", ask], env=env, capture_output=True, text=True).stdout == first
     assert cached.read_text().startswith('{"A00"')
+
+
+def test_the_cache_is_keyed_by_what_builds_the_table(tmp_path, monkeypatch):
+    """A change to build_table (a fix to how the table is read) must not be hidden by the old cached table."""
+    monkeypatch.setenv("ICDSTUDY_CACHE", str(tmp_path))
+    first = icd10._cache_file()
+    assert first.parent == tmp_path and "simple" not in first.name
+    import inspect
+
+    fixed = inspect.getsource(icd10.build_table) + "    # a fix\n"
+    monkeypatch.setattr(inspect, "getsource", lambda fn: fixed)
+    assert icd10._cache_file() != first and icd10._cache_file().parent == tmp_path
+

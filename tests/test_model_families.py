@@ -50,14 +50,21 @@ def test_preflight_lora_evaluation_and_predict(family_dir, tmp_path, monkeypatch
     ds = build_dataset(tok, ROWS[:4], "dialogue", 64)
     preflight(collator(tok)([ds[i] for i in range(4)]), [r["code"] for r in ROWS[:4]], tok, ds.column_names)
 
-    cfg = {**CFG, "num_epochs": 1}
+    from icdstudy.metrics import quality
+    from icdstudy.training import probe_settings
+
+    cfg = {**CFG, "num_epochs": 1, "select_by": "exact_match"}  # the family's template through the validation decoding
+    settings = GenerationSettings(batch_size=4, top_k=3, max_new_tokens=10, max_input_tokens=64)
+    probe = probe_settings({k: getattr(settings, k) for k in ("constrained", "top_k", "num_beams", "max_new_tokens",
+                                                               "max_input_tokens", "repetition_penalty")}, cfg)
     result = fine_tune(base, entry, ROWS, ROWS[:4], cfg, "dialogue", 64, adapter_dir=tmp_path / "adapter",
-                       work_dir=tmp_path / "work")
+                       work_dir=tmp_path / "work", labels=CODES, generation=probe)
     assert result["steps"] == 3 and result["trainable_params"] > 0 and (tmp_path / "adapter/adapter_config.json").exists()
+    assert 0.0 <= result["best_val_exact_match"] <= 1.0 and result["best_step"] in (2, 3)
 
     tokenizer, model = load_for_inference(base, entry, tmp_path / "adapter")
-    settings = GenerationSettings(batch_size=4, top_k=3, max_new_tokens=10, max_input_tokens=64)
-    preds, metrics = evaluate(model, tokenizer, ROWS[:4], CODES, settings, "dialogue", progress=False)
+    preds = evaluate(model, tokenizer, ROWS[:4], CODES, settings, "dialogue", progress=False)
+    metrics = quality(preds)
     assert metrics["n"] == 4 and metrics["valid_rate"] == 1.0
     for p in preds:
         assert p["pred"] in CODES and len(p["candidates"]) == 3

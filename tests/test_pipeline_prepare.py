@@ -33,7 +33,7 @@ def test_prepare_repro_is_deterministic_and_incremental(tmp_path):
     params.write_text(params.read_text().replace("  seed: 42\n", "  seed: 7\n", 1))
     status = json.loads(dvc(repo, "status", "--json"))
     params_changed = [stage for stage, reasons in status.items()
-                      if any("params.yaml" in r.get("changed deps", {}) for r in reasons)]
+                      if any("params.yaml" in (r.get("changed deps") or {}) for r in reasons if isinstance(r, dict))]
     assert "prepare" in params_changed and set(params_changed) <= {"prepare", "report"}, status  # report prints the seed
     assert status["prepare"] == [{"changed deps": {"params.yaml": {"split": "modified"}}}]
     dvc(repo, "repro", "prepare")

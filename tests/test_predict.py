@@ -95,8 +95,8 @@ def test_a_shortlist_prompt_lists_the_retrieved_codes(setup, capsys, tmp_path):
                 "--text", TEXT) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["system"] == "lora-shortlist-" + setup["model"].rstrip("/").split("/")[-1]
-    assert len(out["shortlist"]) == 5 and len(set(out["shortlist"])) == 5
-    assert {c.replace(".", "") for c in out["shortlist"]} <= {r["code"] for r in ROWS}
+    assert len(out["candidate_list"]) == 5 and len(set(out["candidate_list"])) == 5
+    assert {c.replace(".", "") for c in out["candidate_list"]} <= {r["code"] for r in ROWS}
     assert _run(setup, "--shortlist", "--data", str(tmp_path / "nowhere"), "--text", TEXT) == 2
     assert "--shortlist: " in capsys.readouterr().err
 
@@ -107,3 +107,58 @@ def test_all_labels_are_every_billable_code_of_the_table():
     labels = _label_set("all", REPO / "data" / "processed")
     assert len(labels) > 70_000 and {"B20", "Z66", "E119", "S83512A"} <= set(labels)
     assert "E11" not in labels and "E08-E13" not in labels  # a category with children, a block
+
+
+def _thresholds(tmp_path, system: str, **keys) -> str:
+    from icdstudy.io import write_json
+
+    write_json(tmp_path / "val" / f"{system}.json", {"confidence_signal": "top1", "threshold_at_p90": 0.5,
+                                                     "precision_at_p90": 0.91, "coverage_at_p90": 0.4, **keys})
+    return str(tmp_path / "val")
+
+
+def test_each_encounter_is_routed_by_the_threshold_chosen_on_validation(setup, capsys, tmp_path):
+    system = "lora-" + setup["model"].rstrip("/").split("/")[-1]
+    assert _run(setup, "--adapter", setup["adapter"], "--json", "--text", TEXT, "--target", "0.9",
+                "--metrics", _thresholds(tmp_path, system)) == 0
+    first = json.loads(capsys.readouterr().out)
+    rule = first["routing"]
+    assert (rule["system"], rule["target"], rule["threshold"], rule["validation_precision"]) == (system, 0.9, 0.5, 0.91)
+    assert rule["source"].endswith(f"val/{system}.json") and rule["signal"] == "top1"
+    assert first["route"] == ("code" if first["top_score"] >= 0.5 else "review")
+    # the same encounter against a threshold just above and just below its confidence
+    for threshold, route in ((first["top_score"] + 1e-6, "review"), (first["top_score"], "code")):
+        assert _run(setup, "--adapter", setup["adapter"], "--json", "--text", TEXT, "--target", "0.9", "--metrics",
+                    _thresholds(tmp_path, system, threshold_at_p90=threshold)) == 0
+        assert json.loads(capsys.readouterr().out)["route"] == route
+    # validation reached no threshold: every encounter goes to a coder, and the output says why
+    assert _run(setup, "--adapter", setup["adapter"], "--text", TEXT, "--target", "0.9", "--metrics",
+                _thresholds(tmp_path, system, threshold_at_p90=None,
+                            threshold_at_p90_reason="validation precision never reaches 90%")) == 0
+    assert "Route: REVIEW" in capsys.readouterr().out
+
+
+def test_without_scores_there_is_no_route_and_the_output_says_what_to_run(setup, capsys, tmp_path):
+    assert _run(setup, "--adapter", setup["adapter"], "--json", "--text", TEXT, "--metrics", str(tmp_path / "none")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["route"] is None and "run `dvc repro score`" in out["routing"]["reason"]
+
+
+def test_an_adapter_under_its_old_name_is_named(setup, capsys, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["models"]["tiny"] = {"path": setup["model"], "dtype": "float32", "load_in_4bit": False}
+    params["base_models"] = params["zeroshot"] = params["finetune"] = params["shortlist"] = ["tiny"]
+    params["finetune_shortlist"], params["datacard"]["tokenizer"] = ["tiny"], "tiny"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copytree(setup["model"], tmp_path / "models/base/tiny")
+    shutil.copytree(setup["adapter"], tmp_path / "models/adapters/tiny")  # where train@tiny wrote it before
+    monkeypatch.chdir(tmp_path)
+    assert main(["--model", "tiny", "--labels", setup["labels"], "--text", TEXT]) == 2
+    err = capsys.readouterr().err
+    assert "models/adapters/lora-tiny not found, but models/adapters/tiny is this adapter's old name" in err
+    assert "dvc repro train@tiny" in err
+

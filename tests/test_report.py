@@ -1,38 +1,57 @@
-"""The report stage on fixture metrics: content, plots, and no torch import."""
+"""The report on fixture predictions scored by the real score stage: the answer in a coding team's terms, led by
+systems chosen on validation, Holm-corrected paired tests, exactly the selected systems, errors, no torch."""
 import json
+import random
 import subprocess
 import sys
 
+import pytest
 import yaml
-from icdstudy import metrics
+
+from icdstudy import systems
+from icdstudy.io import write_json, write_jsonl
 from tests.conftest import REPO
+from tests.stage_project import run_stage
 
 CODES = ["E119", "I10", "J069", "M25562", "S83512A", "Z23"]
 
 
-def _write_system(root, system, hit_rate, ranked=True, latency=0.5, mem=1000.0, params=1e8, path=None, mix=7919,
-                  extra=None, codes=CODES, split="fixture-split"):
-    rows = []
-    for i in range(60):
-        gold = codes[i % len(codes)]
-        right = (i * mix % 100) < hit_rate * 100
-        pred = gold if right else CODES[(i + 1) % len(CODES)]
-        cands = [{"code": pred, "score": 0.6}, {"code": gold if not right else "I10", "score": 0.2}] if ranked else None
-        rows.append({"id": f"t{i}", "gold": gold, "raw": pred, "pred": pred, "valid": True, "candidates": cands,
-                     "confidence": 0.6 if ranked else None, "latency_s": latency, "input_truncated": False})
-    out = root / (path or f"predictions/{system}.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m = {**metrics.quality(rows), **metrics.efficiency(rows), "params_total": params, "peak_mem_mb": mem, "device": "cpu",
-         "split_fingerprint": split, **(extra or {})}
-    if path:
-        return m
-    (root / "metrics" / "eval").mkdir(parents=True, exist_ok=True)
-    (root / "metrics" / "eval" / f"{system}.json").write_text(json.dumps(m))
+def _rows(split: str, n: int = 60, codes=CODES) -> list[dict]:
+    return [{"id": f"{split[0]}{i}", "code": codes[i % len(codes)], "input": f"{split} encounter {i}: left knee pain"}
+            for i in range(n)]
 
 
-def _params(tmp_path, zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), seeds=(42,)):
-    """The project's params.yaml selecting these systems (the report reads exactly those)."""
+def write_system(root, system: str, val: float, test: float, seed: int = 0, latency: float = 0.5, mem: float = 1000.0,
+                 params: float = 1e8, codes=CODES, seeds=None, device: str = "cpu"):
+    """Predictions of ``system`` on both splits, right at the given rates; a right answer is surer than a wrong one
+    (confidence 0.9 against 0.5), so the deployment view has thresholds to find."""
+    s = systems.parse(system)
+    for split, rate in (("val", val), ("test", test)):
+        rng = random.Random(f"{system}-{split}-{seed}")
+        out = []
+        for r in _rows(split, codes=codes):
+            right = rng.random() < rate
+            p = r["code"] if right else codes[(codes.index(r["code"]) + 1) % len(codes)]
+            conf = round(rng.uniform(0.8, 0.95) if right else rng.uniform(0.3, 0.85), 3)
+            out.append({"id": r["id"], "gold": r["code"], "raw": p, "pred": p, "valid": True,
+                        "candidates": [{"code": p, "score": conf}, {"code": "Z23", "score": round(1 - conf, 3)}],
+                        "confidence": conf, "latency_s": latency, "input_truncated": False})
+        write_jsonl(root / s.predictions(split), out)
+    write_json(root / s.run_record, {"system": s.id, "kind": s.kind.name, "model": s.model or s.id, "params_total": params,
+                                     "peak_mem_mb": mem, "device": device, "constrained": True, "top_k": 2,
+                                     "few_shot": 3 if s.kind.prompt == "examples" else 0,
+                                     **({"seeds": [42, *(seeds or [])]} if s.fine_tuned else {})})
+
+
+def write_train(root, run: str, **extra):
+    write_json(root / "metrics" / "train" / f"{run}.json", {
+        "train_loss": 0.9, "eval_loss": 0.3, "steps": 100, "epochs": 3.0, "trainable_params": 1000,
+        "train_tokens_per_s": 5000.0, "peak_mem_mb": 9000, "wall_s": 600, "select_by": "exact_match", "best_step": 50,
+        "best_val_exact_match": 0.7, **extra})
+
+
+def study(root, zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), seeds=(42,), splits=None):
+    """params.yaml selecting these systems, the splits, data.json; returns the params path."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     models = sorted(set(zeroshot) | set(finetune) | set(shortlist) | set(finetune_shortlist)) or ["smollm2-135m"]
     for m in models:
@@ -41,100 +60,184 @@ def _params(tmp_path, zeroshot=(), finetune=(), shortlist=(), finetune_shortlist
                    "shortlist": list(shortlist), "finetune_shortlist": list(finetune_shortlist)})
     params["datacard"]["tokenizer"] = models[0]
     params["train"]["seeds"] = list(seeds)
-    path = tmp_path / "params.yaml"
+    path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
+    for split in ("val", "test"):
+        write_jsonl(root / f"data/processed/{split}.jsonl", (splits or {}).get(split) or _rows(split))
+    write_jsonl(root / "data/processed/train.jsonl", [{"id": f"t{i}", "code": c, "input": f"training row {i} {c}"}
+                                                      for i, c in enumerate(CODES * 3)])
+    write_json(root / "metrics" / "data.json", {"rows_in": 138, "rows_out": 138, "dropped": {}, "n_codes": 6, "train": 18,
+                                                "val": 60, "test": 60, "code_mentions_before": 0,
+                                                "code_mentions_after": 0, "input": "dialogue"})
     return path
 
 
-def _floors(tmp_path, **kw):
-    _write_system(tmp_path, "tfidf-logreg", 0.5, latency=0.001, mem=400, params=5e5, mix=29, **kw)
-    _write_system(tmp_path, "knn-tfidf", 0.45, latency=0.001, mem=400, params=5e5, mix=23, **kw)
+def floors(root, **kw):
+    write_system(root, "tfidf-logreg", 0.5, 0.5, latency=0.001, mem=400, params=5e5, **kw)
+    write_system(root, "knn-tfidf", 0.45, 0.45, latency=0.001, mem=400, params=5e5, **kw)
 
 
-def _data_json(tmp_path, n=60):
-    (tmp_path / "metrics" / "data.json").write_text(json.dumps(
-        {"rows_in": n, "rows_out": n, "dropped": {}, "n_codes": 6, "train": 30, "val": 0, "test": n,
-         "code_mentions_before": 0, "code_mentions_after": 0, "input": "dialogue"}))
+def report(root, params, expect: int = 0) -> str:
+    """Scores, then the report, both in this process; the report's text (or the error output)."""
+    out = run_stage(root, "score", "--params", params, expect=expect if expect else 0)
+    if expect and "error" in out:
+        return out
+    out = run_stage(root, "report", "--params", params, "--root", root, "--out", root / "reports/report.md",
+                    "--plots", root / "plots", "--systems", root / "systems.json", expect=expect)
+    return out if expect else (root / "reports" / "report.md").read_text()
 
 
-def _report_process(tmp_path, params):
-    code = ("import runpy, sys; sys.argv = ['report', '--root', sys.argv[1], '--out', sys.argv[1] + '/reports/report.md', "
-            "'--plots', sys.argv[1] + '/plots', '--params', sys.argv[2], '--systems', sys.argv[1] + '/systems.json']\n"
-            "try:\n    runpy.run_path('stages/report.py', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'the report stage imported torch'\n")
-    return subprocess.run([sys.executable, "-c", code, str(tmp_path), str(params)], cwd=REPO, capture_output=True, text=True)
+def answer_of(text: str) -> str:
+    return text.split("## Answer")[1].split("## All systems")[0]
 
 
-def _run_report(tmp_path, params):
-    proc = _report_process(tmp_path, params)
-    assert proc.returncode == 0, proc.stderr
-    return (tmp_path / "reports" / "report.md").read_text()
+def test_the_answer_leads_with_coverage_of_the_systems_chosen_on_validation(tmp_path):
+    # a fine-tuned a (best on validation, worse on test) and b (the reverse); a large model's zero-shot (best large
+    # on validation) and few-shot (better on test); the 3B models are fine-tuned, so they are not the large ones
+    params = study(tmp_path, zeroshot=["big", "a"], finetune=["a", "b"])
+    write_system(tmp_path, "lora-a", 0.9, 0.7)
+    write_system(tmp_path, "lora-b", 0.6, 0.95)
+    write_system(tmp_path, "zeroshot-big", 0.5, 0.3)
+    write_system(tmp_path, "fewshot-big", 0.3, 0.6)
+    write_system(tmp_path, "zeroshot-a", 0.1, 0.1)
+    write_system(tmp_path, "fewshot-a", 0.2, 0.2)
+    floors(tmp_path)
+    write_train(tmp_path, "lora-a")
+    write_train(tmp_path, "lora-b")
+    text = report(tmp_path, params)
+    lines = [l for l in answer_of(text).splitlines() if l.startswith("- ")]
+    assert lines[0].startswith("- **At 95% precision, `lora-a` (fine-tuned a) codes ")
+    assert "`zeroshot-big` (zero-shot big), the best large system" in lines[0]
+    cov = json.loads((tmp_path / "metrics/eval/lora-a.json").read_text())["coverage_at_p95"]
+    assert f"codes {100 * cov:.1f}% of encounters without review (95% CI " in lines[0]
+    assert "Difference: " in lines[0] and "Holm-adjusted" in lines[0] and "per 1,000 encounters" in lines[0]
+    assert "CPU time" in lines[1]
+    assert any(l.startswith("- **Fine-tuning a** (`lora-a` vs `zeroshot-a`)") for l in lines)
+    assert "b (`lora-b` vs" not in answer_of(text)  # no adds line without the base system
+    tally = next(l for l in lines if "paired tests are significant" in l)
+    assert tally.startswith("- ") and "Holm's correction" in tally
+    assert len(lines) <= 8  # read in a minute: every other pairing is in the table
+    assert "## Paired comparisons" in text and "| lora-b | fewshot-big |" in text
 
 
-def test_verdicts_cover_fewshot_and_floors_and_say_in_how_many_seeds_they_hold(tmp_path):
-    from icdstudy.metrics import seed_summary
+def test_every_paired_test_is_corrected_by_holm_and_significant_means_adjusted(tmp_path):
+    from icdstudy.stats import holm
 
-    seed43 = _write_system(tmp_path, "lora-qwen25-3b", 0.3, path="predictions/seeds/lora-qwen25-3b/seed-43.jsonl", mix=31)
-    first = _write_system(tmp_path, "lora-qwen25-3b", 0.8, path="predictions/lora-qwen25-3b.jsonl")
-    _write_system(tmp_path, "lora-qwen25-3b", 0.8, extra={"seeds": seed_summary({42: first, 43: seed43})})
-    _write_system(tmp_path, "zeroshot-llama31-8b", 0.2, mix=13)
-    _write_system(tmp_path, "fewshot-llama31-8b", 0.5, mix=17, extra={"few_shot": 3, "few_shot_strategy": "nearest"})
-    _floors(tmp_path)
-    (tmp_path / "metrics" / "train").mkdir()
-    (tmp_path / "metrics" / "train" / "qwen25-3b.json").write_text(json.dumps(
-        {"train_loss": 0.9, "eval_loss": 0.3, "steps": 100, "epochs": 3.0, "trainable_params": 1000,
-         "train_tokens_per_s": 5000.0, "peak_mem_mb": 9000, "wall_s": 600}))
-    _data_json(tmp_path)
-    report = _run_report(tmp_path, _params(tmp_path, zeroshot=["llama31-8b"], finetune=["qwen25-3b"], seeds=[42, 43]))
-    answer = report.split("## All systems")[0]
-    lines = [line for line in answer.splitlines() if line.startswith("- **")]
-    assert [line.split("`")[3] for line in lines] == ["zeroshot-llama31-8b", "fewshot-llama31-8b", "tfidf-logreg",
-                                                      "knn-tfidf"]
-    lines = [lines[0], lines[1], lines[3]]
-    assert "few-shot llama31-8b (3 retrieved examples)" in lines[1] and "nearest-neighbour floor" in lines[2]
-    # seed 43 (30%) loses to the 50% few-shot system where seed 42 (80%) wins: 1 of 2 seeds
-    assert "It holds in 1 of 2 training seeds" in lines[1], lines[1]
-    assert "It holds in 2 of 2 training seeds" in lines[0], lines[0]
-    assert "## Training seeds" in report and "| lora-qwen25-3b | 2 | 42: 80.0, 43: 30.0 | 55.0 |" in report
-    assert "Few-shot systems: each test input follows its 3 nearest training examples" in report
+    params = study(tmp_path, zeroshot=["big"], finetune=["a"])
+    write_system(tmp_path, "lora-a", 0.8, 0.8)
+    write_system(tmp_path, "zeroshot-big", 0.2, 0.62)
+    write_system(tmp_path, "fewshot-big", 0.3, 0.3)
+    floors(tmp_path)
+    write_train(tmp_path, "lora-a")
+    text = report(tmp_path, params)
+    table = text.split("## Paired comparisons")[1].split("\n\n")[1].splitlines()[2:]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in table]
+    raw = [float(c[5]) for c in cells] + [float(c[9]) for c in cells]
+    adjusted = [float(c[6].strip("*")) for c in cells] + [float(c[10].strip("*")) for c in cells]
+    assert adjusted == pytest.approx([float(f"{p:.2g}") for p in holm(raw)], rel=0.1)
+    assert all(a >= r for a, r in zip(adjusted, raw))
+    for c in cells:  # bold where, and only where, the adjusted p is below 0.05
+        assert c[3].startswith("**") == (float(c[6].strip("*")) < 0.05)
+    assert f"adjusted for all {len(raw)} tests in this table together" in text
 
 
-def test_report_from_fixture_metrics(tmp_path):
-    _write_system(tmp_path, "lora-qwen25-3b", 0.7, latency=0.2, mem=7000, params=3.1e9)
-    _write_system(tmp_path, "zeroshot-llama31-8b", 0.4, ranked=False, latency=0.6, mem=6000, params=8e9)
-    _write_system(tmp_path, "zeroshot-mistral-7b", 0.35, latency=0.5, mem=5000, params=7.2e9)
-    _floors(tmp_path)
-    for m in ("llama31-8b", "mistral-7b"):
-        _write_system(tmp_path, f"fewshot-{m}", 0.5, mix=17)
-    (tmp_path / "metrics" / "train").mkdir()
-    (tmp_path / "metrics" / "train" / "qwen25-3b.json").write_text(json.dumps(
-        {"train_loss": 0.9, "eval_loss": 0.3, "steps": 100, "epochs": 3.0, "trainable_params": 1000,
-         "train_tokens_per_s": 5000.0, "peak_mem_mb": 9000, "wall_s": 600}))
-    live = tmp_path / "dvclive" / "qwen25-3b" / "plots" / "metrics"
-    (live / "eval").mkdir(parents=True)
-    (live / "loss.tsv").write_text("timestamp\tstep\tloss\n0\t0\t2.0\n0\t2\t1.0\n")
-    (live / "eval" / "loss.tsv").write_text("timestamp\tstep\tloss\n0\t1\t1.5\n")
-    (tmp_path / "metrics" / "data.json").write_text(json.dumps(
-        {"rows_in": 100, "rows_out": 90, "dropped": {"duplicate_input": 10}, "n_codes": 6, "train": 30, "val": 0,
-         "test": 60, "train_only_codes": 0, "code_mentions_before": 5, "code_mentions_after": 0, "input": "dialogue"}))
-    report = _run_report(tmp_path, _params(tmp_path, zeroshot=["llama31-8b", "mistral-7b"], finetune=["qwen25-3b"]))
-    for system in ("lora-qwen25-3b", "zeroshot-llama31-8b", "zeroshot-mistral-7b", "tfidf-logreg"):
-        assert f"| {system} |" in report
-    answer = report.split("## All systems")[0]
-    acc = {s: json.loads((tmp_path / "metrics" / "eval" / f"{s}.json").read_text())["exact_match"]
-           for s in ("lora-qwen25-3b", "zeroshot-llama31-8b")}
-    diff = 100 * (acc["lora-qwen25-3b"] - acc["zeroshot-llama31-8b"])
-    assert diff > 10
-    assert f"**Fine-tuned qwen25-3b beats zero-shot llama31-8b** by {diff:.1f} points" in answer
-    assert "**Fine-tuned qwen25-3b beats zero-shot mistral-7b**" in answer
-    assert "the TF-IDF baseline" in answer and "McNemar p =" in answer and "throughput" in answer
-    assert "| n/a |" in report  # the unranked zero-shot system has no top-3 / ECE
-    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert pngs == ["accuracy_by_system.png", "accuracy_vs_latency.png", "accuracy_vs_params.png",
-                    "chapter_accuracy.png", "error_breakdown.png", "reliability.png", "training_curves.png"]
-    assert all((tmp_path / "plots" / p).stat().st_size > 10_000 for p in pngs)
-    assert "](../plots/accuracy_by_system.png)" in report
+def test_holm_on_a_hand_built_family():
+    from icdstudy.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5]) == [0.5] and holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def _selected_study(tmp_path):
+    """A selected study (one fine-tuned, one zero-shot model) with the files of a finished earlier demo beside it:
+    other systems, on another data set whose rows have the same ids."""
+    params = study(tmp_path, zeroshot=["llama31-8b"], finetune=["qwen25-3b"])
+    write_system(tmp_path, "lora-qwen25-3b", 0.7, 0.7)
+    for s in ("zeroshot-llama31-8b", "fewshot-llama31-8b"):
+        write_system(tmp_path, s, 0.4, 0.4)
+    floors(tmp_path)
+    for s in ("zeroshot-smollm2-135m", "fewshot-smollm2-135m", "lora-smollm2-135m"):
+        write_system(tmp_path, s, 0.9, 0.9, codes=["J4520", "N1831", "M25561"])
+    for run in ("lora-qwen25-3b", "lora-smollm2-135m"):
+        write_train(tmp_path, run)
+    return params
+
+
+def test_the_report_covers_exactly_the_systems_the_params_select(tmp_path):
+    text = report(tmp_path, _selected_study(tmp_path))
+    assert "smollm2" not in text  # the earlier demo's files lie in the same folders
+    table = text.split("## All systems")[1].split("\n\n")[1]
+    expected = ["lora-qwen25-3b", "zeroshot-llama31-8b", "fewshot-llama31-8b", "tfidf-logreg", "knn-tfidf"]
+    assert [line.split(" | ")[0][2:] for line in table.splitlines()[2:]] == expected
+    assert sorted(r["system"] for r in json.loads((tmp_path / "systems.json").read_text())) == sorted(expected)
+    assert "- Every system was scored on the same test rows (split fingerprint `" in text
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == [
+        "accuracy_by_system.png", "accuracy_vs_latency.png", "accuracy_vs_params.png", "chapter_accuracy.png",
+        "error_breakdown.png", "reliability.png", "risk_coverage.png"]
+    assert "](../plots/risk_coverage.png)" in text and "## Coded without review" in text
+    assert "## Chosen on validation" in text and "| lora-qwen25-3b | exact_match | 50 | 100 | 70.0 | 0.3 |" in text
+
+
+def test_a_selected_system_without_its_scores_names_the_stage_to_run(tmp_path):
+    params = _selected_study(tmp_path)
+    run_stage(tmp_path, "score", "--params", params)
+    (tmp_path / "predictions" / "fewshot-llama31-8b.jsonl").unlink()
+    out = run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md", expect=1)
+    assert "predictions/fewshot-llama31-8b.jsonl is missing" in out and "dvc repro fewshot@llama31-8b" in out
+    (tmp_path / "metrics/val/lora-qwen25-3b.json").unlink()
+    out = run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md", expect=1)
+    assert "metrics/val/lora-qwen25-3b.json is missing" in out and "dvc repro score" in out
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_a_training_run_under_its_old_name_is_named_with_the_stage_to_run(tmp_path):
+    params = _selected_study(tmp_path)
+    (tmp_path / "metrics/train/lora-qwen25-3b.json").rename(tmp_path / "metrics/train/qwen25-3b.json")
+    run_stage(tmp_path, "score", "--params", params)
+    out = run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md", expect=1)
+    assert "metrics/train/qwen25-3b.json is this run's old name" in out and "dvc repro train@qwen25-3b" in out
+
+
+def test_systems_scored_on_different_splits_are_never_paired(tmp_path):
+    params = _selected_study(tmp_path)
+    run_stage(tmp_path, "score", "--params", params)
+    # zero-shot llama's metrics recorded on another data set (another fingerprint)
+    path = tmp_path / "metrics/eval/zeroshot-llama31-8b.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "split_fingerprint": "other-split"}))
+    run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md",
+              "--plots", tmp_path / "plots", "--systems", tmp_path / "s.json")
+    text = (tmp_path / "r.md").read_text()
+    assert "- `lora-qwen25-3b` and `zeroshot-llama31-8b` were scored on different test splits" in answer_of(text)
+    assert "| lora-qwen25-3b | zeroshot-llama31-8b |" not in text  # no row in the paired table
+    assert "| lora-qwen25-3b | fewshot-llama31-8b |" in text and "paired only within a split" in text
+
+
+def test_a_paired_row_with_another_gold_code_is_an_error_not_a_match(tmp_path):
+    params = _selected_study(tmp_path)
+    run_stage(tmp_path, "score", "--params", params)
+    # the same fingerprint recorded, but the predictions were made on other rows: a stale or edited file
+    path = tmp_path / "predictions/zeroshot-llama31-8b.jsonl"
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    write_jsonl(path, [{**rows[0], "gold": "J4520"}, *rows[1:]])
+    out = run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md", expect=1)
+    assert "test row t0 has gold code E119 in lora-qwen25-3b but J4520 in zeroshot-llama31-8b" in out
+
+
+def test_seeds_say_in_how_many_the_direction_holds(tmp_path):
+    params = study(tmp_path, zeroshot=["big"], finetune=["q"], seeds=[42, 43])
+    write_system(tmp_path, "lora-q", 0.8, 0.8, seeds=[43])
+    s = systems.parse("lora-q")
+    seed43 = [dict(r, pred="I10" if r["gold"] != "I10" else "E119") for r in
+              (json.loads(l) for l in (tmp_path / s.predictions("test")).read_text().splitlines())]
+    write_jsonl(tmp_path / "predictions/seeds/lora-q/seed-43.jsonl", seed43)  # seed 43 gets every row wrong
+    write_system(tmp_path, "zeroshot-big", 0.3, 0.3)
+    write_system(tmp_path, "fewshot-big", 0.5, 0.5)
+    floors(tmp_path)
+    write_train(tmp_path, "lora-q")
+    text = report(tmp_path, params)
+    assert "## Training seeds" in text and "| lora-q | 2 | 42: " in text and "43: 0.0" in text
+    row = next(l for l in text.splitlines() if l.startswith("| lora-q | fewshot-big |"))
+    assert row.rstrip(" |").endswith("1 of 2")
 
 
 def test_errors_are_split_by_where_they_land_with_examples(tmp_path):
@@ -145,7 +248,6 @@ def test_errors_are_split_by_where_they_land_with_examples(tmp_path):
     assert error_kind("E119", "E109") == "right chapter, wrong category"  # type 1 for type 2
     assert error_kind("E119", "J4520") == "wrong chapter"
     assert error_kind("E119", None) == "no prediction"
-
     pairs = [("E119", "E119"), ("E119", "E1165"), ("M25561", "M25562"), ("E119", "E109"), ("N184", "N390"),
              ("J4520", "I480"), ("Z23", None)]
     rows = [{"id": f"t{i}", "gold": g, "pred": p, "raw": p or "", "valid": bool(p), "candidates": None, "confidence": None,
@@ -154,91 +256,41 @@ def test_errors_are_split_by_where_they_land_with_examples(tmp_path):
         "correct": 1, "right category, wrong code": 2, "right chapter, wrong category": 2, "wrong chapter": 1,
         "no prediction": 1}
 
-    pred_file = tmp_path / "predictions" / "lora-tiny.jsonl"
-    pred_file.parent.mkdir(parents=True)
-    pred_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "metrics" / "eval").mkdir(parents=True)
-    (tmp_path / "metrics" / "eval" / "lora-tiny.json").write_text(json.dumps(
-        {**metrics.quality(rows), **metrics.efficiency(rows), "params_total": 1e6, "peak_mem_mb": 10, "device": "cpu",
-         "split_fingerprint": "seven"}))
-    for floor in ("tfidf-logreg", "knn-tfidf"):
-        (tmp_path / "predictions" / f"{floor}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp_path / "metrics" / "eval" / f"{floor}.json").write_text(json.dumps(
-            {**metrics.quality(rows), **metrics.efficiency(rows), "split_fingerprint": "seven"}))
-    _data_json(tmp_path, 7)
-    (tmp_path / "metrics" / "train").mkdir()
-    (tmp_path / "metrics" / "train" / "tiny.json").write_text(json.dumps(
-        {"train_loss": 0.9, "eval_loss": 0.3, "steps": 10, "epochs": 1.0, "trainable_params": 10,
-         "train_tokens_per_s": 50.0, "peak_mem_mb": 90, "wall_s": 6}))
-    test = tmp_path / "data" / "processed" / "test.jsonl"
-    test.parent.mkdir(parents=True)
-    test.write_text("".join(json.dumps({"id": r["id"], "code": r["gold"], "input": f"Encounter {r['id']}: | left knee "
-                                        + "pain " * 60}) + "\n" for r in rows))
-    report = _run_report(tmp_path, _params(tmp_path, finetune=["tiny"]))
-    section = report.split("## Where the errors land")[1]
-    assert "| lora-tiny | 1 | 2 (33%) | 2 (33%) | 1 (17%) | 1 (17%) |" in section
-    assert "| right category, wrong code | M25.561 Pain in right knee | M25.562 Pain in left knee | Encounter t2: / left knee" in section
+
+def test_error_examples_show_the_fine_tuned_systems_errors_with_input_excerpts(tmp_path):
+    test_rows = [{"id": f"t{i}", "code": c, "input": f"Encounter t{i}: | left knee " + "pain " * 60}
+                 for i, c in enumerate(["M25561", "E119", "J4520"] * 20)]
+    params = study(tmp_path, finetune=["tiny"], splits={"test": test_rows})
+    write_system(tmp_path, "lora-tiny", 0.5, 0.0, codes=["M25561", "E119", "J4520"])
+    path = tmp_path / "predictions/lora-tiny.jsonl"  # every test answer a near miss: the left knee for the right
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    write_jsonl(path, [{**r, "pred": {"M25561": "M25562", "E119": "E1165", "J4520": "I480"}[r["gold"]]} for r in rows])
+    floors(tmp_path, codes=["M25561", "E119", "J4520"])
+    write_train(tmp_path, "lora-tiny")
+    for split in ("val", "test"):  # the floors on the same rows
+        for s in ("tfidf-logreg", "knn-tfidf"):
+            p = tmp_path / systems.parse(s).predictions(split)
+            write_jsonl(p, [{**r, "id": t["id"], "gold": t["code"]} for r, t in
+                            zip((json.loads(l) for l in p.read_text().splitlines()),
+                                test_rows if split == "test" else _rows("val", codes=["M25561", "E119", "J4520"]))])
+    write_jsonl(tmp_path / "data/processed/val.jsonl", _rows("val", codes=["M25561", "E119", "J4520"]))
+    text = report(tmp_path, params)
+    section = text.split("## Where the errors land")[1]
+    assert "| lora-tiny | 0 | 40 (67%) | 0 (0%) | 20 (33%) | 0 (0%) |" in section
+    assert ("| right category, wrong code | M25.561 Pain in right knee | M25.562 Pain in left knee | Encounter t0: / left knee"
+            in section)
     assert "| wrong chapter | J45.20 " in section and " …" in section  # input excerpts are cut
     assert (tmp_path / "plots" / "error_breakdown.png").stat().st_size > 10_000
 
 
-def _study(tmp_path):
-    """A selected study (one fine-tuned, one zero-shot model) with the files of a finished earlier demo
-    beside it: other systems, scored on another data set whose rows have the same ids."""
-    _write_system(tmp_path, "lora-qwen25-3b", 0.7)
-    for s in ("zeroshot-llama31-8b", "fewshot-llama31-8b"):
-        _write_system(tmp_path, s, 0.4, mix=13)
-    _floors(tmp_path)
-    demo_codes = ["J4520", "N1831", "M25561"]
-    for s in ("zeroshot-smollm2-135m", "fewshot-smollm2-135m", "lora-smollm2-135m"):
-        _write_system(tmp_path, s, 0.9, codes=demo_codes, split="demo-split")
-    (tmp_path / "metrics" / "train").mkdir()
-    for run in ("qwen25-3b", "smollm2-135m"):
-        (tmp_path / "metrics" / "train" / f"{run}.json").write_text(json.dumps(
-            {"train_loss": 0.9, "eval_loss": 0.3, "steps": 100, "epochs": 3.0, "trainable_params": 1000,
-             "train_tokens_per_s": 5000.0, "peak_mem_mb": 9000, "wall_s": 600}))
-    _data_json(tmp_path)
-    return _params(tmp_path, zeroshot=["llama31-8b"], finetune=["qwen25-3b"])
-
-
-def test_the_report_covers_exactly_the_systems_the_params_select(tmp_path):
-    report = _run_report(tmp_path, _study(tmp_path))
-    assert "smollm2" not in report  # the earlier demo's files lie in the same folders
-    table = report.split("## All systems")[1].split("\n\n")[1]
-    assert [line.split(" | ")[0][2:] for line in table.splitlines()[2:]] == [
-        "lora-qwen25-3b", "zeroshot-llama31-8b", "fewshot-llama31-8b", "tfidf-logreg", "knn-tfidf"]
-    assert sorted(r["system"] for r in json.loads((tmp_path / "systems.json").read_text())) == sorted(
-        ["lora-qwen25-3b", "zeroshot-llama31-8b", "fewshot-llama31-8b", "tfidf-logreg", "knn-tfidf"])
-    assert "- Every system was scored on the same test rows (split fingerprint `fixture-split`)." in report
-
-
-def test_a_selected_system_without_its_file_names_the_stage_to_run(tmp_path):
-    params = _study(tmp_path)
-    (tmp_path / "predictions" / "fewshot-llama31-8b.jsonl").unlink()
-    proc = _report_process(tmp_path, params)
-    assert proc.returncode != 0
-    assert "predictions/fewshot-llama31-8b.jsonl is missing" in proc.stderr and "dvc repro fewshot@llama31-8b" in proc.stderr
-    assert not (tmp_path / "reports" / "report.md").exists()
-
-
-def test_systems_scored_on_different_splits_are_never_paired(tmp_path):
-    params = _study(tmp_path)
-    # zero-shot llama scored on another data set (the demo's codes under the same row ids)
-    _write_system(tmp_path, "zeroshot-llama31-8b", 0.9, codes=["J4520", "N1831", "M25561"], split="other-split")
-    report = _run_report(tmp_path, params)
-    answer = report.split("## All systems")[0]
-    assert ("- `lora-qwen25-3b` and `zeroshot-llama31-8b` were scored on different test splits (split fingerprints "
-            "`fixture-split` and `other-split`): not compared.") in answer
-    assert "beats zero-shot llama31-8b" not in report and "trails zero-shot llama31-8b" not in report
-    assert "| lora-qwen25-3b | zeroshot-llama31-8b |" not in report  # no row in the paired table
-    assert "| lora-qwen25-3b | fewshot-llama31-8b |" in report
-    assert "paired only within a split" in report
-
-
-def test_a_paired_row_with_another_gold_code_is_an_error_not_a_match(tmp_path):
-    params = _study(tmp_path)
-    # the same fingerprint recorded, but the predictions were made on other rows: a stale or edited file
-    _write_system(tmp_path, "zeroshot-llama31-8b", 0.4, codes=["J4520", "N1831", "M25561"])
-    proc = _report_process(tmp_path, params)
-    assert proc.returncode != 0
-    assert "test row t0 has gold code E119 in lora-qwen25-3b but J4520 in zeroshot-llama31-8b" in proc.stderr
+def test_the_report_stage_imports_no_torch(tmp_path):
+    params = _selected_study(tmp_path)
+    run_stage(tmp_path, "score", "--params", params)
+    code = ("import runpy, sys; sys.argv = ['report', '--root', sys.argv[1], '--out', sys.argv[1] + '/r.md', "
+            "'--plots', sys.argv[1] + '/plots', '--params', sys.argv[2], '--systems', sys.argv[1] + '/s.json']\n"
+            "try:\n    runpy.run_path('stages/report.py', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'the report stage imported torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(params)], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,6 +1,7 @@
 """Resuming is exact: stages killed for real (SIGKILL) and rerun end with what an uninterrupted run
-writes. Training gives the same adapter bytes, metrics and curves; a multi-seed stage never retrains
-a finished seed; evaluation gives the same predictions."""
+writes. Training (its checkpoint chosen by validation exact match) gives the same adapter bytes, metrics
+and curves; a multi-seed stage never retrains a finished seed; prediction, plain zero-shot and with
+listed candidates, gives the same predictions."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from icdstudy.io import read_json
 from tests.conftest import REPO
-from tests.stage_project import project, stage
+from tests.stage_project import project, run_stage, stage
 
 TIMING = {"wall_s", "train_tokens_per_s", "peak_mem_mb", "resumed_from_step", "load_s", "samples_per_s",
           "latency_p50_s", "latency_p95_s", "generate_s"}
@@ -34,7 +35,7 @@ def checkpoint_after(work: Path, step: int):
                        for c in work.glob("checkpoint-*"))
 
 
-def outputs(path: Path, run: str = "tiny") -> dict:
+def outputs(path: Path, run: str = "lora-tiny") -> dict:
     metrics = read_json(path / "metrics" / "train" / f"{run}.json")
     metrics.pop("by_seed", None)  # each seed's own figures, wall time included
     adapter = path / "models" / "adapters" / run
@@ -43,8 +44,12 @@ def outputs(path: Path, run: str = "tiny") -> dict:
             "curves": sorted((p.relative_to(path / "dvclive"), p.read_text()) for p in (path / "dvclive").rglob("*.tsv"))}
 
 
-# plain prompts (stage train@tiny) and shortlist prompts (stage train-shortlist@tiny, run shortlist-tiny)
-RECIPES = {"plain": ([], "tiny"), "shortlist": (["--shortlist"], "shortlist-tiny")}
+# plain prompts (stage train@tiny, run lora-tiny) and shortlist prompts (stage train-shortlist@tiny, run lora-shortlist-tiny)
+RECIPES = {"plain": "lora-tiny", "shortlist": "lora-shortlist-tiny"}
+
+
+def train_args(run: str) -> list:
+    return [REPO / "stages" / "train.py", run.removesuffix("-tiny"), "tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +59,9 @@ def uninterrupted(tiny_model_dir, tmp_path_factory):
 
     def reference(recipe: str = "plain") -> dict:
         if recipe not in made:
-            flags, run = RECIPES[recipe]
+            run = RECIPES[recipe]
             one = project(tmp_path_factory.mktemp("reference") / recipe, tiny_model_dir)
-            stage(one, REPO / "stages" / "train.py", "tiny", *flags)
+            run_stage(one, "train", run.removesuffix("-tiny"), "tiny")
             made[recipe] = outputs(one, run)
         return made[recipe]
 
@@ -67,13 +72,13 @@ def uninterrupted(tiny_model_dir, tmp_path_factory):
 # covers both (the plain recipe's resume is also exercised by the multi-seed test below).
 @pytest.mark.parametrize("recipe", ["shortlist"])
 def test_a_killed_training_stage_resumes_to_the_same_adapter_bytes(tiny_model_dir, tmp_path, uninterrupted, recipe):
-    flags, name = RECIPES[recipe]
+    name = RECIPES[recipe]
     run = project(tmp_path / "run", tiny_model_dir)
     work = run / ".resume" / "train" / name
     # 24 rows at batch 4: 6 steps per epoch, 12 in all; killed after checkpoint 8, inside the second epoch
-    kill_when(run, [REPO / "stages" / "train.py", "tiny", *flags], checkpoint_after(work, 8), "checkpoint 8")
+    kill_when(run, train_args(name), checkpoint_after(work, 8), "checkpoint 8")
     assert not (run / "models" / "adapters" / name).exists() and not (run / "metrics").exists()
-    resumed = stage(run, REPO / "stages" / "train.py", "tiny", *flags)
+    resumed = stage(run, *train_args(name))
     assert "resuming from" in resumed.stdout
     got = outputs(run, name)
     assert 8 <= read_json(run / f"metrics/train/{name}.json")["resumed_from_step"] < 12
@@ -81,48 +86,52 @@ def test_a_killed_training_stage_resumes_to_the_same_adapter_bytes(tiny_model_di
     assert got["adapter"] == uninterrupted(recipe)["adapter"]  # every file, byte for byte
     assert got["curves"] == uninterrupted(recipe)["curves"]
     assert not (run / ".resume" / "train").exists() or not any((run / ".resume" / "train").iterdir())
+    assert got["metrics"]["select_by"] == "exact_match" and got["metrics"]["best_step"] in (2, 4, 6, 8, 10, 12)
+    assert any(c[0].as_posix().endswith("eval/exact_match.tsv") for c in got["curves"])
     if recipe == "shortlist":
         assert got["metrics"]["candidates"] == 5 and got["metrics"]["candidate_recall_train"] > 0.5
 
 
 def test_a_multi_seed_stage_killed_in_its_second_seed_never_retrains_the_first(tiny_model_dir, tmp_path, uninterrupted):
     run = project(tmp_path / "run", tiny_model_dir, seeds=[0, 7])
-    done = run / ".resume" / "train-done" / "tiny.json"
-    second = run / ".resume" / "train" / "tiny-seed7"
-    kill_when(run, [REPO / "stages" / "train.py", "tiny"], lambda: done.exists() and checkpoint_after(second, 2)(),
+    done = run / ".resume" / "train-done" / "lora-tiny.json"
+    second = run / ".resume" / "train" / "lora-tiny-seed7"
+    kill_when(run, train_args("lora-tiny"), lambda: done.exists() and checkpoint_after(second, 2)(),
               "the first seed to finish and the second to checkpoint")
-    resumed = stage(run, REPO / "stages" / "train.py", "tiny")
+    resumed = stage(run, *train_args("lora-tiny"))
     assert "already trained with these settings; kept" in resumed.stdout  # seed 0 is not retrained
     assert "resuming from" in resumed.stdout  # seed 7 continues from its checkpoint
     got = outputs(run)
     assert got["adapter"] == uninterrupted()["adapter"]  # seed 0 alone or first of two: the same run
     assert {k: v for k, v in got["metrics"].items() if k != "seeds"} == \
         {k: v for k, v in uninterrupted()["metrics"].items() if k != "seeds"}
-    assert read_json(run / "metrics/train/tiny.json")["by_seed"]["7"]["steps"] == 12
-    assert (run / "models/seeds/tiny/seed-7/adapter_model.safetensors").exists()
-    assert not (run / ".resume" / "train-done" / "tiny").exists()
+    assert read_json(run / "metrics/train/lora-tiny.json")["by_seed"]["7"]["steps"] == 12
+    assert (run / "models/seeds/lora-tiny/seed-7/adapter_model.safetensors").exists()
+    assert not (run / ".resume" / "train-done" / "lora-tiny").exists()
 
 
-# One evaluation code path serves every system; the shortlist system's prompts carry the most (the list).
-@pytest.mark.parametrize("system,flags", [("shortlist-tiny", ["--shortlist"])])
-def test_a_killed_evaluation_resumes_to_the_same_predictions(tiny_model_dir, tmp_path, system, flags):
+# One prediction code path serves every system: plain zero-shot prompts, and the shortlist prompts that carry the most.
+@pytest.mark.parametrize("kind", ["zeroshot", "shortlist"])
+def test_a_killed_prediction_stage_resumes_to_the_same_predictions(tiny_model_dir, tmp_path, kind):
+    system = f"{kind}-tiny"
+
     def predictions(path):
-        rows = [json.loads(line) for line in (path / f"predictions/{system}.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # the only timing field
+        out = {}
+        for split, name in (("val", f"predictions/val/{system}.jsonl"), ("test", f"predictions/{system}.jsonl")):
+            rows = [json.loads(line) for line in (path / name).read_text().splitlines()]
+            out[split] = [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # the only timing field
+        return out
 
     full = project(tmp_path / "full", tiny_model_dir)
-    stage(full, REPO / "stages" / "evaluate.py", "tiny", *flags)
+    run_stage(full, "evaluate", kind, "tiny")
     run = project(tmp_path / "run", tiny_model_dir)
-    resume = run / ".resume" / f"{system}.jsonl"
-    kill_when(run, [REPO / "stages" / "evaluate.py", "tiny", *flags],
-              lambda: resume.exists() and len(resume.read_text().splitlines()) >= 1 + 6, "three batches")
-    assert not (run / "predictions").exists()
-    again = stage(run, REPO / "stages" / "evaluate.py", "tiny", *flags)
-    assert "resuming:" in again.stdout
+    resume = run / ".resume" / f"{system}-test.jsonl"  # the validation split is done, the test split half done
+    kill_when(run, [REPO / "stages" / "evaluate.py", kind, "tiny"],
+              lambda: resume.exists() and len(resume.read_text().splitlines()) >= 1 + 6, "three test batches")
+    assert not (run / "predictions").exists() and (run / ".resume" / f"{system}-val.jsonl").exists()
+    again = run_stage(run, "evaluate", kind, "tiny")
+    assert again.count("resuming:") == 2  # both splits: every finished batch is kept
     assert predictions(run) == predictions(full)
-    quality = ("exact_match", "exact_match_ci95", "category_match", "top3_match", "ece", "macro_f1", "n",
-               "split_fingerprint")
-    a, b = read_json(run / f"metrics/eval/{system}.json"), read_json(full / f"metrics/eval/{system}.json")
-    assert {k: a[k] for k in quality} == {k: b[k] for k in quality}
-    if flags:
-        assert a["candidate_recall"] > 0.5 and len(predictions(run)[0]["shortlist"]) == 5
+    if kind == "shortlist":
+        assert len(predictions(run)["test"][0]["candidate_list"]) == 5
+    assert not any((run / ".resume").glob(f"{system}-*.jsonl"))  # nothing left to resume

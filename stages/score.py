@@ -1,0 +1,77 @@
+"""Stage `score`: metrics of every system the params select, on the validation and the test split.
+
+Reads each selected system's predictions (predictions/val/<system>.jsonl, predictions/<system>.jsonl,
+the other training seeds' in predictions/seeds/<system>/) and its run record
+(predictions/runs/<system>.json), checks them against data/processed/{val,test}.jsonl, and writes
+metrics/val/<system>.json and metrics/eval/<system>.json with the same keys (icdstudy.scoring):
+quality, speed, memory, and the deployment view (params `deploy`: coverage at each target precision
+with thresholds chosen on validation, risk-coverage area, dollars per 1,000 encounters).
+
+Scoring takes seconds and reads no model, so a price or a target changes no GPU stage. Files of
+systems the params do not select are never read; a selected system whose predictions are missing
+stops the stage with the stage to run.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from icdstudy import systems
+from icdstudy.io import read_json, read_jsonl, write_json
+from icdstudy.params import ParamError, load_params, section
+from icdstudy.scoring import ScoreError, check_rows, score_system
+
+RETRIEVER = systems.system(systems.from_stage("knn")[1])  # its first candidate: the retriever-agreement signal
+
+
+class Missing(Exception):
+    pass
+
+
+def need(path: Path, s: systems.System) -> Path:
+    if not path.exists():
+        raise Missing(f"{path} is missing: params.yaml selects system {s.id}; run `dvc repro {s.stage}`")
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/processed")
+    parser.add_argument("--root", default=".", help="project folder holding predictions/ and metrics/")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    try:
+        params = load_params(args.params)
+        deploy_cfg, max_samples = section(params, "deploy"), section(params, "eval")["max_samples"]
+        rows = {split: read_jsonl(Path(args.data) / f"{split}.jsonl")[:max_samples or None] for split in systems.SPLITS}
+        first = {split: {p["id"]: p["pred"] for p in read_jsonl(need(root / RETRIEVER.predictions(split), RETRIEVER))}
+                 for split in systems.SPLITS}
+        scored = {}
+        for s in systems.selected(params):
+            preds = {}
+            for split in systems.SPLITS:
+                path = need(root / s.predictions(split), s)
+                preds[split] = read_jsonl(path)
+                check_rows(preds[split], rows[split], str(path), s.stage)
+            record = read_json(need(root / s.run_record, s))
+            seeds = {name: read_jsonl(need(root / path, s)) for name, path in systems.seed_predictions(s, params).items()}
+            for name, seed_rows in seeds.items():
+                check_rows(seed_rows, rows["test"], f"{s.id} ({name})", s.stage)
+            scored[s.id] = (s, score_system(preds, rows, record, first, deploy_cfg, seeds))
+    except (ParamError, Missing, ScoreError) as exc:
+        print(f"score: error: {exc}", file=sys.stderr)
+        return 1
+    for s, by_split in scored.values():
+        for split, m in by_split.items():
+            write_json(root / s.metrics(split), m)
+    width = max(len(i) for i in scored)
+    for sid, (s, m) in scored.items():
+        v, t = m["val"], m["test"]
+        k = max((key for key in t if key.startswith("coverage_at_p") and not key.endswith("ci95")), default=None)
+        print(f"score: {sid:<{width}}  exact val {v['exact_match']:.3f} test {t['exact_match']:.3f}"
+              + (f"  {k.removeprefix('coverage_at_')} coverage test {t[k]}" if k else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
