@@ -32,8 +32,13 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 demo: setup
 	$(RUN) $(BIN)/dvc repro
 
+# Two pytest workers (pytest-xdist), one core and one torch thread each: two torch processes with a thread per
+# core each busy-wait on one another (README: Sweeps). Tests that share a module fixture run on one worker
+# (xdist_group marks in tests/).
+PYTEST := $(RUN) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
 test: setup
-	$(RUN) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(RUN) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"

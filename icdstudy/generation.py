@@ -64,10 +64,13 @@ class TrieLogitsProcessor:
     """Masks tokens outside the label trie and re-normalizes (log-softmax) over the rest.
 
     Per step it reads only the generated tokens of each beam (a few ints, not the prompt), looks up
-    the tokens the trie allows after them (memoized per prefix), and writes the new scores in one
-    scatter: gather the allowed tokens' scores, subtract their log-sum-exp, scatter them into a row of
-    -inf. That is one pass over the vocabulary-sized scores, where masking row by row and a full
-    log-softmax took three and a Python loop (benchmarks/run.py --only constrained)."""
+    the tokens the trie allows after them (memoized per prefix), gathers those tokens' scores,
+    subtracts their log-sum-exp, fills the scores with -inf and scatters the renormalized values back:
+    one write over the vocabulary-sized scores, in place (generate hands every processor a fresh
+    tensor: a copy of the logits, or the log-softmax it just computed; a new 128k-wide tensor per
+    step cost as much as a log-softmax again). Masking row by row with a Python list of every beam's
+    whole sequence and a full log-softmax took three passes and the loop (benchmarks/run.py --only
+    constrained)."""
 
     def __init__(self, trie: LabelTrie, prompt_len: int, eos_id: int):
         self.trie, self.prompt_len, self.eos_id = trie, prompt_len, eos_id
@@ -92,7 +95,7 @@ class TrieLogitsProcessor:
         real = torch.tensor([[True] * len(a) + [False] * (width - len(a)) for a in allowed], device=scores.device)
         picked = scores.gather(1, ids)
         norm = torch.logsumexp(picked.masked_fill(~real, float("-inf")), dim=1, keepdim=True)
-        return torch.full_like(scores, float("-inf")).scatter_(1, ids, picked - norm)
+        return scores.fill_(float("-inf")).scatter_(1, ids, picked - norm)
 
 
 @dataclass

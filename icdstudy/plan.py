@@ -300,11 +300,15 @@ def plan_train(key: str, arch: Architecture, entry: dict, tcfg: dict, max_input_
     procs = tcfg.get("num_processes", 1)
     effective = tcfg["batch_size"] * tcfg["grad_accum"] * procs
     steps_per_epoch = math.ceil(stats.train / effective)
-    steps = steps_per_epoch * tcfg["num_epochs"]
+    steps = math.ceil(steps_per_epoch * tcfg["num_epochs"])
+    epochs = tcfg["num_epochs"]
+    if tcfg.get("max_steps") and tcfg["max_steps"] < steps:  # a smoke run stops early
+        epochs, steps = epochs * tcfg["max_steps"] / steps, tcfg["max_steps"]
     evals = steps // tcfg["eval_steps"] + 1
-    train_tokens = stats.train * mean_seq * tcfg["num_epochs"]
+    val_rows = min(stats.val, tcfg.get("max_val_samples") or stats.val)
+    train_tokens = stats.train * mean_seq * epochs
     flops = train_flops(arch, train_tokens, mean_seq, lora, tcfg["gradient_checkpointing"])
-    flops += evals * stats.val * mean_seq * 2 * arch.matmul_params
+    flops += evals * val_rows * mean_seq * 2 * arch.matmul_params
     seconds = flops / (hw.flops * hw.mfu * (2 / 3 if four_bit else 1)) / procs
     peak_b = _peak(parts)
     detail = {}

@@ -27,10 +27,11 @@ def _markers(systems) -> dict[str, str]:
     return {s: MARKERS[models.index(model_of(s) or s) % len(MARKERS)] for s in systems}
 
 
-def _save(fig, path: Path) -> str:
-    """Saved with every artist inside the image (bbox_inches="tight"): a legend outside the axes is kept whole."""
+def _save(fig, path: Path, **layout) -> str:
+    """Saved with every artist inside the image (bbox_inches="tight"): a legend outside the axes is kept whole.
+    ``layout``: tight_layout's padding (w_pad between panels)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(**layout)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return str(path)
@@ -68,11 +69,19 @@ def accuracy_by_system(evals: dict, out: Path) -> str:
     return _save(fig, out)
 
 
-def _log_axis(ax, values) -> None:
-    """A log x-axis that spans at least a factor of ten around the data, labelled at 1, 2 and 5 times each power
-    of ten, with no minor labels (crowded ones overlap when the data span less than a decade)."""
+def _log_scale(axis) -> None:
+    """Log scale on one axis, labelled at 1, 2 and 5 times each power of ten, with no minor labels (crowded ones
+    overlap when the data span less than a decade)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_axis(ax, values) -> None:
+    """A log x-axis that spans at least a factor of ten around the data."""
     values = [v for v in values if v > 0]
     if not values:
         return
@@ -80,11 +89,8 @@ def _log_axis(ax, values) -> None:
     if hi / lo < 10:
         mid = (lo * hi) ** 0.5
         lo, hi = mid / 10 ** 0.5, mid * 10 ** 0.5
-    ax.set_xscale("log")
+    _log_scale(ax.xaxis)
     ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _scatter(evals: dict, xkey: str, xlabel: str, title: str, out: Path, scale: float = 1.0) -> str:
@@ -189,25 +195,45 @@ def _tsv(path: Path) -> dict[int, float]:
 
 
 def training_curves(live_dirs: dict[str, Path], out: Path) -> str | None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Training and validation loss per run, and beside them the validation exact match that chose the checkpoint
+    kept (where the run decoded it)."""
+    from matplotlib.ticker import MaxNLocator
+
+    curves = {run: d / "plots" / "metrics" for run, d in live_dirs.items()}  # the curves the train stages keep
+    exact = {run: sorted(_tsv(m / "eval/exact_match.tsv").items()) for run, m in curves.items()}
+    exact = {run: pts for run, pts in exact.items() if pts}
+    fig, axes = plt.subplots(1, 2 if exact else 1, figsize=(11 if exact else 6, 4), squeeze=False)
+    ax = axes[0][0]
     drawn = False
-    for model, d in live_dirs.items():
-        metrics = d / "plots" / "metrics"  # the curves the train stage keeps, with the optimizer step as x
+    for run, metrics in curves.items():
         for name, style in (("loss.tsv", "-"), ("eval/loss.tsv", "o--")):
             pts = sorted(_tsv(metrics / name).items())
             if pts:
-                ax.plot(*zip(*pts), style, label=f"{model} {'validation' if 'eval' in name else 'training'}")
+                ax.plot(*zip(*pts), style, label=f"{run} {'validation' if 'eval' in name else 'training'}")
                 drawn = True
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per answer token (nats)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+    _log_scale(ax.yaxis)
+    ax.legend(fontsize=8, loc="upper right", frameon=False)
     ax.grid(alpha=0.3)
     ax.set_title("LoRA training and validation loss", fontsize=10)
-    return _save(fig, out)
+    if exact:
+        right = axes[0][1]
+        for run, pts in exact.items():
+            steps, values = zip(*pts)
+            right.plot(steps, [100 * v for v in values], "o-", label=run)
+        right.set_xlabel("optimizer step")
+        right.set_ylabel("validation exact match (%)")
+        right.set_ylim(0, 100)
+        right.legend(fontsize=8, loc="upper left", frameon=False)
+        right.grid(alpha=0.3)
+        right.set_title("Validation exact match (the checkpoint kept is the highest)", fontsize=10)
+        for a in (ax, right):
+            a.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+    return _save(fig, out, w_pad=3.0)
 
 
 def error_breakdown(breakdown: dict, out: Path) -> str:

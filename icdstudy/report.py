@@ -41,6 +41,11 @@ def _usd(x) -> str:
     return "n/a" if x is None else (f"${x:,.2f}" if x >= 0.1 else f"${x:.2g}")
 
 
+def _coverage(m: dict, k: str) -> str:
+    """Coverage at a target, or "none" where validation reached no threshold (nothing is coded without review)."""
+    return "none" if m.get(f"threshold_at_{k}_reason") else _pct(m.get(f"coverage_at_{k}"))
+
+
 def _p(x) -> str:
     return "n/a" if x is None else f"{x:.2g}"
 
@@ -335,16 +340,17 @@ def deployment_section(evals: dict, vals: dict, systems_: list[str], targets: li
     return out + ([""] if missing else [])
 
 
-def validation_section(trains: dict, vals: dict, evals: dict, systems_: list[str]) -> list[str]:
+def validation_section(trains: dict, vals: dict, evals: dict, systems_: list[str], target: float) -> list[str]:
+    t = f"{100 * target:g}"
     out = ["## Chosen on validation", "",
            "The test split was read once, here. Every choice was made on validation: the checkpoint each training run "
            "kept, each system's confidence signal and thresholds, and the systems that lead the answer.", "",
-           "| system | exact % val | exact % test | coverage @95 % val | coverage @95 % test |", "|---|---:|---:|---:|---:|"]
-    k = deploy.key(0.95)
+           f"| system | exact % val | exact % test | coverage @{t} % val | coverage @{t} % test |", "|---|---:|---:|---:|---:|"]
+    k = deploy.key(target)
     for s in systems_:
-        v, t = vals.get(s) or {}, evals[s]
-        out.append(f"| {s} | {_pct(v.get('exact_match'))} | {_pct(t['exact_match'])} | {_pct(v.get(f'coverage_at_{k}'))} "
-                   f"| {_pct(t.get(f'coverage_at_{k}'))} |")
+        v, m = vals.get(s) or {}, evals[s]
+        out.append(f"| {s} | {_pct(v.get('exact_match'))} | {_pct(m['exact_match'])} | {_coverage(v, k)} "
+                   f"| {_coverage(m, k)} |")
     if trains:
         out += ["", "| training run | checkpoint kept by | kept step | of steps | validation exact % at that step "
                 "| validation loss there |", "|---|---|---:|---:|---:|---:|"]
@@ -447,13 +453,13 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
         out.append(f"| {s} | {m.get('params_total', 0) / 1e6:,.1f}M | {_pct(m['exact_match'])} ({_pct(lo)}–{_pct(hi)}) "
                    f"| {_pct(m['category_match'])} | {_pct(m['chapter_match'])} | {_pct(m['valid_rate'])} "
                    f"| {m['macro_f1']:.3f} | {_pct(m.get('top3_match'))} | {_pct(m.get('top5_match'))} "
-                   f"| {_num(m.get('ece'))} | {_pct(m.get(f'coverage_at_{k}'))} | {_usd(m.get('usd_per_1k'))} "
+                   f"| {_num(m.get('ece'))} | {_coverage(m, k)} | {_usd(m.get('usd_per_1k'))} "
                    f"| {m.get('latency_p50_s') or 0:.3f} | {m.get('samples_per_s') or 0:.2f} | {m.get('peak_mem_mb') or 0:,.0f} |")
     out += ["", "Test split. Exact: the whole code; category: its first 3 characters; chapter: its ICD-10-CM chapter. "
             "Top-k and ECE only for systems that rank candidates with scores. Latency is per sample within batches, "
             "generation only (model loading excluded); memory is peak process RSS on CPU or peak allocated CUDA memory.", ""]
     out += deployment_section(evals, vals, ordered, targets, params)
-    out += validation_section(trains, vals, evals, ordered)
+    out += validation_section(trains, vals, evals, ordered, target)
     out += shortlist_section(evals, ordered)
     out += paired_table(list(comparisons.values()), target)
     scored = [s for s in ordered if s in preds]

@@ -139,7 +139,7 @@ def test_the_trie_processor_renormalizes_over_the_allowed_tokens_exactly():
     allowed = [{3, 6}, {4, 5}, {eos}, {eos}, {eos}]
     rows = [torch.tensor([prompt + g]) for g in generated]  # one beam at a time: their lengths differ
     scores = torch.log_softmax(torch.randn(len(generated), 10, generator=torch.Generator().manual_seed(0)), dim=-1)
-    out = torch.cat([proc(r, scores[i:i + 1]) for i, r in enumerate(rows)])
+    out = torch.cat([proc(r, scores[i:i + 1].clone()) for i, r in enumerate(rows)])  # it writes into what it is given
     for row, ok in enumerate(allowed):
         keep = sorted(ok)
         want = scores[row, keep] - torch.logsumexp(scores[row, keep], dim=0)
@@ -148,9 +148,9 @@ def test_the_trie_processor_renormalizes_over_the_allowed_tokens_exactly():
         assert torch.exp(out[row]).sum().item() == pytest.approx(1.0, abs=1e-6)
     # all beams in one call (as generate calls it) give the same rows
     same_len = torch.tensor([prompt + [3, 5], prompt + [6, eos], prompt + [3, 4]])
-    together = proc(same_len, scores[:3])
+    together = proc(same_len, scores[:3].clone())
     for i, g in enumerate([[3, 5], [6, eos], [3, 4]]):
-        assert torch.equal(together[i], proc(torch.tensor([prompt + g]), scores[i:i + 1])[0])
+        assert torch.equal(together[i], proc(torch.tensor([prompt + g]), scores[i:i + 1].clone())[0])
 
 
 def test_the_processor_gives_todays_candidates_and_scores(tiny):

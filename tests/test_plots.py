@@ -77,3 +77,20 @@ def test_risk_coverage_draws_a_curve_per_system_and_the_target_lines(figures, tm
     ax = fig.axes[0]
     assert len([l for l in ax.get_lines() if l.get_label() in SYSTEMS]) == len(SYSTEMS)
     assert sorted(round(l.get_ydata()[0], 6) for l in ax.get_lines() if l.get_linestyle() == "--") == [5.0, 10.0]
+
+
+def test_training_curves_show_the_validation_exact_match_beside_the_losses(figures, tmp_path):
+    runs = {}
+    for run in ("lora-llama32-3b", "lora-shortlist-llama32-3b"):
+        metrics = tmp_path / run / "plots" / "metrics"
+        (metrics / "eval").mkdir(parents=True)
+        (metrics / "loss.tsv").write_text("timestamp\tstep\tloss\n0\t10\t2.0\n0\t20\t1.0\n")
+        (metrics / "eval" / "loss.tsv").write_text("step\tloss\n20\t1.5\n40\t1.2\n")
+        (metrics / "eval" / "exact_match.tsv").write_text("step\texact_match\n20\t0.25\n40\t0.5\n")
+        runs[run] = tmp_path / run
+    plots.training_curves(runs, tmp_path / "curves.png")
+    fig = figures[-1]
+    assert _problems(fig, tmp_path / "curves.png") == []
+    right = fig.axes[1]
+    assert [list(l.get_ydata()) for l in right.get_lines()] == [[25.0, 50.0], [25.0, 50.0]]
+

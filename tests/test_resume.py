@@ -15,6 +15,8 @@ from icdstudy.io import read_json
 from tests.conftest import REPO
 from tests.stage_project import project, run_stage, stage
 
+pytestmark = pytest.mark.xdist_group("resume")  # the kills share one set of uninterrupted reference runs
+
 TIMING = {"wall_s", "train_tokens_per_s", "peak_mem_mb", "resumed_from_step", "load_s", "samples_per_s",
           "latency_p50_s", "latency_p95_s", "generate_s"}
 def kill_when(cwd: Path, args: list, ready, what: str) -> None:

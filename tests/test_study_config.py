@@ -26,6 +26,28 @@ def test_full_study_overrides_apply_through_dvc(tmp_path):
     assert p["models"]["llama31-8b"]["load_in_4bit"] and p["models"]["mistral-7b"]["load_in_4bit"]
 
 
+def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale():
+    """The demo's shortlist recipe was chosen for a 135M model; the full study trains both arms alike (the seed's
+    recipe, the kept checkpoint chosen by validation exact match), with a warm-up that fits its 672 steps."""
+    import os
+
+    from icdstudy.params import train_config
+    from icdstudy.schema import validate
+    from icdstudy.study import resolved_params
+
+    here = os.getcwd()
+    os.chdir(REPO)
+    try:
+        p = validate(resolved_params("full-study", [])).model_dump()
+    finally:
+        os.chdir(here)
+    plain, listed = train_config(p), train_config(p, "train_shortlist")
+    assert plain == listed and plain["select_by"] == "exact_match"
+    assert (plain["learning_rate"], plain["num_epochs"], plain["lr_scheduler"]) == (2e-4, 3, "linear")
+    steps = 3 * -(-7168 // (plain["batch_size"] * plain["grad_accum"]))
+    assert plain["warmup_steps"] < 0.2 * steps and steps // plain["eval_steps"] >= 6
+
+
 def test_demo_params_are_consistent():
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     assert set(p["zeroshot"] + p["finetune"] + [p["datacard"]["tokenizer"]]) <= set(p["base_models"]) <= set(p["models"])

@@ -19,7 +19,8 @@ import yaml
 
 from tests.conftest import REPO, copy_repo, dvc_env, requires_dvc
 
-pytestmark = [requires_dvc, pytest.mark.slow]
+# One worker runs the team's tests in order on one fixture; the full study's smoke run goes to another worker.
+pytestmark = [requires_dvc, pytest.mark.slow, pytest.mark.xdist_group("team")]
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
@@ -239,6 +240,7 @@ TINY_SMOKE = ["eval.max_samples=6", "eval.batch_size=6", "eval.fewshot_batch_siz
               "train.lora_alpha=8", "train.lora_dropout=0.0", "train.learning_rate=0.001", "train.warmup_steps=0"]
 
 
+@pytest.mark.xdist_group("full-study-smoke")
 def test_the_full_study_after_the_demo_reports_exactly_its_own_systems(team, tmp_path, sample_x3_csv):
     """The path a new user takes, in one checkout: the demo-like study (pulled), then the full study's
     smoke run (`study full-study --smoke`) on MedSynth-shaped rows, with tiny random models of the four
