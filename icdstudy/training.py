@@ -254,12 +254,32 @@ def exact_match_probe(tokenizer, rows: list[dict], labels, settings, input_kind:
     from .evaluation import evaluate
 
     def probe(model, autocast: bool = False) -> float:
-        device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+        if autocast and not next(model.parameters()).is_cuda:
+            decoder, autocast = merged_bf16_copy(model), False
+        else:
+            decoder = model
+        device = "cuda" if next(decoder.parameters()).is_cuda else "cpu"
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
-            predictions = evaluate(model, tokenizer, rows, labels, settings, input_kind, progress=False)
+            predictions = evaluate(decoder, tokenizer, rows, labels, settings, input_kind, progress=False)
         return round(sum(p["pred"] == p["gold"] for p in predictions) / len(predictions), 4)
 
     return probe
+
+
+def merged_bf16_copy(model):
+    """The model being trained as evaluate@ decodes its adapter on a CPU with bf16 (load_for_inference):
+    bf16 weights with the float32 LoRA weights merged in. Decoding under autocast over the float32
+    training weights instead gave another answer on a row of the demo's validation split, and was slower:
+    autocast casts every frozen weight again at every decoding step."""
+    import copy
+
+    import torch
+
+    clone = copy.deepcopy(model)
+    for name, param in clone.named_parameters():
+        if "lora_" not in name:
+            param.data = param.data.to(torch.bfloat16)
+    return clone.merge_and_unload().eval()
 
 
 def resumable_trainer(exact_match=None, **kwargs):
