@@ -33,9 +33,11 @@ demo: setup
 	$(RUN) $(BIN)/dvc repro
 
 # Two pytest workers (pytest-xdist), one core and one torch thread each: two torch processes with a thread per
-# core each busy-wait on one another (README: Sweeps). Tests that share a module fixture run on one worker
-# (xdist_group marks in tests/).
-PYTEST := $(RUN) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+# core each busy-wait on one another (README: Sweeps). Each test file runs on one worker, in file order, so its
+# module fixtures are built once and tests may build on one another (xdist_group marks did not group tests with
+# pytest 9.2 and xdist 3.8: tests of one group ran on both workers). Files start longest first (tests/conftest.py);
+# xdist's own reordering (by number of tests) is off.
+PYTEST := $(RUN) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test: setup
 	$(PYTEST)

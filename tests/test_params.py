@@ -24,12 +24,15 @@ def test_the_loader_reads_params_yaml_as_dvc_does():
 
 def test_a_hand_typed_exponent_is_a_number_in_every_stage(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text().replace("  learning_rate: 2.0e-3 ", "  learning_rate: 1e-4 ", 1))
-    assert "learning_rate: 1e-4" in path.read_text()
+    text = (REPO / "params.yaml").read_text()
+    path.write_text(text.replace("  learning_rate: 2.0e-3 ", "  learning_rate: 1e-4 ", 1)
+                    .replace("  learning_rate: 4.0e-3 ", "  learning_rate: 3e-3 ", 1))  # train_shortlist's own
+    assert "learning_rate: 1e-4" in path.read_text() and "learning_rate: 3e-3" in path.read_text()
     params = load_params(path)
     assert params["train"]["learning_rate"] == 1e-4 and isinstance(params["train"]["learning_rate"], float)
     recipe = train_config(params, "train_shortlist")
-    assert recipe["learning_rate"] == 1e-4 and isinstance(recipe["learning_rate"], float)
+    assert recipe["learning_rate"] == 3e-3 and isinstance(recipe["learning_rate"], float)
+    assert recipe["weight_decay"] == params["train"]["weight_decay"]  # the keys it does not replace are train's
 
 
 def test_the_train_stage_trains_with_a_hand_typed_exponent(tiny_model_dir, tmp_path):

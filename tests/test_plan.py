@@ -1,8 +1,11 @@
 """`python -m icdstudy.study plan`: the full study fits one 80 GB GPU and the seed's batch does not.
 The memory model against measured runs is tested in tests/test_gpu_host.py."""
+import contextlib
+import io
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,8 +15,20 @@ from tests.conftest import REPO
 
 
 def _plan(*args):
+    """`python -m icdstudy.study plan ...` as a user runs it, with no venv on PATH."""
     return subprocess.run([sys.executable, "-m", "icdstudy.study", "plan", *args], cwd=REPO, capture_output=True,
                           text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def _plan_here(*args):
+    """The same command in this process: its imports are paid once, not by every call."""
+    from icdstudy.study import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        code = main(["plan", *args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue())
 
 
 def test_full_study_fits_one_80gb_gpu_with_margin():
@@ -31,7 +46,7 @@ def test_full_study_fits_one_80gb_gpu_with_margin():
 
 def test_fewshot_stages_are_planned_with_their_own_batch_and_seeds_multiply_hours():
     def stages(*extra):
-        run = _plan("full-study", "--gpu-mem-gb", "80", "--json", *extra)
+        run = _plan_here("full-study", "--gpu-mem-gb", "80", "--json", *extra)
         return run.returncode, {s["stage"]: s for s in json.loads(run.stdout)["stages"]}
 
     rc, planned = stages()
@@ -48,7 +63,7 @@ def test_fewshot_stages_are_planned_with_their_own_batch_and_seeds_multiply_hour
 
 
 def test_the_seed_batch_does_not_fit_and_the_fix_is_named():
-    run = _plan("full-study", "--gpu-mem-gb", "80", "-S", "train.batch_size=32", "-S", "train.grad_accum=1",
+    run = _plan_here("full-study", "--gpu-mem-gb", "80", "-S", "train.batch_size=32", "-S", "train.grad_accum=1",
                 "-S", "train.gradient_checkpointing=false")
     assert run.returncode == 1
     line = next(l for l in run.stdout.splitlines() if l.startswith("train@llama32-3b"))

@@ -15,10 +15,10 @@ from icdstudy.io import read_json
 from tests.conftest import REPO
 from tests.stage_project import project, run_stage, stage
 
-pytestmark = pytest.mark.xdist_group("resume")  # the kills share one set of uninterrupted reference runs
-
 TIMING = {"wall_s", "train_tokens_per_s", "peak_mem_mb", "resumed_from_step", "load_s", "samples_per_s",
           "latency_p50_s", "latency_p95_s", "generate_s"}
+
+
 def kill_when(cwd: Path, args: list, ready, what: str) -> None:
     """Start a stage, SIGKILL it as soon as ``ready()`` holds (a real interruption: no cleanup runs)."""
     proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdout=subprocess.DEVNULL,
@@ -72,6 +72,7 @@ def uninterrupted(tiny_model_dir, tmp_path_factory):
 
 # The shortlist recipe runs the same training code as the plain one, on longer prompts: its kill and resume
 # covers both (the plain recipe's resume is also exercised by the multi-seed test below).
+@pytest.mark.slow  # two training runs and a kill; `make test` runs it, `make test-fast` does not
 @pytest.mark.parametrize("recipe", ["shortlist"])
 def test_a_killed_training_stage_resumes_to_the_same_adapter_bytes(tiny_model_dir, tmp_path, uninterrupted, recipe):
     name = RECIPES[recipe]
@@ -94,6 +95,7 @@ def test_a_killed_training_stage_resumes_to_the_same_adapter_bytes(tiny_model_di
         assert got["metrics"]["candidates"] == 5 and got["metrics"]["candidate_recall_train"] > 0.5
 
 
+@pytest.mark.slow
 def test_a_multi_seed_stage_killed_in_its_second_seed_never_retrains_the_first(tiny_model_dir, tmp_path, uninterrupted):
     run = project(tmp_path / "run", tiny_model_dir, seeds=[0, 7])
     done = run / ".resume" / "train-done" / "lora-tiny.json"

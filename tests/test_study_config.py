@@ -108,7 +108,7 @@ def test_a_smoke_run_is_its_own_experiment_and_a_real_run_resets_its_sizes(capsy
     assert real.startswith("dvc exp run -n full-study -S ")
     # every key the smoke run shrinks is set back to its committed value, whatever params.yaml holds now
     assert "smoke=false" in real and "eval.max_samples=null" in real and "train.max_steps=null" in real
-    assert "train.eval_steps=50" in real  # the study's own value wins over the committed demo value
+    assert "train.eval_steps=112" in real  # the study's own value wins over the committed demo value (50)
 
 
 def test_overrides_without_dvc_give_the_same_params(tmp_path):
@@ -153,7 +153,7 @@ def test_a_real_run_resets_what_a_smoke_run_left_in_the_workspace(tmp_path, monk
     values = run_values("full-study", smoke=False)
     assert values["eval.max_samples"] is None and values["train.max_steps"] is None and values["smoke"] is False
     assert values["train.newer_than_head"] is None  # not in HEAD's params, nor in the workspace's: as it is
-    assert values["train.eval_steps"] == 50  # the study's own value wins over both
+    assert values["train.eval_steps"] == 112  # the study's own value wins over both
     smoke = run_values("full-study", smoke=True)
     assert smoke["eval.max_samples"] == 48 and smoke["smoke"] is True and smoke["train.max_steps"] == 4
 
