@@ -8,6 +8,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+SAMPLE = REPO.parent / "shared" / "data" / "medsynth_sample.csv"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 # `make test` runs each file on one of two workers (--dist loadfile --no-loadscope-reorder), in collection order.
 # The files that take minutes go first, longest first (measured there: 230, 220, 180, 120, 80, 60, 35, 25 s), so
 # that none starts last and keeps one worker busy after the other is done.
@@ -19,11 +25,6 @@ LONGEST_FIRST = ("test_full_study_smoke.py", "test_team_workflow.py", "test_trai
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
-SAMPLE = REPO.parent / "shared" / "data" / "medsynth_sample.csv"
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def dvc_env() -> dict:

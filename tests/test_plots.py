@@ -93,4 +93,3 @@ def test_training_curves_show_the_validation_exact_match_beside_the_losses(figur
     assert _problems(fig, tmp_path / "curves.png") == []
     right = fig.axes[1]
     assert [list(l.get_ydata()) for l in right.get_lines()] == [[25.0, 50.0], [25.0, 50.0]]
-

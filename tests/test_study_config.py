@@ -26,21 +26,15 @@ def test_full_study_overrides_apply_through_dvc(tmp_path):
     assert p["models"]["llama31-8b"]["load_in_4bit"] and p["models"]["mistral-7b"]["load_in_4bit"]
 
 
-def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale():
+def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale(monkeypatch):
     """The demo's shortlist recipe was chosen for a 135M model; the full study trains both arms alike (the seed's
     recipe, the kept checkpoint chosen by validation exact match), with a warm-up that fits its 672 steps."""
-    import os
-
     from icdstudy.params import train_config
     from icdstudy.schema import validate
     from icdstudy.study import resolved_params
 
-    here = os.getcwd()
-    os.chdir(REPO)
-    try:
-        p = validate(resolved_params("full-study", [])).model_dump()
-    finally:
-        os.chdir(here)
+    monkeypatch.chdir(REPO)
+    p = validate(resolved_params("full-study", [])).model_dump()
     plain, listed = train_config(p), train_config(p, "train_shortlist")
     assert plain == listed and plain["select_by"] == "exact_match"
     assert (plain["learning_rate"], plain["num_epochs"], plain["lr_scheduler"]) == (2e-4, 3, "linear")
