@@ -19,31 +19,6 @@ from .io import JsonlAppender, iter_jsonl
 from .shortlist import LISTED
 
 RETRIEVAL_DEFAULTS = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True}
-# How a kind's prompt presents an encounter (icdstudy.systems.Kind.prompt): the encounter alone; after its
-# eval.retrieval_k nearest training examples; or with the eval.candidates codes the retriever ranks highest.
-PROMPTS = ("plain", "examples", "candidates")
-
-
-def settings_for(prompt: str, ecfg: dict) -> GenerationSettings:
-    """Generation settings of a prompt style from params `eval`: "examples" shows eval.retrieval_k nearest
-    training examples and runs at eval.fewshot_batch_size (its prompts are longer)."""
-    if prompt not in PROMPTS:
-        raise ValueError(f"prompt style {prompt!r}: use one of {', '.join(PROMPTS)}")
-    if prompt == "examples":
-        ecfg = {**ecfg, "few_shot": ecfg["retrieval_k"], "few_shot_strategy": "nearest",
-                "batch_size": ecfg.get("fewshot_batch_size") or ecfg["batch_size"]}
-    return GenerationSettings.from_params(ecfg)
-
-
-def prompt_rows(prompt: str, train_rows: list[dict], rows: list[dict], ecfg: dict, retrieval: dict,
-                retriever=None) -> list[dict]:
-    """``rows`` with what their prompt lists beside the encounter: for "candidates", each row's
-    eval.candidates retrieved codes (from the other training rows when ``rows`` are training rows)."""
-    if prompt != "candidates":
-        return rows
-    from .shortlist import with_shortlists
-
-    return with_shortlists(train_rows, rows, ecfg["candidates"], retrieval, retriever)
 
 
 def few_shot_examples(train_rows: list[dict], test_rows: list[dict], k: int, strategy: str = "random",

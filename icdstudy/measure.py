@@ -302,16 +302,18 @@ def measure_plan(params: dict, stages: list, hw, weights: str = "random", steps:
     out = []
     from . import systems
 
+    made = systems.stages(params)
     for st in stages:
-        role, kind, key = systems.from_stage(st.stage) or (None, None, None)
-        if role is None or kind.floor:
+        role, what = made.get(st.stage, (None, None))
+        if role not in ("train", "predict"):
             continue
+        key = systems.run_entry(params, what)["model"] if role == "train" else what.model
         entry = model_entry(params, key)
         arch = architecture(entry, Path("models/base") / key)
         wdir = Path(entry.get("path") or Path("models/base") / key) if weights == "real" else None
         four_bit = bool(entry.get("load_in_4bit"))
         if role == "train":
-            tcfg = train_config(params, kind.recipe)
+            tcfg = train_config(params, what)
             lora = arch.lora_params(tcfg["lora_r"], tcfg["target_modules"])
             if cuda:
                 batch, seq = tcfg["batch_size"], st.detail["seq_len"]

@@ -55,13 +55,17 @@ def model_entry(params: dict, key: str) -> dict:
     return {"key": key, **models[key]}
 
 
-def train_config(params: dict, recipe: str | None = None) -> dict:
-    """A training recipe, typed: section ``train`` with the keys of section ``recipe`` (a kind's own,
-    such as ``train_shortlist``) replaced."""
+def train_config(params: dict, run: str | None = None) -> dict:
+    """A training recipe, typed: section ``train`` with the keys of training run ``run``'s `recipe` replaced."""
     from .schema import Train
 
-    merged = {**section(params, "train"), **((params.get(recipe) or {}) if recipe else {})}
+    recipe = {}
+    if run is not None:
+        runs = params.get("training") or {}
+        if run not in runs:
+            raise ParamError(f"params.yaml: training.{run}: no such run (training: {', '.join(runs) or 'none'})")
+        recipe = runs[run].get("recipe") or {}
     try:
-        return Train.model_validate(merged).model_dump()
+        return Train.model_validate({**section(params, "train"), **recipe}).model_dump()
     except ValueError as exc:
-        raise ParamError(f"params.yaml: {recipe or 'train'}: {str(exc).splitlines()[-1]}") from None
+        raise ParamError(f"params.yaml: training.{run}.recipe: {str(exc).splitlines()[-1]}") from None

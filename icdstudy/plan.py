@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import systems
 from .architectures import Architecture
+from .shortlist import shortlist_tokens
 
 # Bytes autograd keeps per token per decoder layer (bf16 weights, bf16 autocast, LoRA on all 7
 # projections), from saved-tensor accounting on CPU: see the module docstring.
@@ -42,11 +43,6 @@ CHECKPOINT_PER_HIDDEN = 2.0  # gradient checkpointing: the layer input only (bf1
 NF4_BYTES_PER_PARAM = 0.516
 CUDA_OVERHEAD_GB = 1.5  # CUDA context, cuBLAS workspace, allocator slack
 PROMPT_OVERHEAD_TOKENS = 90  # system message, chat template and question around the input
-# A shortlist (eval.candidates): its header, then one "1. E11.22 <official description> (0.41)" line per
-# code. Measured with the Llama-3.2 tokenizer on the 503 codes of the MedSynth sample: 14 tokens of
-# header, 20 per line on average, 26 at p90, 44 at the longest; the plan takes 30 per line.
-SHORTLIST_HEADER_TOKENS = 16
-CANDIDATE_LINE_TOKENS = 30
 ANSWER_TOKENS = 8  # dotted code + EOS
 ANSWER_LOGIT_POSITIONS = 10  # logits_to_keep: the longest answer + 1
 LOGIT_FP32_COPIES = 4  # per decode step: float32 upcast, log-softmax, trie mask + masked scores, beam scores
@@ -277,11 +273,6 @@ def seq_lengths(stats: DataStats, max_input_tokens: int, extra: int) -> tuple[in
     return longest + PROMPT_OVERHEAD_TOKENS + extra, min(cap, stats.mean_input_tokens) + PROMPT_OVERHEAD_TOKENS + extra
 
 
-def shortlist_tokens(candidates: int) -> int:
-    """Prompt tokens a shortlist of ``candidates`` codes adds: its header and one line per code."""
-    return SHORTLIST_HEADER_TOKENS + candidates * CANDIDATE_LINE_TOKENS if candidates else 0
-
-
 def plan_train(key: str, arch: Architecture, entry: dict, tcfg: dict, max_input_tokens: int, stats: DataStats,
                hw: Hardware, extra_tokens: int = 0, stage: str | None = None, probe: StagePlan | None = None) -> StagePlan:
     """``extra_tokens``: prompt tokens beyond the encounter (a shortlist); ``stage``: default train@<key>;
@@ -399,7 +390,7 @@ def to_json(stages: list[StagePlan], hw: Hardware, usd_per_hour: float | None = 
     if usd_per_hour:
         out["est_usd"] = round(total * usd_per_hour, 2)
         for st in out["stages"]:  # the plan's estimate of deploy's usd_per_1k, before a GPU run measures it
-            if (systems.from_stage(st["stage"]) or ("other",))[0] == "predict" and st["detail"].get("samples"):
+            if systems.role_of(st["stage"]) == "predict" and st["detail"].get("samples"):
                 st["detail"]["usd_per_1k"] = round(st["detail"]["seconds"] / 3600 * usd_per_hour / st["detail"]["samples"]
                                                    * 1000, 4)
     return out
@@ -423,7 +414,7 @@ def render(plan: dict) -> str:
              "", f"{'stage':<32} {'peak GB':>8} {'fits':>5} {'hours':>7}  detail"]
     for s in plan["stages"]:
         d = s["detail"]
-        role = (systems.from_stage(s["stage"]) or ("other",))[0]
+        role = systems.role_of(s["stage"])
         if role == "train":
             what = (f"{d['params_total'] / 1e9:.2f}B params, LoRA {d['trainable_params'] / 1e6:.1f}M, batch "
                     f"{d['batch_tokens']:,} tokens, {d['steps']} steps, {d['tflops']:,} TFLOP")

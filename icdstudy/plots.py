@@ -11,20 +11,30 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .icd10 import CHAPTER_TITLES  # noqa: E402
-from .systems import kind_of, model_of  # noqa: E402
+from .systems import System  # noqa: E402
 
 MARKERS = "osD^v<>Ph*X"
+_TABLE: dict[str, System] = {}  # the systems being plotted, by id (use_systems)
+
+
+def use_systems(table: dict[str, System]) -> None:
+    """The table the plots colour and mark systems by (what each one is: fine-tuned, prompt style, model)."""
+    _TABLE.clear()
+    _TABLE.update(table)
 
 
 def _color(system: str) -> str:
-    k = kind_of(system)
-    return k.color if k else "#666666"
+    return _TABLE[system].color if system in _TABLE else "#666666"
+
+
+def _model(system: str) -> str:
+    return (_TABLE[system].model if system in _TABLE else None) or system
 
 
 def _markers(systems) -> dict[str, str]:
-    """One marker per model (floors get their own), so systems of one kind on different models differ."""
-    models = list(dict.fromkeys(model_of(s) or s for s in systems))
-    return {s: MARKERS[models.index(model_of(s) or s) % len(MARKERS)] for s in systems}
+    """One marker per model (floors get their own), so systems of one style on different models differ."""
+    models = list(dict.fromkeys(_model(s) for s in systems))
+    return {s: MARKERS[models.index(_model(s)) % len(MARKERS)] for s in systems}
 
 
 def _save(fig, path: Path, **layout) -> str:

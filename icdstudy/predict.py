@@ -20,13 +20,11 @@ import sys
 from pathlib import Path
 
 from . import systems
+from .prompt_styles import style
 from .shortlist import LISTED
 
 DISCLAIMER = "Suggestions support, and do not replace, a qualified medical coder."
 DEFAULT_MODEL = "smollm2-135m"
-# The kind predict uses: the fine-tuned one where its adapter exists, else the untrained one, on the prompt asked for.
-FINE_TUNED = {k.prompt: k for k in systems.KINDS if k.fine_tuned}
-UNTRAINED = {k.prompt: k for k in reversed(systems.KINDS) if not k.fine_tuned and not k.floor}
 
 
 class PredictError(Exception):
@@ -41,13 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--file", help="a text file holding one encounter")
     src.add_argument("--input", help="a batch: .csv or .jsonl with a column input, dialogue or note")
     p.add_argument("--output", help="batch output .jsonl (default: standard output)")
-    p.add_argument("--model", default=None, help=f"a registry key in params.yaml or a model folder (default: {DEFAULT_MODEL}, "
-                   "with its fine-tuned adapter if the pipeline trained one)")
-    p.add_argument("--adapter", help="a LoRA adapter folder (default: models/adapters/<model> if present)")
+    p.add_argument("--system", help="a system of params.yaml's systems.llm: its model, adapter, prompt and threshold "
+                   "(default: the first system of the table on --model and the prompt asked for, fine-tuned where its "
+                   "adapter exists)")
+    p.add_argument("--model", default=None, help=f"a registry key in params.yaml or a model folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--adapter", help="a LoRA adapter folder (default: the chosen system's, models/adapters/<run>)")
     p.add_argument("--no-adapter", action="store_true", help="use the base model even if an adapter exists")
-    p.add_argument("--shortlist", action="store_true", help="list, in the prompt, the eval.candidates codes the TF-IDF "
-                   "retriever over the training split ranks highest, as the shortlist systems do (default adapter: "
-                   "that of the system fine-tuned on such prompts, models/adapters/<system>)")
+    p.add_argument("--shortlist", action="store_true", help="list, in the prompt, the codes the TF-IDF retriever over "
+                   "the training split ranks highest, as the shortlist systems do (as many as the system's `retrieved`)")
     p.add_argument("--target", type=float, help="route at this precision: code where the confidence reaches the "
                    "threshold chosen on validation for it, else review (default: the highest deploy.target_precision)")
     p.add_argument("--metrics", default="metrics/val", help="where stage score wrote each system's validation metrics "
@@ -101,11 +100,12 @@ def _read_batch(path: Path) -> list[tuple[int, str | None]]:
     return rows
 
 
-def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems.System]:
-    """The base model, its registry entry, the adapter (or None) and the system they make."""
+def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems.System | None]:
+    """The base model, its registry entry, the adapter (or None) and the system of the table they make (None:
+    no system of the table, so no threshold to route by)."""
     from .params import ParamError, model_entry
 
-    key = args.model or DEFAULT_MODEL
+    key = args.model or (systems.get(params, args.system).model if args.system in systems.by_id(params) else DEFAULT_MODEL)
     if Path(key).is_dir():
         base, entry = Path(key), {"key": Path(key).name, "dtype": "auto"}
     else:
@@ -116,20 +116,29 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems
         base = Path("models/base") / key
         if not base.exists():
             raise PredictError(f"--model {key}: {base} not found; run `dvc repro base@{key}` first")
-    prompt = "candidates" if args.shortlist else "plain"
-    tuned = systems.system(FINE_TUNED[prompt], entry["key"])
-    adapter = None
-    if args.adapter:
-        adapter = Path(args.adapter)
-    elif not args.no_adapter:
-        if (tuned.adapter / "adapter_config.json").exists():
-            adapter = tuned.adapter
-        else:
-            old = [p for p in systems.old_run_paths(tuned) if p.parent.name == "adapters"]
-            if old:
-                raise PredictError(f"{tuned.adapter} not found, but {old[0]} is this adapter's old name (runs are named "
-                                   f"after their system now): run `dvc repro {tuned.train_stage}`, or pass --adapter {old[0]}")
-    return base, entry, adapter, tuned if adapter else systems.system(UNTRAINED[prompt], entry["key"])
+    return base, entry, *_system_for(args, params, entry["key"])
+
+
+def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.System | None]:
+    """(adapter, system): --system's, else the table's first system on ``model`` with the prompt asked for,
+    fine-tuned where its adapter exists (unless --no-adapter); --adapter replaces the adapter."""
+    if args.system:
+        try:
+            chosen = systems.get(params, args.system)
+        except KeyError as exc:
+            raise PredictError(f"--system: {str(exc).strip(chr(39))}") from None
+        if chosen.floor or style(chosen.prompt).shows_examples:
+            raise PredictError(f"--system {chosen.id}: predict serves systems whose prompts show no training examples")
+        if chosen.fine_tuned and not args.adapter and not (chosen.adapter / "adapter_config.json").exists():
+            raise PredictError(f"--system {chosen.id}: {chosen.adapter} not found; run `dvc repro {chosen.train_stage}`")
+    else:
+        options = [s for s in systems.selected(params) if s.model == model and not s.floor
+                   and not style(s.prompt).shows_examples and style(s.prompt).lists_codes == args.shortlist]
+        tuned = [s for s in options if s.fine_tuned and (s.adapter / "adapter_config.json").exists()]
+        untrained = [s for s in options if not s.fine_tuned]
+        chosen = next(iter((tuned if not args.no_adapter else []) + untrained), None)
+    adapter = Path(args.adapter) if args.adapter else chosen.adapter if chosen and not args.no_adapter else None
+    return adapter, chosen
 
 
 def _result(res: dict, labels: dict, min_conf: float) -> dict:
@@ -209,16 +218,14 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
     return results
 
 
-def _shortlists(texts: list[str], params: dict, data_dir: Path, n: int | None = None, flag: str = "--shortlist"
-                ) -> list[list[dict]]:
-    """Each text's ``n`` (default eval.candidates) retrieved codes, from the retriever over the training split."""
+def _shortlists(texts: list[str], params: dict, data_dir: Path, n: int, flag: str = "--shortlist") -> list[list[dict]]:
+    """Each text's ``n`` retrieved codes, from the retriever over the training split."""
     from .io import read_jsonl
     from .shortlist import LISTED, with_shortlists
 
     train = data_dir / "train.jsonl"
     if not train.exists():
         raise PredictError(f"{flag}: {train} not found: run `dvc repro prepare` (the retriever searches it)")
-    n = n or params.get("eval", {}).get("candidates") or 5
     rows = [{"id": f"input-{i}", "input": t} for i, t in enumerate(texts)]
     return [r[LISTED] for r in with_shortlists(read_jsonl(train), rows, n, params["retrieval"])]
 
@@ -294,18 +301,20 @@ def main(argv=None) -> int:
         print(f"predict: row {n}: empty input, skipped", file=sys.stderr)
     texts = [t for _, t in good]
     target = args.target or max((params.get("deploy") or {}).get("target_precision") or [0.95])
-    rule = routing(system, Path(args.metrics), target)
+    rule = routing(system, Path(args.metrics), target) if system else {
+        "target": target, "threshold": None, "reason": "no system of params.yaml uses this model, adapter and prompt"}
+    shows_codes = style(system.prompt).lists_codes if system else args.shortlist
     try:
-        listed = _shortlists(texts, params, Path(args.data)) if args.shortlist else None
+        listed = _shortlists(texts, params, Path(args.data), system.retrieved if system else 5) if shows_codes else None
         first = None
         if rule.get("signal") == "retriever_agreement":  # the retriever's first code, as knn-tfidf ranks it
             first = [c[0]["code"] if c else None for c in _shortlists(texts, params, Path(args.data), 1, "--target")]
         results = predict(texts, tokenizer, model, labels, args.top_k, input_kind, max_tokens, args.min_confidence,
-                          progress=bool(args.input), shortlists=listed, ecfg=params.get("eval"), rule=rule, first=first)
+                          progress=bool(args.input), shortlists=listed, ecfg={**params["eval"], **(system.decoding if system else {})}, rule=rule, first=first)
     except (ModelError, PredictError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
-    system = system.id
+    system = system.id if system else (args.adapter or base.name)
     if args.input:
         lines = [json.dumps({"row": n, "system": system, **r, "routing": rule}) for (n, _), r in zip(good, results)]
         lines += [json.dumps({"row": n, "error": "empty input"}) for n, t in rows if t is None]

@@ -127,15 +127,15 @@ def seed_agreement(a: str, b: str, first: dict, seed_preds: dict, preds: dict) -
 
 
 def pairs(selected: list[systems.System]) -> list[tuple[str, str]]:
-    """Every fine-tuned system against every other kind of system, then each kind against the kind it extends
-    by one thing (Kind.adds) on the same model, where both are selected."""
+    """Every fine-tuned system against every untrained one, then each system against the one it changes by one
+    thing (its entry's `adds`), where both are selected."""
     ids = {s.id for s in selected}
     tuned = [s.id for s in selected if s.fine_tuned]
     others = [s.id for s in selected if not s.fine_tuned]
     out = [(a, b) for a in tuned for b in others]
     for s in selected:
-        if s.kind.adds:
-            base = systems.system(s.kind.adds[0], s.model).id
+        if s.adds:
+            base = s.adds[0]
             if base in ids and (s.id, base) not in out:
                 out.append((s.id, base))
     return out
@@ -181,7 +181,7 @@ def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, target: float,
     chosen = [s for s in sel.values() if s.id in evals]
     tuned = [s.id for s in chosen if s.fine_tuned]
     fine_models = {s.model for s in chosen if s.fine_tuned}
-    prompted = [s for s in chosen if not s.fine_tuned and not s.kind.floor]
+    prompted = [s for s in chosen if not s.fine_tuned and not s.floor]
     large = [s.id for s in prompted if s.model not in fine_models]
     note = ""
     if not large:
@@ -204,7 +204,7 @@ def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, target: float,
         out.append(line)
         if cpu:
             out.append(f"- Costs are measured generation time priced at {_usd(ma.get('usd_per_hour'))} per hour: this "
-                       "run used CPUs, so they are CPU time, not what a GPU host would cost (README: Cost).")
+                       "run used CPUs, so they are CPU time, not what a GPU host would cost (docs/deployment.md).")
         out.append(f"- Both were chosen on validation (the most encounters coded at {100 * target:g}% precision); "
                    "test numbers are reported, never used to choose.")
     elif tuned:
@@ -212,13 +212,13 @@ def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, target: float,
     else:
         out.append("- No fine-tuned system was evaluated.")
     for s in chosen:
-        if not s.kind.adds:
+        if not s.adds:
             continue
-        base = systems.system(s.kind.adds[0], s.model).id
+        base = s.adds[0]
         c = comparisons.get((s.id, base))
         if c is None:
             continue
-        what = s.kind.adds[1].format(model=s.model)
+        what = s.adds[1]
         if "unpaired" in c:
             out.append(f"- {what}: " + unpaired_line(c))
             continue
@@ -232,20 +232,24 @@ def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, target: float,
     return out
 
 
+# What the report says of each prompt style that shows something retrieved ({k}: the system's `retrieved`).
+STYLE_NOTES = {
+    "examples": "- Few-shot systems: each input follows its {k} nearest training examples (TF-IDF cosine, 1–{ngram_max}-"
+                "grams; never the row itself or a copy of its text), each cut to {max_shot_tokens} tokens, the nearest last.",
+    "candidates": "- Shortlist systems: each prompt lists the {k} codes the same retriever ranks highest (knn-tfidf's vote "
+                  "over the {neighbours} nearest training inputs, then the codes of the next nearest), best first, each "
+                  "with its official description and vote share; decoding still covers every label. A training row's "
+                  "list comes from the other training rows, as a test row's does.",
+}
+
+
 def _fewshot_settings(evals: dict, sel: dict, params: dict) -> list[str]:
+    """One line per prompt style that shows something retrieved, as the report's systems use it."""
     e, r = params.get("eval", {}), params.get("retrieval", {})
-    prompts = {sel[s].kind.prompt for s in evals if s in sel}
-    lines = []
-    if "examples" in prompts:
-        lines.append(f"- Few-shot systems: each input follows its {e.get('retrieval_k')} nearest training examples "
-                     f"(TF-IDF cosine, 1–{r.get('ngram_max')}-grams; never the row itself or a copy of its text), "
-                     f"each cut to {e.get('max_shot_tokens') or e.get('max_input_tokens')} tokens, the nearest last.")
-    if "candidates" in prompts:
-        lines.append(f"- Shortlist systems: each prompt lists the {e.get('candidates')} codes the same retriever ranks "
-                     f"highest (knn-tfidf's vote over the {r.get('neighbours')} nearest training inputs, then the codes of "
-                     "the next nearest), best first, each with its official description and vote share; decoding still "
-                     "covers every label. A training row's list comes from the other training rows, as a test row's does.")
-    return lines
+    shown = {sel[s].prompt: sel[s].retrieved for s in evals if s in sel and sel[s].prompt}
+    return [STYLE_NOTES[name].format(k=k, ngram_max=r.get("ngram_max"), neighbours=r.get("neighbours"),
+                                     max_shot_tokens=e.get("max_shot_tokens") or e.get("max_input_tokens"))
+            for name, k in shown.items() if name in STYLE_NOTES]
 
 
 def _hardware(evals: dict) -> str:
@@ -425,12 +429,14 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
     input text, for the error examples; ``near``: the near-copy test rows (threshold, n, ids)."""
     vals = vals or {}
     sel = {s.id: s for s in systems.selected(params)}
-    sel.update({s: systems.parse(s) for s in evals if s not in sel})
+    unknown = sorted(set(evals) - set(sel))
+    if unknown:
+        raise PairingError(f"{unknown[0]} has metrics but is no system of params.yaml: the report reads the table's systems")
     order = list(sel)
     ordered = sorted(evals, key=lambda s: (order.index(s), s))
     targets = sorted((params.get("deploy") or {}).get("target_precision") or [0.95])
     target = max(targets)
-    retriever = systems.system(systems.from_stage("knn")[1]).id
+    retriever = systems.retriever_floor(params).id
     first = {r["id"]: r["pred"] for r in preds.get(retriever, [])}
     comparisons = {(a, b): compare(a, b, evals, preds, first, target, seed_preds)
                    for a, b in pairs([sel[s] for s in ordered]) if a in preds and b in preds}

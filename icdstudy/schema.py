@@ -6,11 +6,9 @@ value stops the run with one line before any model loads.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-
-from . import systems
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROJECTIONS = Literal["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -65,12 +63,8 @@ class Eval(_Section):
     few_shot: int = Field(ge=0, le=16, description="training examples shown as earlier chat turns")
     few_shot_strategy: Literal["random", "nearest"] = Field(
         description="random: one seeded draw for all rows; nearest: each row's TF-IDF neighbours")
-    retrieval_k: int = Field(ge=1, le=16, description="retrieved examples per input in fewshot@<model>")
-    fewshot_batch_size: int | None = Field(ge=1, description="fewshot@<model>'s batch (null = batch_size); its prompts are longer")
     max_shot_tokens: int | None = Field(ge=16, description="each shown example is cut to this (null = max_input_tokens)")
     repetition_penalty: float = Field(gt=0, description="1.0 = off")
-    candidates: int = Field(ge=0, le=20, description="codes on each shortlist prompt (shortlist@, train-/evaluate-shortlist@); "
-                            "0 = no shortlist systems")
     max_samples: int | None = Field(ge=1, description="evaluate only the first N test rows, every system alike (null = all)")
     seed: int = Field(description="evaluation seed")
 
@@ -128,16 +122,7 @@ class Retrieval(_Section):
     ngram_max: int = Field(ge=1, le=5, description="longest word n-gram of the TF-IDF vectors")
     min_df: int = Field(ge=1, description="minimum document frequency of an n-gram")
     sublinear_tf: bool = Field(description="1 + log(tf) instead of raw counts")
-    neighbours: int = Field(ge=1, le=100, description="knn-tfidf: training rows whose codes are voted on")
-
-
-class Baseline(_Section):
-    ngram_max: int = Field(ge=1, le=5, description="longest word n-gram")
-    min_df: int = Field(ge=1, description="minimum document frequency of an n-gram")
-    max_features: int = Field(ge=1, description="vocabulary size cap")
-    C: float = Field(gt=0, description="inverse L2 regularization strength")
-    max_iter: int = Field(ge=1, description="solver iterations")
-    seed: int = Field(description="solver seed")
+    neighbours: int = Field(ge=1, le=100, description="knn-tfidf and the shortlists: training rows whose codes are voted on")
 
 
 class Deploy(_Section):
@@ -157,9 +142,66 @@ class Deploy(_Section):
         return self
 
 
-class _Params(_Section):
-    """The sections every study has; Params adds one list per selection list of the kinds of system, and one
-    section per kind's own training recipe (icdstudy.systems), so a new kind needs no change here."""
+PromptStyle = Literal["plain", "examples", "candidates"]  # icdstudy.prompt_styles.STYLES (a test holds them equal)
+
+
+def _merged(base: BaseModel, replaced: dict, where: str, what: str) -> None:
+    """``replaced`` may only name keys of ``base``, and ``base`` with them replaced must stay valid."""
+    unknown = sorted(set(replaced) - set(type(base).model_fields))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: not a {what} key ({where} replaces keys of {what}: "
+                         f"{', '.join(type(base).model_fields)})")
+    try:
+        type(base).model_validate({**base.model_dump(), **replaced})
+    except ValidationError as exc:
+        raise ValueError(f"{where}: " + first_error(exc, f"{what} merged with {where}")) from None
+
+
+class _Prompted(_Section):
+    model: str = Field(description="a key of base_models")
+    prompt: PromptStyle = Field(description="plain: the encounter alone; examples: after its `retrieved` nearest training "
+                                "examples; candidates: with the `retrieved` codes the TF-IDF retriever ranks highest")
+    retrieved: int = Field(default=0, ge=0, le=20, description="examples or codes retrieved into each prompt")
+
+
+class TrainingRun(_Prompted):
+    recipe: dict = Field(default_factory=dict, description="keys of `train` replaced for this run")
+
+
+class Adds(_Section):
+    to: str = Field(description="the system it changes by one thing")
+    what: str = Field(description="that one thing, as the Answer names it")
+
+
+class LLMSystem(_Prompted):
+    weights: str = Field(description="models/base/<model> (untrained) or models/adapters/<run> (fine-tuned)")
+    train: str | None = Field(default=None, description="the training run whose adapter it uses (a key of training)")
+    decoding: dict = Field(default_factory=dict, description="keys of eval replaced for this system")
+    adds: Adds | None = Field(default=None, description="the one change it adds to another system")
+    label: str | None = Field(default=None, description="how the report's sentences name it")
+
+
+class TfidfLogreg(_Section):
+    method: Literal["tfidf-logreg"]
+    ngram_max: int = Field(ge=1, le=5, description="longest word n-gram")
+    min_df: int = Field(ge=1, description="minimum document frequency of an n-gram")
+    max_features: int = Field(ge=1, description="vocabulary size cap")
+    C: float = Field(gt=0, description="inverse L2 regularization strength")
+    max_iter: int = Field(ge=1, description="solver iterations")
+    seed: int = Field(description="solver seed")
+
+
+class KnnTfidf(_Section):
+    method: Literal["knn-tfidf"]  # its settings are params `retrieval`, which the shortlists' ranking shares
+
+
+class Systems(_Section):
+    llm: dict[str, LLMSystem] = Field(default_factory=dict, description="systems that prompt a language model")
+    floors: dict[str, Annotated[Union[TfidfLogreg, KnnTfidf], Field(discriminator="method")]] = Field(
+        description="classical floors")
+
+
+class Params(_Section):
     smoke: bool = Field(default=False, description="a smoke run (study full-study --smoke): its report says so at the top")
     data: Data
     split: Split
@@ -169,7 +211,8 @@ class _Params(_Section):
     eval: Eval
     train: Train
     retrieval: Retrieval
-    baseline: Baseline
+    training: dict[str, TrainingRun] = Field(default_factory=dict, description="the LoRA training runs")
+    systems: Systems
     deploy: Deploy
 
     @model_validator(mode="after")
@@ -179,63 +222,87 @@ class _Params(_Section):
         for key in self.base_models:
             if key not in self.models:
                 raise ValueError(f"base_models: {key!r} is not registered under models ({', '.join(self.models)})")
-        for name in systems.selection_lists():
-            for key in getattr(self, name):
-                if key not in self.base_models:
-                    raise ValueError(f"{name}: {key!r} is not in base_models {self.base_models}")
-        twice = systems.duplicate_ids(self.model_dump())
-        if twice:
-            raise ValueError(f"models: two systems would both be named {twice[0]!r} (a model key that starts like a kind "
-                             f"of system: {', '.join(systems.BY_NAME)}); rename the model key")
-        for kind in systems.KINDS:
-            if not kind.recipe:
-                continue
-            recipe = getattr(self, kind.recipe)
-            unknown = sorted(set(recipe) - set(Train.model_fields))
-            if unknown:
-                raise ValueError(f"{kind.recipe}.{unknown[0]}: not a train key ({kind.recipe} replaces keys of train)")
-            try:
-                Train.model_validate({**self.train.model_dump(), **recipe})
-            except ValidationError as exc:
-                raise ValueError(f"{kind.recipe}: " + first_error(exc, f"train merged with {kind.recipe}")) from None
-        listed = [k.selects for k in systems.KINDS if "eval.candidates" in k.params and getattr(self, k.selects)]
-        if not self.eval.candidates and listed:
-            raise ValueError(f"eval.candidates is 0 (no shortlist) but {' / '.join(dict.fromkeys(listed))} select models: "
-                             "empty those lists to leave the shortlist systems out, or set eval.candidates >= 1")
         if self.datacard.tokenizer not in self.base_models:
             raise ValueError(f"datacard.tokenizer: {self.datacard.tokenizer!r} is not in base_models {self.base_models}")
+        for name, run in self.training.items():
+            if run.model not in self.base_models:
+                raise ValueError(f"training.{name}.model: {run.model!r} is not in base_models {self.base_models}")
+            _merged(self.train, run.recipe, f"training.{name}.recipe", "train")
+        self._check_systems()
         return self
 
+    def _check_systems(self) -> None:
+        both = set(self.systems.llm) & set(self.systems.floors)
+        if both:
+            raise ValueError(f"systems: {sorted(both)[0]!r} is both an llm system and a floor; ids must be unique")
+        if not any(f.method == "knn-tfidf" for f in self.systems.floors.values()):
+            raise ValueError("systems.floors: needs a knn-tfidf entry (stage score's retriever-agreement signal and "
+                             "every shortlist rank by it)")
+        used = set()
+        ids = set(self.systems.llm) | set(self.systems.floors)
+        for sid, s in self.systems.llm.items():
+            where = f"systems.llm.{sid}"
+            if s.model not in self.base_models:
+                raise ValueError(f"{where}.model: {s.model!r} is not in base_models {self.base_models}")
+            _merged(self.eval, s.decoding, f"{where}.decoding", "eval")
+            if s.adds and s.adds.to not in ids:
+                raise ValueError(f"{where}.adds.to: {s.adds.to!r} is no system of this table")
+            if s.train is None:
+                if s.weights != f"models/base/{s.model}":
+                    raise ValueError(f"{where}.weights: {s.weights!r}; an untrained system reads models/base/{s.model} "
+                                     f"(or name its training run in {where}.train)")
+                continue
+            run = self.training.get(s.train)
+            if run is None:
+                raise ValueError(f"{where}.train: {s.train!r} is not a training run ({', '.join(self.training) or 'none'})")
+            if s.weights != f"models/adapters/{s.train}":
+                raise ValueError(f"{where}.weights: {s.weights!r}; a system fine-tuned by run {s.train} reads "
+                                 f"models/adapters/{s.train}")
+            for key in ("model", "prompt", "retrieved"):
+                if getattr(run, key) != getattr(s, key):
+                    raise ValueError(f"{where}.{key} = {getattr(s, key)!r} but its run training.{s.train}.{key} = "
+                                     f"{getattr(run, key)!r}: a fine-tuned system is shown the prompts it was trained on")
+            used.add(s.train)
+        idle = sorted(set(self.training) - used)
+        if idle:
+            raise ValueError(f"training.{idle[0]}: no system uses this run (its GPU hours would be wasted); add a "
+                             f"system with train: {idle[0]} to systems.llm, or remove the run")
 
-def _selection_field(name: str):
-    kinds = [k.name for k in systems.KINDS if k.selects == name]
-    return list[str], Field(default_factory=list, description=f"models of the systems {', '.join(kinds)} (empty: none)")
+
+class _DictOf:
+    """The values of a dict-typed field (registry keys, system ids, run names)."""
+    def __init__(self, value):
+        self.value = value
 
 
-Params = create_model(
-    "Params", __base__=_Params,
-    **{name: _selection_field(name) for name in systems.selection_lists()},
-    **{k.recipe: (dict, Field(default_factory=dict, description=f"train keys replaced for {k.train_stage}@<model>"))
-       for k in systems.KINDS if k.recipe})
+def _holds(ann):
+    """The model a field's annotation holds: a model class, _DictOf(...) for a dict, None for a plain value."""
+    if get_origin(ann) is dict:
+        return _DictOf(_holds(get_args(ann)[1]))
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return next((m for m in map(_holds, get_args(ann)) if m is not None), None)
 
 
-def _describe(model: type[BaseModel], loc: tuple) -> str:
+def _nested(model, part):
+    if isinstance(model, _DictOf):
+        return model.value
+    fields = getattr(model, "model_fields", {})
+    return _holds(fields[part].annotation) if part in fields else None
+
+
+def _describe(model, loc: tuple) -> str:
     """The declared meaning of the field at ``loc`` (empty if unknown)."""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if isinstance(model, _DictOf):
+            model = model.value
+            continue
         fields = getattr(model, "model_fields", {})
         if part not in fields:
             return ""
-        field = fields[part]
-        ann = field.annotation
-        nested = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if nested is None and getattr(ann, "__origin__", None) is dict:
-            nested = ann.__args__[1]
-            model = nested
-            continue
-        if nested is not None and part != loc[-1]:
-            model = nested
-            continue
-        return field.description or ""
+        if i == len(loc) - 1:
+            return fields[part].description or ""
+        model = _holds(fields[part].annotation)
     return ""
 
 
@@ -258,16 +325,6 @@ def first_error(exc: ValidationError, source: str = "params.yaml") -> str:
     if err["type"] == "value_error" and isinstance(err["input"], dict):  # a cross-key check names its keys
         return f"{source}: {msg}" if msg.split(" ")[0].startswith(loc[:1] or ("",)) or not loc else f"{source}: {key}: {msg}"
     return f"{source}: {key} = {err['input']!r}: {msg}" + (f" ({key}: {meaning})" if meaning else "")
-
-
-def _nested(model, part):
-    fields = getattr(model, "model_fields", {})
-    if part not in fields:
-        return ModelEntry if model is dict else None
-    ann = fields[part].annotation
-    if getattr(ann, "__origin__", None) is dict:
-        return dict
-    return next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
 
 
 def validate(params: dict, source: str = "params.yaml") -> Params:

@@ -11,7 +11,7 @@ from . import deploy, metrics
 from .shortlist import LISTED, shortlist_metrics
 
 # What the predicting stage measured or set, copied beside the scores (predictions/runs/<system>.json).
-RECORD_KEYS = ("system", "kind", "model", "params_total", "peak_mem_mb", "load_s", "wall_s", "device", "constrained",
+RECORD_KEYS = ("system", "model", "prompt", "retrieved", "run", "method", "params_total", "peak_mem_mb", "load_s", "wall_s", "device", "constrained",
                "top_k", "few_shot", "few_shot_strategy", "neighbours")
 
 

@@ -61,3 +61,15 @@ def shortlist_metrics(predictions: list[dict]) -> dict:
         "picked_other_candidate": round(sum(k is not None and k > 1 for k in ranks) / n, 4),
         "picked_off_list": round(sum(k is None for k in ranks) / n, 4),
     }
+
+
+# A shortlist (a system's `retrieved` codes): its header, then one "1. E11.22 <official description> (0.41)" line per
+# code. Measured with the Llama-3.2 tokenizer on the 503 codes of the MedSynth sample: 14 tokens of
+# header, 20 per line on average, 26 at p90, 44 at the longest; the plan takes 30 per line.
+SHORTLIST_HEADER_TOKENS = 16
+CANDIDATE_LINE_TOKENS = 30
+
+
+def shortlist_tokens(candidates: int) -> int:
+    """Prompt tokens a shortlist of ``candidates`` codes adds: its header and one line per code."""
+    return SHORTLIST_HEADER_TOKENS + candidates * CANDIDATE_LINE_TOKENS if candidates else 0

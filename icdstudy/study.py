@@ -28,14 +28,27 @@ from pathlib import Path
 
 import yaml
 
+from . import systems
 from .params import yaml_load
 
 
 SMOKE = Path("configs/smoke.yaml")
 
 
+def hydra_value(value) -> str:
+    """A value in Hydra's override grammar (what `dvc exp run -S` parses): strings quoted, mappings and lists nested."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return json.dumps(value)
+
+
 def overrides(config: Path | dict) -> list[str]:
-    """``-S key=value`` arguments for every key of an override file (or of a dict of dotted keys)."""
+    """``-S`` arguments for every key of an override file (or of a dict of dotted keys). A mapping replaces
+    the key's whole value (``~key`` then ``+key=...``): the full study's tables drop the demo's entries."""
     if isinstance(config, dict):
         values = config
     else:
@@ -43,9 +56,10 @@ def overrides(config: Path | dict) -> list[str]:
             values = yaml_load(fh) or {}
     args = []
     for key, value in values.items():
-        # JSON is valid Hydra override syntax for strings, numbers, booleans and lists.
-        rendered = json.dumps(value) if not isinstance(value, list) else "[" + ",".join(map(str, value)) + "]"
-        args += ["-S", f"{key}={rendered}"]
+        if isinstance(value, dict):
+            args += ["-S", f"~{key}", "-S", f"+{key}={hydra_value(value)}"]
+        else:
+            args += ["-S", f"{key}={hydra_value(value)}"]
     return args
 
 
@@ -63,13 +77,16 @@ def _apply_plain_overrides(path: Path, overrides: list[str]) -> None:
     params = yaml_load(path.read_text())
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep and not key.startswith("~"):
             raise ValueError(f"{item!r} is not key=value")
-        *parents, last = key.strip().split(".")
+        *parents, last = key.strip().lstrip("~+").split(".")
         node = params
         for part in parents:
             node = node.setdefault(part, {})
-        node[last] = yaml_load(value)
+        if key.startswith("~"):
+            node.pop(last, None)
+        else:
+            node[last] = yaml_load(value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -117,43 +134,67 @@ def data_stats(params: dict, root: Path = Path(".")):
 
 
 def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
-    """A plan for every stage the selected systems run: base@ per model, each fine-tuned system's training
-    stage, and each model system's predicting stage (floors and score run on CPU in seconds)."""
-    from . import systems
+    """A plan for every stage the tables make: base@ per model, train@ per training run, predict@ per
+    language-model system (floors and score run on CPU in seconds)."""
     from .architectures import architecture
-    from .params import model_entry, train_config
-    from .plan import plan_base, plan_eval, plan_train, shortlist_tokens
-    from .training import probe_settings
+    from .params import model_entry
+    from .plan import plan_base
 
     archs = {}
     for key in params["base_models"]:
         entry = model_entry(params, key)
         archs[key] = (architecture(entry, Path("models/base") / key, use_hub=use_hub), entry)
     stages = [plan_base(k, a) for k, (a, _) in archs.items()]
-    ecfg, seeds = params["eval"], len(params["train"]["seeds"])
+    trains = {run: _plan_run(params, run, archs, stats, hw) for run in systems.training_runs(params)}
+    stages += trains.values()
     for s in systems.selected(params):
-        if s.kind.floor:
-            continue
-        arch, entry = archs[s.model]
-        listed = shortlist_tokens(ecfg["candidates"]) if s.kind.prompt == "candidates" else 0
-        shots, cfg, batch_key = ecfg.get("few_shot", 0), ecfg, "eval.batch_size"
-        if s.kind.prompt == "examples":
-            shots, batch_key = ecfg["retrieval_k"], "eval.fewshot_batch_size"
-            cfg = {**ecfg, "batch_size": ecfg.get("fewshot_batch_size") or ecfg["batch_size"]}
-        if s.fine_tuned:
-            tcfg = train_config(params, s.kind.recipe)
-            probe = {**ecfg, **vars(probe_settings(ecfg, tcfg)), "max_samples": tcfg.get("max_val_samples")}
-            train = plan_train(s.model, arch, entry, tcfg, ecfg["max_input_tokens"], stats, hw, listed,
-                               stage=s.train_stage, probe=plan_eval(f"{s.train_stage} probe", s.model, arch, entry, probe,
-                                                                    stats, hw, 0, extra_tokens=listed, splits=("val",)))
-            stages.append(train)
-        predict = plan_eval(s.stage, s.model, arch, entry, cfg, stats, hw, shots, batch_key, extra_tokens=listed,
-                            seeds=seeds if s.fine_tuned else 1)
-        stages.append(predict)
-        if s.fine_tuned and seeds > 1:
-            train.est_hours = round(train.est_hours * seeds, 2)
-            train.detail["seeds"] = predict.detail["seeds"] = seeds
+        if not s.floor:
+            stages.append(_plan_predict(params, s, archs, stats, hw))
     return stages
+
+
+def _seeds(params: dict, run: str) -> int:
+    from .params import train_config
+
+    return len(train_config(params, run)["seeds"])
+
+
+def _plan_run(params: dict, run: str, archs: dict, stats, hw):
+    """train@<run>: its steps, and the validation decoding that keeps a checkpoint (paid at every evaluation)."""
+    from .params import train_config
+    from .plan import plan_eval, plan_train
+    from .prompt_styles import style
+    from .training import probe_settings
+
+    spec, ecfg = systems.run_entry(params, run), params["eval"]
+    arch, entry = archs[spec["model"]]
+    tcfg = train_config(params, run)
+    listed = style(spec["prompt"]).listed_tokens(spec.get("retrieved") or 0)
+    probe = {**ecfg, **vars(probe_settings(ecfg, tcfg)), "max_samples": tcfg.get("max_val_samples")}
+    train = plan_train(spec["model"], arch, entry, tcfg, ecfg["max_input_tokens"], stats, hw, listed, stage=f"train@{run}",
+                       probe=plan_eval(f"train@{run} probe", spec["model"], arch, entry, probe, stats, hw, 0,
+                                       extra_tokens=listed, splits=("val",)))
+    seeds = len(tcfg["seeds"])
+    if seeds > 1:
+        train.est_hours = round(train.est_hours * seeds, 2)
+        train.detail["seeds"] = seeds
+    return train
+
+
+def _plan_predict(params: dict, s, archs: dict, stats, hw):
+    """predict@<system>: its prompts (shown examples, listed codes) at its own decoding settings."""
+    from .plan import plan_eval
+    from .prompt_styles import style
+
+    arch, entry = archs[s.model]
+    cfg = style(s.prompt).settings({**params["eval"], **s.decoding}, s.retrieved)
+    batch_key = f"{s.params_key}.decoding.batch_size" if "batch_size" in s.decoding else "eval.batch_size"
+    seeds = _seeds(params, s.run) if s.fine_tuned else 1
+    predict = plan_eval(s.stage, s.model, arch, entry, cfg, stats, hw, cfg.get("few_shot", 0), batch_key,
+                        extra_tokens=style(s.prompt).listed_tokens(s.retrieved), seeds=seeds)
+    if seeds > 1:
+        predict.detail["seeds"] = seeds
+    return predict
 
 
 def plan_main(argv) -> int:
@@ -242,16 +283,16 @@ def apply_main(argv) -> int:
     return 0
 
 
-def assign_hosts(stages: list, hosts: int) -> list[dict]:
+def assign_hosts(stages: list, hosts: int, params: dict) -> list[dict]:
     """Each model's GPU stages on one host (they share its base weights), in the plan's order (a training stage
     before the stage that predicts with its adapter), models spread so that the planned GPU hours are as even as
     a greedy longest-first assignment makes them. A host that runs them also runs prepare and base@<model>."""
-    from . import systems
-
     by_model: dict[str, dict] = {}
+    made = systems.stages(params)
     for st in stages:
-        role, kind, key = systems.from_stage(st.stage) or (None, None, None)
-        if role and not kind.floor:
+        role, what = made.get(st.stage, (None, None))
+        key = systems.run_entry(params, what)["model"] if role == "train" else what.model if role == "predict" else None
+        if key:
             group = by_model.setdefault(key, {"model": key, "stages": [], "hours": 0.0})
             group["stages"].append(st.stage)
             group["hours"] += st.est_hours
@@ -279,7 +320,7 @@ def shard_main(argv) -> int:
         p.error("--hosts must be at least 1")
     params = resolved_params(args.name, args.sets)
     stages = plan_stages(params, data_stats(params), hardware(args.gpu_mem_gb))
-    hosts = assign_hosts(stages, args.hosts)
+    hosts = assign_hosts(stages, args.hosts, params)
     branch = args.name or "study"
     sets = "".join(f" -S {shlex.quote(s)}" for s in args.sets)
     print(f"# The study over {len(hosts)} GPU host(s), through DVC's run cache (README: Working as a team).")

@@ -1,21 +1,13 @@
-"""The kinds of system the study compares, each declared once, and the systems a study's params select.
+"""The systems a study runs, read from params: one entry each in the table `systems`, and the training
+runs the fine-tuned ones name in `training` (params.yaml says what every key means).
 
-A kind says how its systems are named, which params list selects them, the DVC stage that writes
-their predictions, whether and how they train, the prompt they are shown, the params their stage
-reads, and how the report and plots name them. The stages, the report, plots, plan, measure, study,
-predict, the schema and tools/pr_report.py ask this module; none of them spells a kind's name.
+    systems.llm.<id>      stage predict@<id>   a language model prompted one way (fine-tuned: after train@<run>)
+    systems.floors.<id>   stage floor@<id>     a classical floor (TF-IDF + logistic regression, TF-IDF neighbours)
+    training.<run>        stage train@<run>    the LoRA adapter models/adapters/<run>
 
-    system              stage writing its predictions   selected by
-    lora-<m>            evaluate@<m>  (after train@<m>)                     finetune
-    lora-shortlist-<m>  evaluate-shortlist@<m>  (after train-shortlist@<m>) finetune_shortlist
-    zeroshot-<m>        zeroshot@<m>                                        zeroshot
-    fewshot-<m>         fewshot@<m>                                         zeroshot
-    shortlist-<m>       shortlist@<m>                                       shortlist
-    tfidf-logreg        baseline                                            always
-    knn-tfidf           knn                                                 always
-
-Adding a kind is one entry in KINDS and one block in dvc.yaml (README: Layout); a test adds a
-throwaway kind to a temporary project and runs it through the report and plots.
+dvc.yaml iterates these tables, so adding a system or a variant is one entry and no dvc.yaml edit. Every
+consumer (stages, report, plots, plan, predict, tools/pr_report.py) asks this module about a system; how a
+prompt style builds its prompts is icdstudy.prompt_styles, found by the entry's `prompt`.
 """
 from __future__ import annotations
 
@@ -24,120 +16,62 @@ from pathlib import Path
 
 SPLITS = ("val", "test")  # every system is scored on both; choices read val, the report reads test
 
-# The TF-IDF retriever's own keys (examples, candidate lists); retrieval.neighbours is knn's vote, read where votes are.
-RETRIEVER_PARAMS = ("retrieval.ngram_max", "retrieval.min_df", "retrieval.sublinear_tf")
-# The params every model-predicting stage reads (dvc.yaml states the same list once, as the anchor &scoring).
-SCORING_PARAMS = ("eval.constrained", "eval.top_k", "eval.num_beams", "eval.batch_size", "eval.max_new_tokens",
-                  "eval.max_input_tokens", "eval.few_shot", "eval.few_shot_strategy", "eval.max_shot_tokens",
-                  "eval.repetition_penalty", "eval.max_samples", "eval.seed", *RETRIEVER_PARAMS, "data.input")
-# What every training stage reads besides its kind's own recipe section (dvc.yaml: the anchor &recipe): the eval
-# keys its validation decoding uses to choose the checkpoint kept (icdstudy.training.probe_settings).
-TRAINING_PARAMS = ("train", "eval.max_input_tokens", "eval.constrained", "eval.top_k", "eval.num_beams",
-                   "eval.max_new_tokens", "eval.repetition_penalty", "data.input")
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One kind of system. Model kinds make one system per model key in the params list ``selects``
-    (id ``<name>-<model>``); a floor (``selects`` None) is one system, always selected, named ``name``."""
-    name: str
-    stage: str                      # the DVC stage writing its predictions: <stage>@<model>, or a floor's stage
-    label: str                      # how a sentence names a system; {model} is its model key
-    color: str                      # its colour in every plot
-    selects: str | None = None      # the params list of model keys that selects it; None = a floor
-    prompt: str | None = None       # plain | examples (retrieved training examples) | candidates (retrieved codes listed)
-    train_stage: str | None = None  # fine-tuned kinds: the stage training its adapter, <train_stage>@<model>
-    recipe: str | None = None       # a params section whose keys replace `train`'s for its training runs
-    params: tuple[str, ...] = ()    # params its stage reads beyond SCORING_PARAMS (and models.<m>)
-    adds: tuple[str, str] | None = None  # (the kind it extends by one thing, that thing): the answer says what it adds
-
-    @property
-    def floor(self) -> bool:
-        return self.selects is None
-
-    @property
-    def fine_tuned(self) -> bool:
-        return self.train_stage is not None
-
-    def system(self, model: str | None = None) -> str:
-        return self.name if self.floor else f"{self.name}-{model}"
-
-    def stage_for(self, model: str | None = None) -> str:
-        return self.stage if self.floor else f"{self.stage}@{model}"
-
-
-KINDS: tuple[Kind, ...] = (
-    Kind("lora", "evaluate", "fine-tuned {model}", "#1b9e77", selects="finetune", prompt="plain",
-         train_stage="train", adds=("zeroshot", "Fine-tuning {model}")),
-    Kind("lora-shortlist", "evaluate-shortlist", "fine-tuned {model} with shortlists", "#0b5d47",
-         selects="finetune_shortlist", prompt="candidates", train_stage="train-shortlist", recipe="train_shortlist",
-         params=("eval.candidates", "retrieval.neighbours"), adds=("lora", "Shortlists for fine-tuned {model}")),
-    Kind("zeroshot", "zeroshot", "zero-shot {model}", "#d95f02", selects="zeroshot", prompt="plain"),
-    Kind("fewshot", "fewshot", "few-shot {model} ({retrieval_k} retrieved examples)", "#e6ab02", selects="zeroshot",
-         prompt="examples", params=("eval.retrieval_k", "eval.fewshot_batch_size")),
-    Kind("shortlist", "shortlist", "zero-shot {model} with a shortlist ({candidates} retrieved codes)", "#a6761d",
-         selects="shortlist", prompt="candidates", params=("eval.candidates", "retrieval.neighbours")),
-    Kind("tfidf-logreg", "baseline", "the TF-IDF baseline", "#7570b3", params=("baseline",)),
-    Kind("knn-tfidf", "knn", "the TF-IDF nearest-neighbour floor", "#e7298a", params=("retrieval",)),
-)
-BY_NAME = {k.name: k for k in KINDS}
-# Longest name first: "lora-shortlist-x" is a lora-shortlist system, not a lora one.
-_BY_PREFIX = sorted(KINDS, key=lambda k: -len(k.name))
-
-
-def kind_named(name: str) -> Kind:
-    if name not in BY_NAME:
-        raise ValueError(f"{name!r} is not a kind of system; kinds: {', '.join(BY_NAME)}")
-    return BY_NAME[name]
-
-
-def selection_lists() -> list[str]:
-    """The params lists that select models for the model kinds, in KINDS order, each once."""
-    return list(dict.fromkeys(k.selects for k in KINDS if k.selects))
-
-
-def kind_of(system_id: str) -> Kind | None:
-    for k in _BY_PREFIX:
-        if system_id == k.name if k.floor else system_id.startswith(k.name + "-"):
-            return k
-    return None
-
-
-def model_of(system_id: str) -> str | None:
-    k = kind_of(system_id)
-    return None if k is None or k.floor else system_id[len(k.name) + 1:]
+FLOOR_LABELS = {"tfidf-logreg": "the TF-IDF baseline", "knn-tfidf": "the TF-IDF nearest-neighbour floor"}
+# Colours of the plots, by what a system is: fine-tuned or not, and its prompt style (a floor: its method).
+COLORS = {(True, "plain"): "#1b9e77", (True, "candidates"): "#0b5d47", (True, "examples"): "#66a61e",
+          (False, "plain"): "#d95f02", (False, "examples"): "#e6ab02", (False, "candidates"): "#a6761d",
+          "tfidf-logreg": "#7570b3", "knn-tfidf": "#e7298a"}
 
 
 @dataclass(frozen=True)
 class System:
+    """One entry of the table: a floor (``method`` set) or a language model prompted one way."""
     id: str
-    kind: Kind = field(compare=False)
-    model: str | None
+    model: str | None = None        # a key of base_models; None for a floor
+    prompt: str | None = None       # plain | examples | candidates; None for a floor
+    retrieved: int = 0              # examples or codes retrieved into each prompt
+    run: str | None = None          # its training run (a fine-tuned system)
+    method: str | None = None       # a floor's method: tfidf-logreg | knn-tfidf
+    adds: tuple[str, str] | None = None   # (the system it changes by one thing, that thing)
+    settings: dict = field(default_factory=dict, compare=False)  # the entry as params holds it
 
     @property
-    def stage(self) -> str:
-        return self.kind.stage_for(self.model)
+    def floor(self) -> bool:
+        return self.method is not None
 
     @property
     def fine_tuned(self) -> bool:
-        return self.kind.fine_tuned
+        return self.run is not None
 
     @property
-    def run(self) -> str | None:
-        """Its training run (adapter, metrics/train/<run>.json, dvclive/<run>/): named after the system."""
-        return self.id if self.fine_tuned else None
+    def decoding(self) -> dict:
+        return self.settings.get("decoding") or {}
+
+    @property
+    def params_key(self) -> str:
+        """Its entry in params (what its stage depends on)."""
+        return f"systems.{'floors' if self.floor else 'llm'}.{self.id}"
+
+    @property
+    def stage(self) -> str:
+        return f"{'floor' if self.floor else 'predict'}@{self.id}"
 
     @property
     def train_stage(self) -> str | None:
-        return f"{self.kind.train_stage}@{self.model}" if self.fine_tuned else None
+        return f"train@{self.run}" if self.fine_tuned else None
+
+    @property
+    def base(self) -> Path | None:
+        return Path("models/base") / self.model if self.model else None
 
     @property
     def adapter(self) -> Path | None:
-        return Path("models/adapters") / self.id if self.fine_tuned else None
+        return Path("models/adapters") / self.run if self.fine_tuned else None
 
     @property
     def seed_adapters(self) -> Path | None:
-        return Path("models/seeds") / self.id if self.fine_tuned else None
+        """The other training seeds' adapters: inside the adapter folder, one DVC output with it."""
+        return self.adapter / "seeds" if self.fine_tuned else None
 
     def metrics(self, split: str = "test") -> Path:
         return Path("metrics/eval" if split == "test" else f"metrics/{split}") / f"{self.id}.json"
@@ -150,91 +84,89 @@ class System:
         """What the predicting stage measured besides the predictions: speed, memory, size, settings."""
         return Path("predictions/runs") / f"{self.id}.json"
 
+    @property
+    def color(self) -> str:
+        return COLORS[self.method] if self.floor else COLORS[(self.fine_tuned, self.prompt)]
+
     def label(self, metrics: dict | None = None) -> str:
-        """How a sentence names it; details the metrics lack are left out."""
-        text = self.kind.label
-        for key in ("retrieval_k", "candidates"):
-            if "{" + key + "}" in text:
-                value = (metrics or {}).get("few_shot" if key == "retrieval_k" else key)
-                text = text.replace("{" + key + "}", str(value)) if value else text.split(" (")[0]
-        return text.replace("{model}", self.model or "")
+        """How a sentence names it: the entry's `label`, else what it is (``metrics`` is not needed any more)."""
+        if self.settings.get("label"):
+            return self.settings["label"]
+        if self.floor:
+            return FLOOR_LABELS[self.method]
+        m, k = self.model, self.retrieved
+        text = {(True, "plain"): f"fine-tuned {m}", (True, "candidates"): f"fine-tuned {m} with shortlists",
+                (True, "examples"): f"fine-tuned {m} with retrieved examples",
+                (False, "plain"): f"zero-shot {m}", (False, "examples"): f"few-shot {m} ({k} retrieved examples)",
+                (False, "candidates"): f"zero-shot {m} with a shortlist ({k} retrieved codes)"}[(self.fine_tuned, self.prompt)]
+        if self.decoding:
+            text += " (" + ", ".join(f"{key} {value}" for key, value in self.decoding.items()) + ")"
+        return text
 
 
-def system(kind: Kind | str, model: str | None = None) -> System:
-    kind = kind_named(kind) if isinstance(kind, str) else kind
-    return System(kind.system(model), kind, None if kind.floor else model)
-
-
-def parse(system_id: str) -> System:
-    k = kind_of(system_id)
-    if k is None:
-        raise ValueError(f"{system_id!r} names no kind of system ({', '.join(BY_NAME)})")
-    return system(k, model_of(system_id))
+def _llm(sid: str, entry: dict) -> System:
+    adds = entry.get("adds")
+    return System(sid, model=entry["model"], prompt=entry["prompt"], retrieved=entry.get("retrieved") or 0,
+                  run=entry.get("train"), adds=(adds["to"], adds["what"]) if adds else None, settings=entry)
 
 
 def selected(params: dict) -> list[System]:
-    """Every system the params select, in the report's order: fine-tuned, prompted, floors."""
-    out = []
-    for k in sorted(KINDS, key=lambda k: (not k.fine_tuned, k.floor)):
-        models = [None] if k.floor else params.get(k.selects) or []
-        out += [system(k, m) for m in models]
-    return out
+    """Every system of the table, in the report's order: fine-tuned, prompted, floors (table order within)."""
+    table = params.get("systems") or {}
+    llm = [_llm(sid, e) for sid, e in (table.get("llm") or {}).items()]
+    floors = [System(sid, method=e["method"], settings=e) for sid, e in (table.get("floors") or {}).items()]
+    return [s for s in llm if s.fine_tuned] + [s for s in llm if not s.fine_tuned] + floors
 
 
 def by_id(params: dict) -> dict[str, System]:
     return {s.id: s for s in selected(params)}
 
 
-def duplicate_ids(params: dict) -> list[str]:
-    """System ids two selections would share (a model key like another kind's prefix): never allowed."""
-    ids = [s.id for s in selected(params)]
-    return sorted({i for i in ids if ids.count(i) > 1})
+def get(params: dict, system_id: str) -> System:
+    table = by_id(params)
+    if system_id not in table:
+        raise KeyError(f"{system_id!r} is not a system of params.yaml (systems: {', '.join(table) or 'none'})")
+    return table[system_id]
+
+
+def retriever_floor(params: dict) -> System:
+    """The knn-tfidf floor: its first candidate is the retriever-agreement signal (the schema requires one)."""
+    return next(s for s in selected(params) if s.method == "knn-tfidf")
 
 
 def training_runs(params: dict) -> list[str]:
-    return [s.run for s in selected(params) if s.fine_tuned]
+    return list(params.get("training") or {})
 
 
-def old_run_paths(s: System, root: Path = Path(".")) -> list[Path]:
-    """Where a fine-tuned system's training run lay before runs were named after their systems (the model
-    key for `train`, "<recipe without train_>-<model>" for a kind's own recipe), where such files remain:
-    nothing reads them any more."""
-    if not s.fine_tuned:
-        return []
-    old = s.model if not s.kind.recipe else f"{s.kind.recipe.split('_', 1)[1]}-{s.model}"
-    paths = [root / "models/adapters" / old, root / "models/seeds" / old, root / "metrics/train" / f"{old}.json",
-             root / "dvclive" / old]
-    return [p for p in paths if p.exists()]
+def run_entry(params: dict, run: str) -> dict:
+    runs = params.get("training") or {}
+    if run not in runs:
+        raise KeyError(f"{run!r} is not a training run of params.yaml (training: {', '.join(runs) or 'none'})")
+    return runs[run]
+
+
+def systems_of_run(params: dict, run: str) -> list[System]:
+    return [s for s in selected(params) if s.run == run]
 
 
 def seed_predictions(s: System, params: dict) -> dict[str, Path]:
     """The other training seeds' test predictions of a fine-tuned system (seed-<n> -> path)."""
     if not s.fine_tuned:
         return {}
-    seeds = (params.get("train") or {}).get("seeds") or []
+    recipe = (run_entry(params, s.run).get("recipe") or {}) if s.run in (params.get("training") or {}) else {}
+    seeds = recipe.get("seeds") or (params.get("train") or {}).get("seeds") or []
     return {f"seed-{n}": Path("predictions/seeds") / s.id / f"seed-{n}.jsonl" for n in seeds[1:]}
 
 
-def stage_params(k: Kind) -> list[str]:
-    """The params a kind's predicting stage depends on (dvc.yaml must list exactly these)."""
-    if k.floor:
-        return [*k.params, "eval.top_k", "eval.max_samples"]
-    return [*SCORING_PARAMS, *k.params]
+def stages(params: dict) -> dict[str, tuple[str, System | str]]:
+    """Every stage the tables make: name -> ('predict' | 'floor', System) or ('train', run name)."""
+    out = {f"train@{run}": ("train", run) for run in training_runs(params)}
+    for s in selected(params):
+        out[s.stage] = ("floor" if s.floor else "predict", s)
+    return out
 
 
-def training_params(k: Kind) -> list[str]:
-    """The params a fine-tuned kind's training stage depends on, besides models.<m>."""
-    retriever = RETRIEVER_PARAMS if k.prompt != "plain" else ()
-    return [*TRAINING_PARAMS, *([k.recipe] if k.recipe else []), *k.params, *retriever]
-
-
-def from_stage(stage: str) -> tuple[str, Kind, str | None] | None:
-    """(role, kind, model) of a stage name: role 'train' for a training stage, 'predict' for the stage
-    writing a kind's predictions; None for the other stages (prepare, base@, report ...)."""
-    name, _, model = stage.partition("@")
-    for k in KINDS:
-        if k.train_stage == name:
-            return "train", k, model
-        if k.stage == name and (k.floor != bool(model)):
-            return "predict", k, model or None
-    return None
+def role_of(stage: str) -> str | None:
+    """'train', 'predict' or 'floor' for the stages the tables make (by their name), None for the others."""
+    name, at, _ = stage.partition("@")
+    return name if at and name in ("train", "predict", "floor") else None

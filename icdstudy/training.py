@@ -379,6 +379,134 @@ def canonical_adapter_config(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
+def _check_decoding(decode: bool, labels, generation) -> None:
+    if decode and (generation is None or not labels):
+        raise PreflightError("train.select_by: exact_match decodes the validation rows: pass the label set and the "
+                             "generation settings (the train stage does), or set train.select_by: loss")
+
+
+def _run_id(cfg: dict, entry: dict, input_kind: str, max_input_tokens: int | None, model_fingerprint: str,
+            train_rows: list[dict], val_rows: list[dict], labels, generation) -> str:
+    """Everything that decides the adapter: a checkpoint or a finished run is only reused under the same id.
+    ``labels`` and ``generation``: None where the run does not decode (select_by: loss)."""
+    return _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint, _code_version(),
+                        labels, generation,
+                        [(r["id"], r["code"], r["input"], r.get(LISTED)) for r in train_rows],
+                        [(r["id"], r.get(LISTED)) for r in val_rows])
+
+
+def _finished_run(done_file, adapter_dir: Path, run_id: str) -> dict | None:
+    """What ``done_file`` recorded for a finished run with this id whose adapter is still in place."""
+    if done_file and Path(done_file).exists() and (adapter_dir / "adapter_config.json").exists():
+        done = json.loads(Path(done_file).read_text())
+        if done.get("run") == run_id:
+            return done
+    return None
+
+
+def _resume_point(args, work_dir: Path, run_id: str, main: bool) -> tuple[str | None, dict]:
+    """The checkpoint to resume from (None: train afresh) and its trainer state. ``work_dir`` is emptied
+    first where its checkpoints were written by a run with other settings."""
+    stamp = work_dir / "run.json"
+    with args.main_process_first(local=False, desc="checkpoint check"):
+        if main and stamp.exists() and json.loads(stamp.read_text()).get("run") != run_id:
+            shutil.rmtree(work_dir)
+        if main:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps({"run": run_id}))
+        last = last_complete_checkpoint(work_dir, delete_partial=main)
+    start = {"epoch": 0.0, "global_step": 0}
+    if last:
+        start = json.loads((Path(last) / "trainer_state.json").read_text())
+        print(f"training: resuming from {last} (epoch {start['epoch']:.2f})")
+    return last, start
+
+
+def _lora_model(base_dir, entry: dict, cfg: dict, allow_cpu_4bit: bool, cuda: bool):
+    """The base model with fresh LoRA layers, and whether its weights are 4-bit."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from .modeling import load_model
+
+    # On CPU, bf16 autocast over float32 weights is the fast mix: with bf16 weights the
+    # element-wise ops (norms, activations, residuals) run in emulated bf16 (benchmarks/README.md).
+    model = load_model(base_dir, entry, allow_cpu_4bit=allow_cpu_4bit, dtype=None if cuda else torch.float32)
+    quantized = getattr(model, "is_loaded_in_4bit", False)
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["gradient_checkpointing"],
+                                                gradient_checkpointing_kwargs=NON_REENTRANT)
+    model = get_peft_model(model, LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
+                                             target_modules=list(cfg["target_modules"]), task_type="CAUSAL_LM"))
+    return model, quantized
+
+
+def _checked_datasets(tokenizer, train_rows: list[dict], val_rows: list[dict], input_kind: str,
+                      max_input_tokens: int | None, cfg: dict):
+    """The training and validation sets and their collator, once the first training batch passes preflight."""
+    train_ds = build_dataset(tokenizer, train_rows, input_kind, max_input_tokens, cfg["loss_on_prompt"])
+    val_ds = build_dataset(tokenizer, val_rows, input_kind, max_input_tokens, cfg["loss_on_prompt"])
+    collate = collator(tokenizer, answer_logits_only=not cfg["loss_on_prompt"])
+    k = min(cfg["batch_size"], len(train_ds))
+    preflight(collate([train_ds[i] for i in range(k)]), [r["code"] for r in train_rows[:k]], tokenizer,
+              train_ds.column_names, cfg["loss_on_prompt"])
+    return train_ds, val_ds, collate
+
+
+def _callbacks(cfg: dict, live: Path, live_dir, main: bool, resumed_step: int, extra_callbacks) -> list:
+    from transformers import EarlyStoppingCallback
+
+    callbacks = [EarlyStoppingCallback(cfg["early_stopping_patience"], cfg["early_stopping_threshold"]),
+                 sanity_callback(cfg["sanity_steps"])]
+    if live_dir and main:
+        try:
+            callbacks.append(curves_callback(live, resumed_step))
+        except ImportError:  # a bare CUDA image (the GPU check) trains without curves
+            print(f"training: DVCLive is not installed; no training curves in {live_dir}")
+    return callbacks + list(extra_callbacks)
+
+
+def _save_adapter(model, tokenizer, adapter_dir: Path) -> None:
+    """Written next to ``adapter_dir`` and renamed into place: a kill leaves the old adapter or the new one."""
+    adapter_tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    shutil.rmtree(adapter_tmp, ignore_errors=True)
+    model.save_pretrained(adapter_tmp)
+    canonical_adapter_config(adapter_tmp / "adapter_config.json")
+    tokenizer.save_pretrained(adapter_tmp)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    adapter_tmp.rename(adapter_dir)
+
+
+def _run_metrics(trainer, output, kept: dict, cfg: dict, start: dict, train_ds, trainable: int, quantized,
+                 t0: float) -> dict:
+    """The run's metrics from the Trainer's state and ``output`` (what trainer.train returned)."""
+    from .metrics import peak_memory_mb
+
+    state = trainer.state
+    epochs = state.epoch or 0.0
+    tokens_per_epoch = sum(len(x) for x in train_ds["input_ids"])
+    runtime = output.metrics.get("train_runtime") or (time.time() - t0)
+    logged = [e["loss"] for e in state.log_history if "loss" in e]  # the whole run, resumed or not
+    return {
+        "train_loss": round(float(sum(logged) / len(logged)), 4) if logged else round(float(output.training_loss), 4),
+        "eval_loss": round(float(kept["eval_loss"]), 4),  # at the kept checkpoint
+        "select_by": cfg["select_by"],
+        "best_step": kept["step"],
+        "best_val_exact_match": kept.get("eval_exact_match"),
+        "best_checkpoint": Path(state.best_model_checkpoint or "").name or None,
+        "steps": state.global_step,
+        "resumed_from_step": start["global_step"],
+        "epochs": round(float(epochs), 3),
+        "trainable_params": trainable,
+        "train_tokens_per_s": round(tokens_per_epoch * (epochs - start["epoch"]) / runtime, 1) if runtime else None,
+        "peak_mem_mb": peak_memory_mb(),
+        "quantized_4bit": bool(quantized),
+        "num_processes": trainer.args.world_size,
+        "seed": cfg["seed"],
+        "wall_s": round(time.time() - t0, 1),
+    }
+
+
 def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict], cfg: dict, input_kind: str,
               max_input_tokens: int | None, adapter_dir, work_dir, live_dir=None, allow_cpu_4bit: bool = False,
               model_fingerprint: str = "", done_file=None, extra_callbacks=(), labels=(), generation=None) -> dict:
@@ -400,11 +528,8 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     ``extra_callbacks`` are TrainerCallbacks added to the run (tests record losses with them).
     """
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import EarlyStoppingCallback
 
-    from .metrics import peak_memory_mb
-    from .modeling import load_model, load_tokenizer, resolve_dtype
+    from .modeling import load_tokenizer, resolve_dtype
 
     _check_config(cfg)
     t0 = time.time()
@@ -415,103 +540,36 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     args = _training_args(cfg, work_dir, bf16, cuda)
     main = args.process_index == 0  # under `accelerate launch`, one process of several writes files
     decode = cfg["select_by"] == "exact_match"
-    if decode and (generation is None or not labels):
-        raise PreflightError("train.select_by: exact_match decodes the validation rows: pass the label set and the "
-                             "generation settings (the train stage does), or set train.select_by: loss")
-    run_id = _fingerprint(cfg, entry, input_kind, max_input_tokens, model_fingerprint, _code_version(),
-                          sorted(labels) if decode else None, generation if decode else None,
-                          [(r["id"], r["code"], r["input"], r.get(LISTED)) for r in train_rows],
-                          [(r["id"], r.get(LISTED)) for r in val_rows])
-    if done_file and Path(done_file).exists() and (adapter_dir / "adapter_config.json").exists():
-        done = json.loads(Path(done_file).read_text())
-        if done.get("run") == run_id:
-            print(f"training: {adapter_dir} was already trained with these settings; kept")
-            return done["result"] if main else None
-    stamp = work_dir / "run.json"
-    with args.main_process_first(local=False, desc="checkpoint check"):
-        if main and stamp.exists() and json.loads(stamp.read_text()).get("run") != run_id:
-            shutil.rmtree(work_dir)
-        if main:
-            work_dir.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(json.dumps({"run": run_id}))
-        last = last_complete_checkpoint(work_dir, delete_partial=main)
-    start = {"epoch": 0.0, "global_step": 0}
-    if last:
-        start = json.loads((Path(last) / "trainer_state.json").read_text())
-        print(f"training: resuming from {last} (epoch {start['epoch']:.2f})")
+    _check_decoding(decode, labels, generation)
+    run_id = _run_id(cfg, entry, input_kind, max_input_tokens, model_fingerprint, train_rows, val_rows,
+                     sorted(labels) if decode else None, generation if decode else None)
+    done = _finished_run(done_file, adapter_dir, run_id)
+    if done is not None:
+        print(f"training: {adapter_dir} was already trained with these settings; kept")
+        return done["result"] if main else None
+    last, start = _resume_point(args, work_dir, run_id, main)
 
     torch.manual_seed(cfg["seed"])
     tokenizer = load_tokenizer(base_dir, entry)
-    # On CPU, bf16 autocast over float32 weights is the fast mix: with bf16 weights the
-    # element-wise ops (norms, activations, residuals) run in emulated bf16 (benchmarks/README.md).
-    model = load_model(base_dir, entry, allow_cpu_4bit=allow_cpu_4bit, dtype=None if cuda else torch.float32)
-    quantized = getattr(model, "is_loaded_in_4bit", False)
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg["gradient_checkpointing"],
-                                                gradient_checkpointing_kwargs=NON_REENTRANT)
-    model = get_peft_model(model, LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
-                                             target_modules=list(cfg["target_modules"]), task_type="CAUSAL_LM"))
+    model, quantized = _lora_model(base_dir, entry, cfg, allow_cpu_4bit, cuda)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    train_ds, val_ds, collate = _checked_datasets(tokenizer, train_rows, val_rows, input_kind, max_input_tokens, cfg)
 
-    train_ds = build_dataset(tokenizer, train_rows, input_kind, max_input_tokens, cfg["loss_on_prompt"])
-    val_ds = build_dataset(tokenizer, val_rows, input_kind, max_input_tokens, cfg["loss_on_prompt"])
-    collate = collator(tokenizer, answer_logits_only=not cfg["loss_on_prompt"])
-    k = min(cfg["batch_size"], len(train_ds))
-    preflight(collate([train_ds[i] for i in range(k)]), [r["code"] for r in train_rows[:k]], tokenizer,
-              train_ds.column_names, cfg["loss_on_prompt"])
-
-    callbacks = [EarlyStoppingCallback(cfg["early_stopping_patience"], cfg["early_stopping_threshold"]),
-                 sanity_callback(cfg["sanity_steps"])]
     live = work_dir / "live"
-    if live_dir and main:
-        try:
-            callbacks.append(curves_callback(live, start["global_step"]))
-        except ImportError:  # a bare CUDA image (the GPU check) trains without curves
-            print(f"training: DVCLive is not installed; no training curves in {live_dir}")
-    callbacks += list(extra_callbacks)
+    callbacks = _callbacks(cfg, live, live_dir, main, start["global_step"], extra_callbacks)
     probe = exact_match_probe(tokenizer, val_rows, labels, generation, input_kind) if decode else None
     trainer = resumable_trainer(exact_match=probe, model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                                 data_collator=collate, processing_class=tokenizer, callbacks=callbacks)
-    result = trainer.train(resume_from_checkpoint=last)
+    output = trainer.train(resume_from_checkpoint=last)
     if not main:
         return None
     kept = kept_evaluation(trainer.state)
-
-    adapter_tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
-    shutil.rmtree(adapter_tmp, ignore_errors=True)
-    trainer.model.save_pretrained(adapter_tmp)
-    canonical_adapter_config(adapter_tmp / "adapter_config.json")
-    tokenizer.save_pretrained(adapter_tmp)
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    adapter_tmp.rename(adapter_dir)
-    if live_dir:
-        if live.exists():  # absent where DVCLive is not installed
-            replace_tree(live, live_dir, only=[f"plots/metrics/{name}" for name in CURVES])
+    _save_adapter(trainer.model, tokenizer, adapter_dir)
+    if live_dir and live.exists():  # absent where DVCLive is not installed
+        replace_tree(live, live_dir, only=[f"plots/metrics/{name}" for name in CURVES])
     shutil.rmtree(work_dir)  # checkpoints only serve an interrupted run; a forced rerun trains afresh
 
-    steps = trainer.state.global_step
-    epochs = trainer.state.epoch or 0.0
-    tokens_per_epoch = sum(len(x) for x in train_ds["input_ids"])
-    runtime = result.metrics.get("train_runtime") or (time.time() - t0)
-    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]  # the whole run, resumed or not
-    result = {
-        "train_loss": round(float(sum(logged) / len(logged)), 4) if logged else round(float(result.training_loss), 4),
-        "eval_loss": round(float(kept["eval_loss"]), 4),  # at the kept checkpoint
-        "select_by": cfg["select_by"],
-        "best_step": kept["step"],
-        "best_val_exact_match": kept.get("eval_exact_match"),
-        "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
-        "steps": steps,
-        "resumed_from_step": start["global_step"],
-        "epochs": round(float(epochs), 3),
-        "trainable_params": trainable,
-        "train_tokens_per_s": round(tokens_per_epoch * (epochs - start["epoch"]) / runtime, 1) if runtime else None,
-        "peak_mem_mb": peak_memory_mb(),
-        "quantized_4bit": bool(quantized),
-        "num_processes": args.world_size,
-        "seed": cfg["seed"],
-        "wall_s": round(time.time() - t0, 1),
-    }
+    result = _run_metrics(trainer, output, kept, cfg, start, train_ds, trainable, quantized, t0)
     if done_file:
         Path(done_file).write_text(json.dumps({"run": run_id, "result": result}))
     return result

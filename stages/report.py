@@ -31,12 +31,7 @@ def _need(path: Path, what: str, stage: str) -> Path:
 
 
 def _run_metrics(root: Path, s: systems.System) -> dict:
-    path = root / "metrics/train" / f"{s.run}.json"
-    old = [p for p in systems.old_run_paths(s, root) if p.parent.name == "train"]
-    if not path.exists() and old:
-        raise Missing(f"{path} is missing, and {old[0]} is this run's old name (training runs are now named after their "
-                      f"system); run `dvc repro {s.train_stage}` and delete {old[0]}")
-    return read_json(_need(path, f"training run {s.run}", s.train_stage))
+    return read_json(_need(root / "metrics/train" / f"{s.run}.json", f"training run {s.run}", s.train_stage))
 
 
 def gather(root: Path, params: dict):
@@ -92,7 +87,8 @@ def main(argv=None) -> int:
     except PairingError as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 1
-    first = {r["id"]: r["pred"] for r in preds[systems.system(systems.from_stage("knn")[1]).id]}
+    first = {r["id"]: r["pred"] for r in preds[systems.retriever_floor(params).id]}
+    plots.use_systems(systems.by_id(params))
     made = [plots.accuracy_by_system(evals, plot_dir / "accuracy_by_system.png"),
             plots.accuracy_vs_latency(evals, plot_dir / "accuracy_vs_latency.png"),
             plots.accuracy_vs_params(evals, plot_dir / "accuracy_vs_params.png"),

@@ -20,9 +20,6 @@ from icdstudy.io import read_json, read_jsonl, write_json
 from icdstudy.params import ParamError, load_params, section
 from icdstudy.scoring import ScoreError, check_rows, score_system
 
-RETRIEVER = systems.system(systems.from_stage("knn")[1])  # its first candidate: the retriever-agreement signal
-
-
 class Missing(Exception):
     pass
 
@@ -44,7 +41,8 @@ def main(argv=None) -> int:
         params = load_params(args.params)
         deploy_cfg, max_samples = section(params, "deploy"), section(params, "eval")["max_samples"]
         rows = {split: read_jsonl(Path(args.data) / f"{split}.jsonl")[:max_samples or None] for split in systems.SPLITS}
-        first = {split: {p["id"]: p["pred"] for p in read_jsonl(need(root / RETRIEVER.predictions(split), RETRIEVER))}
+        retriever = systems.retriever_floor(params)  # its first candidate: the retriever-agreement signal
+        first = {split: {p["id"]: p["pred"] for p in read_jsonl(need(root / retriever.predictions(split), retriever))}
                  for split in systems.SPLITS}
         scored = {}
         for s in systems.selected(params):
@@ -65,11 +63,11 @@ def main(argv=None) -> int:
         for split, m in by_split.items():
             write_json(root / s.metrics(split), m)
     width = max(len(i) for i in scored)
-    for sid, (s, m) in scored.items():
-        v, t = m["val"], m["test"]
-        k = max((key for key in t if key.startswith("coverage_at_p") and not key.endswith("ci95")), default=None)
-        print(f"score: {sid:<{width}}  exact val {v['exact_match']:.3f} test {t['exact_match']:.3f}"
-              + (f"  {k.removeprefix('coverage_at_')} coverage test {t[k]}" if k else ""))
+    for sid, (s, m) in scored.items():  # validation only: the test split is read by the report
+        v = m["val"]
+        k = max((key for key in v if key.startswith("coverage_at_p") and not key.endswith("ci95")), default=None)
+        print(f"score: {sid:<{width}}  val exact {v['exact_match']:.3f}"
+              + (f"  {k.removeprefix('coverage_at_')} coverage {v[k]}" if k else ""))
     return 0
 
 

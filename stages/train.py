@@ -1,25 +1,20 @@
-"""The stage that trains a fine-tuned system's LoRA (or QLoRA, with models.<model>.load_in_4bit)
-adapter: train@<model> (system lora-<model>), train-shortlist@<model> (lora-shortlist-<model>), and the
-training stage of any fine-tuned kind added to icdstudy/systems.py.
+"""Stage train@<run>: the LoRA (or QLoRA, with models.<model>.load_in_4bit) adapter of one training run
+of params `training`.
 
-    python stages/train.py KIND MODEL        e.g. `lora-shortlist smollm2-135m`
+    python stages/train.py RUN        e.g. `lora-shortlist-smollm2-135m`
 
-Reads the kind's recipe (params `train`, with the keys of the kind's own section, such as
-`train_shortlist`, replaced), `eval.max_input_tokens`, the evaluation settings its checkpoint choice
-decodes with, `data.input` and `models.<model>`, and only the training and validation splits: the
-test split is no input of training. Every prompt is built as the kind's evaluation builds it (for
-shortlist prompts, a training row's list comes from the other training rows, never itself or a copy
-of its text). The run is named after its system: the kept adapter goes to models/adapters/<system>,
-its curves to dvclive/<system>, its metrics to metrics/train/<system>.json. The checkpoint kept is the
-one with the highest validation exact match, decoded at every evaluation as the evaluation stages
+Reads the run's entry (its model, the prompts it trains on, the `recipe` keys that replace params
+`train`'s), the eval keys its checkpoint choice decodes with, `data.input`, `retrieval` and
+`models.<model>`, and only the training and validation splits: the test split is no input of training.
+Every prompt is built as the evaluation of a system with the run's prompt builds it (for shortlist
+prompts, a training row's list comes from the other training rows, never itself or a copy of its
+text). The kept adapter goes to models/adapters/<run> (the other `train.seeds`' adapters in its seeds/
+folder), its curves to dvclive/<run>, its metrics to metrics/train/<run>.json. The checkpoint kept is
+the one with the highest validation exact match, decoded at every evaluation as the evaluation stages
 decode (train.select_by; `loss` keeps the lowest validation loss). Checkpoints live in
-.resume/train/<system>: an interrupted run resumes from the last one and ends with the adapter an
-uninterrupted run would have written, byte for byte.
-
-With several `train.seeds` the first seed's adapter is the one above; each other seed trains after it,
-in .resume/train/<system>-seed<n>, and lands with its curves in models/seeds/<system>/seed-<n>/ once all
-are done. Finished seeds wait in .resume/train-done/: an interrupted stage never retrains them.
-models/seeds/<system>/seeds.json lists the seeds; metrics/train/<system>.json has each one's losses.
+.resume/train/<run>: an interrupted run resumes from the last one and ends with the adapter an
+uninterrupted run would have written, byte for byte. Finished seeds wait in .resume/train-done/: an
+interrupted stage never retrains them.
 
 With train.num_processes > 1 the stage re-runs itself under `accelerate launch` (one process per
 GPU, or per CPU with gloo) and the Trainer trains data-parallel.
@@ -36,123 +31,127 @@ from icdstudy import systems
 from icdstudy.io import read_json, read_jsonl, replace_tree, write_json
 from icdstudy.params import ParamError, load_params, model_entry, section, train_config
 
+DONE_ROOT = Path(".resume/train-done")  # dvc repro deletes a stage's outputs before it reruns: finished seeds wait here
+SEED_KEYS = ("train_loss", "eval_loss", "best_step", "best_val_exact_match", "steps", "epochs", "wall_s")
+
+
+class StageError(Exception):
+    pass
+
+
+def load_run(run: str, params: dict, data: Path) -> dict:
+    """The run's settings and prompt rows, checked before any model loads."""
+    from icdstudy.prompt_styles import prompt_rows, style
+
+    spec = systems.run_entry(params, run)
+    prompt, retrieved = spec["prompt"], spec.get("retrieved") or 0
+    style(prompt).check(retrieved, f"training.{run}")
+    if not style(prompt).trainable:
+        raise StageError(f"training.{run}.prompt: training on {prompt!r} prompts is not implemented")
+    cfg = train_config(params, run)
+    train_rows = read_jsonl(data / "train.jsonl")
+    val_rows = read_jsonl(data / "val.jsonl")[:cfg.get("max_val_samples") or None]
+    retrieval, recall = section(params, "retrieval"), {}
+    if style(prompt).uses_retriever:
+        from icdstudy.retrieval import Retriever
+        from icdstudy.shortlist import candidate_recall
+
+        retriever = Retriever.from_params(train_rows, retrieval)
+        train_rows, val_rows = (prompt_rows(prompt, train_rows, rows, retrieved, retrieval, retriever)
+                                for rows in (train_rows, val_rows))
+        recall = {"candidates": retrieved, "candidate_recall_train": candidate_recall(train_rows),
+                  "candidate_recall_val": candidate_recall(val_rows)}
+        print(f"train: {run}: {retrieved} candidates per prompt; candidate recall "
+              f"{recall['candidate_recall_train']:.3f} train, {recall['candidate_recall_val']:.3f} val")
+    return {"model": spec["model"], "entry": model_entry(params, spec["model"]), "cfg": cfg, "ecfg": section(params, "eval"),
+            "input_kind": section(params, "data")["input"], "train_rows": train_rows, "val_rows": val_rows,
+            "labels": read_json(data / "labels.json"), "recall": recall}
+
+
+def train_seed(run: str, tag: str, seed: int, job: dict) -> dict | None:
+    """One seed's adapter into .resume/train-done/<tag>/ (None on every process but the first)."""
+    from icdstudy.evaluation import model_fingerprint
+    from icdstudy.modeling import ModelError, is_oom, oom_message
+    from icdstudy.training import PreflightError, TrainingSanityError, fine_tune, probe_settings
+
+    base_dir, cfg = Path("models/base") / job["model"], job["cfg"]
+    try:
+        return fine_tune(base_dir, job["entry"], job["train_rows"], job["val_rows"], {**cfg, "seed": seed},
+                         job["input_kind"], job["ecfg"]["max_input_tokens"], adapter_dir=DONE_ROOT / tag / "adapter",
+                         work_dir=Path(".resume/train") / tag, live_dir=DONE_ROOT / tag / "dvclive",
+                         model_fingerprint=model_fingerprint(base_dir), done_file=DONE_ROOT / f"{tag}.json",
+                         labels=job["labels"], generation=probe_settings(job["ecfg"], cfg))
+    except (PreflightError, TrainingSanityError, ModelError) as exc:
+        raise StageError(str(exc)) from None
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        raise StageError(oom_message(f"train@{run}", "train.batch_size (raising train.grad_accum keeps the effective "
+                                     "batch), set train.gradient_checkpointing: true, or lower eval.max_input_tokens; "
+                                     f"checkpoints in .resume/train/{tag} are kept")) from None
+
+
+def write_outputs(run: str, tags: dict, by_seed: dict, job: dict) -> dict:
+    """The first seed's adapter and curves, the other seeds' adapters inside it, metrics/train/<run>.json."""
+    seeds = list(tags)
+    result = {**by_seed[seeds[0]], "seeds": seeds, "model": job["model"], **job["recall"]}
+    if len(seeds) > 1:
+        result["by_seed"] = {str(s): {k: r[k] for k in SEED_KEYS} for s, r in by_seed.items()}
+    adapter = Path("models/adapters") / run
+    first = DONE_ROOT / tags[seeds[0]]
+    replace_tree(first / "adapter", adapter)
+    if (first / "dvclive").exists():  # absent where DVCLive is not installed (a bare CUDA image)
+        replace_tree(first / "dvclive", Path("dvclive") / run)
+    seed_dir = adapter / "seeds"
+    seed_dir.mkdir()
+    for seed in seeds[1:]:
+        shutil.copytree(DONE_ROOT / tags[seed] / "adapter", seed_dir / f"seed-{seed}")
+        if (DONE_ROOT / tags[seed] / "dvclive").exists():
+            shutil.copytree(DONE_ROOT / tags[seed] / "dvclive", seed_dir / f"seed-{seed}" / "dvclive")
+    write_json(seed_dir / "seeds.json", {"seeds": seeds, "first_seed_adapter": str(adapter)})
+    write_json(Path("metrics/train") / f"{run}.json", result)
+    for tag in tags.values():  # all written: nothing left to resume
+        shutil.rmtree(DONE_ROOT / tag, ignore_errors=True)
+        (DONE_ROOT / f"{tag}.json").unlink(missing_ok=True)
+    return result
+
 
 def main(argv=None) -> int:
-    tuned = [k.name for k in systems.KINDS if k.fine_tuned]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=tuned, metavar="KIND", help=f"a fine-tuned kind of system: {', '.join(tuned)}")
-    parser.add_argument("model", help="a key under models: in params.yaml")
+    parser.add_argument("run", help="a training run under `training` in params.yaml")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
     args = parser.parse_args(argv)
-    kind = systems.kind_named(args.kind)
-    system = systems.system(kind, args.model)
     try:
-        params = load_params(args.params)
-        entry = model_entry(params, args.model)
-        cfg = train_config(params, kind.recipe)
-        ecfg = section(params, "eval")
-        input_kind = section(params, "data")["input"]
-        retrieval = section(params, "retrieval")
-    except ParamError as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
+        job = load_run(args.run, load_params(args.params), Path(args.data))
+    except (ParamError, KeyError, ValueError, StageError) as exc:
+        print(f"train: error: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 1
-    if kind.prompt == "candidates" and not ecfg["candidates"]:
-        print(f"train: error: {system.id} lists candidate codes; it needs eval.candidates >= 1 in params.yaml",
-              file=sys.stderr)
-        return 1
-    if kind.prompt not in ("plain", "candidates"):
-        print(f"train: error: kind {kind.name}: training on {kind.prompt!r} prompts is not implemented", file=sys.stderr)
-        return 1
-    run_name, max_input_tokens = system.run, ecfg["max_input_tokens"]
-    for old in systems.old_run_paths(system):
-        print(f"train: note: {old} is this run's old name (runs are named after their system now); nothing reads it, "
-              "delete it")
-
+    cfg, run = job["cfg"], args.run
     processes = cfg.get("num_processes", 1)
     if processes > 1 and "LOCAL_RANK" not in os.environ:
         return subprocess.call([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                                 "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
                                 "--dynamo_backend", "no", __file__, *(sys.argv[1:] if argv is None else argv)])
     warnings.filterwarnings("ignore", category=FutureWarning)
-    from icdstudy.evaluation import model_fingerprint, prompt_rows
-    from icdstudy.modeling import ModelError
-    from icdstudy.training import PreflightError, TrainingSanityError, fine_tune, probe_settings
-
-    base_dir = Path("models/base") / args.model
-    data = Path(args.data)
-    train_rows = read_jsonl(data / "train.jsonl")
-    val_rows = read_jsonl(data / "val.jsonl")[:cfg.get("max_val_samples") or None]
-    labels = read_json(data / "labels.json")
-    if kind.prompt == "candidates":
-        from icdstudy.retrieval import Retriever
-        from icdstudy.shortlist import candidate_recall
-
-        retriever = Retriever.from_params(train_rows, retrieval)
-        train_rows, val_rows = (prompt_rows(kind.prompt, train_rows, rows, ecfg, retrieval, retriever)
-                                for rows in (train_rows, val_rows))
-        print(f"train: {run_name}: {ecfg['candidates']} candidates per prompt; candidate recall "
-              f"{candidate_recall(train_rows):.3f} train, {candidate_recall(val_rows):.3f} val")
     seeds = cfg["seeds"]
-    print(f"train: {run_name}: {len(train_rows)} train / {len(val_rows)} val examples, LoRA r={cfg['lora_r']}, "
+    print(f"train: {run}: {len(job['train_rows'])} train / {len(job['val_rows'])} val examples, LoRA r={cfg['lora_r']}, "
           f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
           + (f", process {os.environ['RANK']} of {processes}" if processes > 1 else ""))
-    # Every seed trains into .resume/train-done/<tag>/ (dvc repro deletes the stage's outputs before
-    # it reruns, so a finished seed must live elsewhere); outputs are written once all are done.
-    done_root = Path(".resume/train-done")
-    tags = {seed: run_name if i == 0 else f"{run_name}-seed{seed}" for i, seed in enumerate(seeds)}
+    tags = {seed: run if i == 0 else f"{run}-seed{seed}" for i, seed in enumerate(seeds)}
     by_seed = {}
     for seed, tag in tags.items():
         try:
-            run = fine_tune(base_dir, entry, train_rows, val_rows, {**cfg, "seed": seed}, input_kind, max_input_tokens,
-                            adapter_dir=done_root / tag / "adapter", work_dir=Path(".resume/train") / tag,
-                            live_dir=done_root / tag / "dvclive", model_fingerprint=model_fingerprint(base_dir),
-                            done_file=done_root / f"{tag}.json", labels=labels,
-                            generation=probe_settings(ecfg, cfg))
-        except (PreflightError, TrainingSanityError, ModelError) as exc:
+            result = train_seed(run, tag, seed, job)
+        except StageError as exc:
             print(f"train: error: {exc}", file=sys.stderr)
             return 1
-        except Exception as exc:
-            from icdstudy.modeling import is_oom, oom_message
-
-            if not is_oom(exc):
-                raise
-            print("train: error: " + oom_message(system.train_stage, "train.batch_size (raising train.grad_accum keeps "
-                  "the effective batch), set train.gradient_checkpointing: true, or lower eval.max_input_tokens; checkpoints "
-                  f"in .resume/train/{tag} are kept"), file=sys.stderr)
-            return 1
-        if run is None:  # not the first of several processes: it writes nothing
-            continue
-        by_seed[seed] = run
+        if result is not None:  # None: not the first of several processes, which writes nothing
+            by_seed[seed] = result
     if not by_seed:
         return 0
-    result = dict(by_seed[seeds[0]])
-    result["seeds"] = seeds
-    if len(seeds) > 1:
-        result["by_seed"] = {str(s): {k: r[k] for k in ("train_loss", "eval_loss", "best_step", "best_val_exact_match",
-                                                        "steps", "epochs", "wall_s")}
-                             for s, r in by_seed.items()}
-    first = done_root / tags[seeds[0]]
-    replace_tree(first / "adapter", system.adapter)
-    if (first / "dvclive").exists():  # absent where DVCLive is not installed (a bare CUDA image)
-        replace_tree(first / "dvclive", Path("dvclive") / run_name)
-    seed_dir = system.seed_adapters
-    shutil.rmtree(seed_dir, ignore_errors=True)
-    seed_dir.mkdir(parents=True)
-    for seed in seeds[1:]:
-        shutil.copytree(done_root / tags[seed] / "adapter", seed_dir / f"seed-{seed}")
-        if (done_root / tags[seed] / "dvclive").exists():
-            shutil.copytree(done_root / tags[seed] / "dvclive", seed_dir / f"seed-{seed}" / "dvclive")
-    write_json(seed_dir / "seeds.json", {"seeds": seeds, "first_seed_adapter": str(system.adapter)})
-    result["model"] = args.model
-    if kind.prompt == "candidates":
-        result.update({"candidates": ecfg["candidates"], "candidate_recall_train": candidate_recall(train_rows),
-                       "candidate_recall_val": candidate_recall(val_rows)})
-    write_json(Path("metrics/train") / f"{run_name}.json", result)
-    for tag in tags.values():  # all written: nothing left to resume
-        shutil.rmtree(done_root / tag, ignore_errors=True)
-        (done_root / f"{tag}.json").unlink(missing_ok=True)
-    print(f"train: {run_name}: train loss {result['train_loss']}; kept step {result['best_step']} of {result['steps']} "
+    result = write_outputs(run, tags, by_seed, job)
+    print(f"train: {run}: train loss {result['train_loss']}; kept step {result['best_step']} of {result['steps']} "
           f"by {result['select_by']} (val exact {result['best_val_exact_match']}, val loss {result['eval_loss']}); "
           f"{result['train_tokens_per_s']} tokens/s, {result['wall_s']}s")
     return 0

@@ -37,7 +37,8 @@ def project(path: Path, tiny_model_dir: Path, test_rows: list[dict] | None = Non
                             "num_epochs": 2, "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "learning_rate": 2e-3,
                             **train})
     params["eval"].update({"max_input_tokens": 64, "batch_size": 2, "top_k": 3, **(eval_params or {})})
-    params["train_shortlist"] = {}  # the shortlist recipe trains as long as the plain one here (12 steps)
+    params["base_models"] = [*params["base_models"], "tiny"]
+    params["training"], params["systems"]["llm"] = tiny_tables()  # the shortlist run trains as long as the plain one
     path.mkdir(parents=True)
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     data = path / "data" / "processed"
@@ -47,6 +48,22 @@ def project(path: Path, tiny_model_dir: Path, test_rows: list[dict] | None = Non
     write_json(data / "labels.json", {c: {"description": "x"} for c in sorted({r["code"] for r in ROWS})})
     shutil.copytree(tiny_model_dir, path / "models" / "base" / "tiny")
     return path
+
+
+def tiny_tables(model: str = "tiny", candidates: int = 5) -> tuple[dict, dict]:
+    """The demo's training runs and language-model systems, on ``model``: (training, systems.llm)."""
+    training = {f"lora-{model}": {"model": model, "prompt": "plain", "recipe": {}},
+                f"lora-shortlist-{model}": {"model": model, "prompt": "candidates", "retrieved": candidates, "recipe": {}}}
+    base = {"model": model, "weights": f"models/base/{model}"}
+    llm = {f"lora-{model}": {"model": model, "weights": f"models/adapters/lora-{model}", "prompt": "plain",
+                             "train": f"lora-{model}", "adds": {"to": f"zeroshot-{model}", "what": "Fine-tuning"}},
+           f"lora-shortlist-{model}": {"model": model, "weights": f"models/adapters/lora-shortlist-{model}",
+                                       "prompt": "candidates", "retrieved": candidates, "train": f"lora-shortlist-{model}",
+                                       "adds": {"to": f"lora-{model}", "what": "Shortlists"}},
+           f"zeroshot-{model}": {**base, "prompt": "plain"},
+           f"fewshot-{model}": {**base, "prompt": "examples", "retrieved": 3},
+           f"shortlist-{model}": {**base, "prompt": "candidates", "retrieved": candidates}}
+    return training, llm
 
 
 _LOADED: dict = {}
@@ -81,3 +98,35 @@ def stage(cwd: Path, *args) -> subprocess.CompletedProcess:
     run = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     return run
+
+
+def tables_for(zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), candidates: int = 5) -> tuple[dict, dict]:
+    """(training, systems.llm) selecting the demo's kinds of system on these models, named as the demo names them:
+    zeroshot-/fewshot-<m> for ``zeroshot``, shortlist-<m>, lora-<m> and lora-shortlist-<m>; an `adds` where its
+    base is selected too."""
+    training, llm = {}, {}
+    for m in dict.fromkeys([*zeroshot, *finetune, *shortlist, *finetune_shortlist]):
+        runs, systems_ = tiny_tables(m, candidates)
+        picked = ([f"zeroshot-{m}", f"fewshot-{m}"] if m in zeroshot else []) + ([f"shortlist-{m}"] if m in shortlist else [])
+        picked += ([f"lora-{m}"] if m in finetune else []) + ([f"lora-shortlist-{m}"] if m in finetune_shortlist else [])
+        for sid in picked:
+            llm[sid] = dict(systems_[sid])
+            if sid in runs:
+                training[sid] = runs[sid]
+    for entry in llm.values():
+        if "adds" in entry and entry["adds"]["to"] not in llm:
+            del entry["adds"]
+    return training, llm
+
+
+def system_for(system_id: str):
+    """The icdstudy.systems.System a demo-style id names (zeroshot-<m>, lora-shortlist-<m>, a floor ...)."""
+    from icdstudy import systems
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for prefix in ("lora-shortlist-", "lora-", "zeroshot-", "fewshot-", "shortlist-"):
+        if system_id.startswith(prefix):
+            m = system_id[len(prefix):]
+            params["training"], params["systems"]["llm"] = tiny_tables(m)
+            break
+    return systems.get(params, system_id)

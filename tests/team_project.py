@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.stage_project import tiny_tables
+
 from tests.conftest import copy_repo, dvc_env
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -29,7 +31,10 @@ def small_study(params_file: Path, model_dir: Path, key: str = "tiny") -> None:
     seconds each; the shortlist systems are left out (the smoke run of the full study runs them)."""
     params = yaml.safe_load(params_file.read_text())
     params["models"][key] = {"path": str(model_dir), "dtype": "float32", "load_in_4bit": False}
-    params.update(base_models=[key], zeroshot=[key], finetune=[key], shortlist=[], finetune_shortlist=[])
+    params["base_models"] = [key]
+    training, llm = tiny_tables(key)
+    params["training"] = {f"lora-{key}": training[f"lora-{key}"]}
+    params["systems"]["llm"] = {s: llm[s] for s in (f"lora-{key}", f"zeroshot-{key}", f"fewshot-{key}")}
     params["datacard"]["tokenizer"] = key
     params["train"].update(num_epochs=1, eval_steps=10, save_steps=10, logging_steps=5, sanity_steps=0, lora_r=4,
                            lora_alpha=8)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.stage_project import tiny_tables
 from tests.conftest import REPO
 
 ROWS = [{"id": f"r{i}", "input": f"[doctor] case {i} [patient] thirsty and tired {i % 3}", "code": c,
@@ -36,8 +37,8 @@ def project(tmp_path_factory, tiny_model_dir):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["models"]["tiny"] = {"hub_id": None, "path": None, "embedded": "none/none.gguf", "dtype": "float32",
                                 "load_in_4bit": False, "chat_template": None}
-    params["base_models"] = params["zeroshot"] = params["finetune"] = ["tiny"]
-    params["shortlist"] = params["finetune_shortlist"] = ["tiny"]
+    params["base_models"] = ["tiny"]
+    params["training"], params["systems"]["llm"] = tiny_tables()
     params["datacard"]["tokenizer"] = "tiny"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(tiny_model_dir, root / "models/base/tiny")
@@ -75,27 +76,30 @@ def _case(id, argv, expect, params=None, files=None, rc=1):
 
 STAGE = [sys.executable]
 CASES = [
-    _case("top_k-not-a-number", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.top_k = 'five'", {"eval.top_k": "five"}),
-    _case("unknown-key-typo", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.topk is not a known key", {"eval.topk": 5}),
-    _case("lora-rank-zero", ["stages/train.py", "lora", "tiny"], "train.lora_r = 0", {"train.lora_r": 0}),
-    _case("dropout-above-one", ["stages/train.py", "lora", "tiny"], "train.lora_dropout = 1.5", {"train.lora_dropout": 1.5}),
-    _case("unknown-projection", ["stages/train.py", "lora", "tiny"], "train.target_modules", {"train.target_modules": ["qproj"]}),
-    _case("save-not-multiple-of-eval", ["stages/train.py", "lora", "tiny"], "multiple of train.eval_steps", {"train.save_steps": 7}),
-    _case("bad-scheduler", ["stages/train.py", "lora", "tiny"], "train.lr_scheduler", {"train.lr_scheduler": "zigzag"}),
+    _case("top_k-not-a-number", ["stages/predict.py", "zeroshot-tiny"], "eval.top_k = 'five'", {"eval.top_k": "five"}),
+    _case("unknown-key-typo", ["stages/predict.py", "zeroshot-tiny"], "eval.topk is not a known key", {"eval.topk": 5}),
+    _case("lora-rank-zero", ["stages/train.py", "lora-tiny"], "train.lora_r = 0", {"train.lora_r": 0}),
+    _case("dropout-above-one", ["stages/train.py", "lora-tiny"], "train.lora_dropout = 1.5", {"train.lora_dropout": 1.5}),
+    _case("unknown-projection", ["stages/train.py", "lora-tiny"], "train.target_modules", {"train.target_modules": ["qproj"]}),
+    _case("save-not-multiple-of-eval", ["stages/train.py", "lora-tiny"], "multiple of train.eval_steps", {"train.save_steps": 7}),
+    _case("bad-scheduler", ["stages/train.py", "lora-tiny"], "train.lr_scheduler", {"train.lr_scheduler": "zigzag"}),
     _case("bad-input-field", ["stages/prepare.py"], "data.input = 'summary'", {"data.input": "summary"}),
     _case("split-over-one", ["stages/prepare.py"], "split.val + split.test", {"split.val": 0.6, "split.test": 0.5}),
-    _case("bad-dtype", ["stages/evaluate.py", "zeroshot", "tiny"], "dtype = 'float8'", {"models.tiny.dtype": "float8"}),
-    _case("unregistered-zeroshot", ["stages/evaluate.py", "zeroshot", "tiny"], "'nope' is not in base_models", {"zeroshot": ["nope"]}),
-    _case("negative-batch", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.batch_size = -1", {"eval.batch_size": -1}),
-    _case("baseline-C-zero", ["stages/baseline.py"], "baseline.C = 0", {"baseline.C": 0}),
-    _case("beams-below-k", ["stages/evaluate.py", "zeroshot", "tiny"], "eval.num_beams (2) must be at least", {"eval.num_beams": 2}),
-    _case("bad-few-shot-strategy", ["stages/evaluate.py", "fewshot", "tiny"], "eval.few_shot_strategy = 'closest'",
+    _case("bad-dtype", ["stages/predict.py", "zeroshot-tiny"], "dtype = 'float8'", {"models.tiny.dtype": "float8"}),
+    _case("unregistered-model", ["stages/predict.py", "zeroshot-tiny"], "systems.llm.zeroshot-tiny.model: 'nope' is not in "
+          "base_models", {"systems.llm.zeroshot-tiny.model": "nope"}),
+    _case("negative-batch", ["stages/predict.py", "zeroshot-tiny"], "eval.batch_size = -1", {"eval.batch_size": -1}),
+    _case("baseline-C-zero", ["stages/floor.py", "tfidf-logreg"], "systems.floors.tfidf-logreg.tfidf-logreg.C = 0",
+          {"systems.floors.tfidf-logreg.C": 0}),
+    _case("beams-below-k", ["stages/predict.py", "zeroshot-tiny"], "eval.num_beams (2) must be at least", {"eval.num_beams": 2}),
+    _case("bad-few-shot-strategy", ["stages/predict.py", "fewshot-tiny"], "eval.few_shot_strategy = 'closest'",
           {"eval.few_shot_strategy": "closest"}),
-    _case("retrieval-k-zero", ["stages/evaluate.py", "fewshot", "tiny"], "eval.retrieval_k = 0", {"eval.retrieval_k": 0}),
-    _case("repeated-seed", ["stages/train.py", "lora", "tiny"], "train.seeds [1, 1] repeats a seed", {"train.seeds": [1, 1]}),
-    _case("no-seeds", ["stages/train.py", "lora", "tiny"], "train.seeds = []", {"train.seeds": []}),
-    _case("old-seed-key", ["stages/train.py", "lora", "tiny"], "train.seed is not a known key", {"train.seed": 42}),
-    _case("knn-no-neighbours", ["stages/knn.py"], "retrieval.neighbours = 0", {"retrieval.neighbours": 0}),
+    _case("retrieved-zero", ["stages/predict.py", "fewshot-tiny"], "prompt examples needs retrieved >= 1",
+          {"systems.llm.fewshot-tiny.retrieved": 0}),
+    _case("repeated-seed", ["stages/train.py", "lora-tiny"], "train.seeds [1, 1] repeats a seed", {"train.seeds": [1, 1]}),
+    _case("no-seeds", ["stages/train.py", "lora-tiny"], "train.seeds = []", {"train.seeds": []}),
+    _case("old-seed-key", ["stages/train.py", "lora-tiny"], "train.seed is not a known key", {"train.seed": 42}),
+    _case("knn-no-neighbours", ["stages/floor.py", "knn-tfidf"], "retrieval.neighbours = 0", {"retrieval.neighbours": 0}),
     _case("missing-source-file", ["stages/prepare.py"], "file not found", {"data.source": "nowhere.csv"}),
     _case("unknown-scheme", ["stages/prepare.py"], "unknown source scheme", {"data.source": "ftp://host/x.csv"}),
     _case("one-row-per-code", ["stages/prepare.py"], "no code has at least split.min_rows_per_code",
@@ -107,32 +111,34 @@ CASES = [
           {"no_code.csv": None}),
     _case("all-dialogues-empty", ["stages/prepare.py"], "no rows left after cleaning", {"data.source": "empty.csv"},
           {"empty.csv": [("E119", ""), ("I10", "")]}),
-    _case("empty-val-split-eval", ["stages/evaluate.py", "zeroshot", "tiny"], "data/processed/val.jsonl has no samples",
+    _case("empty-val-split-eval", ["stages/predict.py", "zeroshot-tiny"], "data/processed/val.jsonl has no samples",
           files={"data/processed/val.jsonl": ""}),
-    _case("adapter-missing", ["stages/evaluate.py", "lora", "tiny"],
-          "models/adapters/lora-tiny holds no adapter; run `dvc repro train@tiny` first"),
+    _case("adapter-missing", ["stages/predict.py", "lora-tiny"],
+          "models/adapters/lora-tiny holds no adapter; run `dvc repro train@lora-tiny` first"),
     _case("adapter-corrupt", ["-m", "icdstudy.predict", "--model", "tiny", "--adapter", "corrupt", "--text", "x"],
           "adapter_config.json is not valid JSON", rc=2),
     _case("adapter-other-base", ["-m", "icdstudy.predict", "--model", "tiny", "--adapter", "foreign", "--text", "x"],
           "trained on another base model", rc=2),
-    _case("adapter-other-base-eval", ["stages/evaluate.py", "lora-shortlist", "tiny"], "trained on another base model"),
+    _case("adapter-other-base-eval", ["stages/predict.py", "lora-shortlist-tiny"], "trained on another base model"),
     _case("predict-top-k-zero", ["-m", "icdstudy.predict", "--top-k", "0", "--text", "x"], "--top-k must be at least 1", rc=2),
     _case("predict-batch-no-column", ["-m", "icdstudy.predict", "--model", "tiny", "--input", "batch.csv"], "no column input",
           files={"batch.csv": "foo,bar\n1,2\n"}, rc=2),
-    _case("params-not-yaml", ["stages/baseline.py"], "not valid YAML", files={"params.yaml": "data: [unclosed\n"}),
-    _case("shortlist-off-but-selected", ["stages/evaluate.py", "shortlist", "tiny"],
-          "eval.candidates is 0 (no shortlist) but finetune_shortlist / shortlist select models", {"eval.candidates": 0}),
-    _case("shortlist-unregistered", ["stages/evaluate.py", "shortlist", "tiny"], "shortlist: 'nope' is not in base_models",
-          {"shortlist": ["nope"]}),
-    _case("train-shortlist-unknown-key", ["stages/train.py", "lora-shortlist", "tiny"],
-          "train_shortlist.epochs: not a train key", {"train_shortlist": {"epochs": 1}}),
-    _case("train-shortlist-bad-value", ["stages/train.py", "lora-shortlist", "tiny"], "train_shortlist: ",
-          {"train_shortlist": {"learning_rate": 5}}),
-    _case("two-systems-one-name", ["stages/evaluate.py", "zeroshot", "tiny"],
-          "two systems would both be named 'lora-shortlist-tiny'",
-          {"models.shortlist-tiny": {"hub_id": "org/x", "dtype": "auto", "load_in_4bit": False},
-           "base_models": ["tiny", "shortlist-tiny"], "finetune": ["tiny", "shortlist-tiny"]}),
-    _case("kind-unknown", ["stages/evaluate.py", "lora-fewshot", "tiny"], "invalid choice: 'lora-fewshot'", rc=2),
+    _case("params-not-yaml", ["stages/floor.py", "tfidf-logreg"], "not valid YAML", files={"params.yaml": "data: [unclosed\n"}),
+    _case("plain-with-retrieved", ["stages/predict.py", "zeroshot-tiny"], "retrieved = 2 with prompt plain",
+          {"systems.llm.zeroshot-tiny.retrieved": 2}),
+    _case("run-unknown-key", ["stages/train.py", "lora-shortlist-tiny"],
+          "training.lora-shortlist-tiny.recipe.epochs: not a train key", {"training.lora-shortlist-tiny.recipe": {"epochs": 1}}),
+    _case("run-bad-value", ["stages/train.py", "lora-shortlist-tiny"], "training.lora-shortlist-tiny.recipe: ",
+          {"training.lora-shortlist-tiny.recipe": {"learning_rate": 5}}),
+    _case("weights-of-another-run", ["stages/predict.py", "zeroshot-tiny"],
+          "systems.llm.lora-tiny.weights: 'models/adapters/other'", {"systems.llm.lora-tiny.weights": "models/adapters/other"}),
+    _case("prompt-unlike-its-run", ["stages/predict.py", "zeroshot-tiny"], "a fine-tuned system is shown the prompts it "
+          "was trained on", {"systems.llm.lora-tiny.prompt": "candidates", "systems.llm.lora-tiny.retrieved": 5}),
+    _case("run-no-system-uses", ["stages/train.py", "lora-tiny"], "training.spare-tiny: no system uses this run",
+          {"training.spare-tiny": {"model": "tiny", "prompt": "plain"}}),
+    _case("decoding-unknown-key", ["stages/predict.py", "zeroshot-tiny"],
+          "systems.llm.zeroshot-tiny.decoding.beams: not a eval key", {"systems.llm.zeroshot-tiny.decoding": {"beams": 1}}),
+    _case("system-unknown", ["stages/predict.py", "lora-fewshot-tiny"], "'lora-fewshot-tiny' is not a system of params.yaml"),
 ]
 
 
@@ -194,7 +200,7 @@ def test_out_of_memory_is_explained_and_the_rerun_resumes(project, monkeypatch, 
     params["eval"]["batch_size"] = 1
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "argv", ["evaluate.py", "zeroshot", "tiny"])
+    monkeypatch.setattr(sys, "argv", ["predict.py", "zeroshot-tiny"])
     real = generation.generate_batch
     calls = []
 
@@ -207,17 +213,17 @@ def test_out_of_memory_is_explained_and_the_rerun_resumes(project, monkeypatch, 
     try:
         monkeypatch.setattr(generation, "generate_batch", oom_on_second_test_batch)
         with pytest.raises(SystemExit) as stop:
-            runpy.run_path(str(project / "stages/evaluate.py"), run_name="__main__")
+            runpy.run_path(str(project / "stages/predict.py"), run_name="__main__")
         assert stop.value.code == 1
         err = capsys.readouterr().err
-        assert "out of memory" in err and "eval.batch_size" in err and "icdstudy.study plan" in err
+        assert "out of memory" in err and "systems.llm.zeroshot-tiny.decoding.batch_size" in err and "icdstudy.study plan" in err
         resume = project / ".resume/zeroshot-tiny-test.jsonl"
         assert len(resume.read_text().splitlines()) == 2  # the header and the finished first sample
         assert not (project / "predictions").exists()
 
         monkeypatch.setattr(generation, "generate_batch", real)
         with pytest.raises(SystemExit) as stop:
-            runpy.run_path(str(project / "stages/evaluate.py"), run_name="__main__")
+            runpy.run_path(str(project / "stages/predict.py"), run_name="__main__")
         assert stop.value.code == 0
         out = capsys.readouterr().out
         assert "resuming: 1 of 1" in out and "resuming: 1 of 2" in out

@@ -14,9 +14,23 @@ pytestmark = [requires_dvc, pytest.mark.slow]
 # The smoke run at test size: a few rows, two optimizer steps, short inputs (the CPU has minutes, not hours). Each
 # kind of system runs once, over the study's four models and three tokenizer families: 20 stage processes, not 31.
 STUDY_MODELS = {"llama31-8b": "llama", "mistral-7b": "mistral", "llama32-3b": "llama", "qwen25-3b": "qwen2"}
-SELECTED = ["zeroshot=[llama31-8b,mistral-7b]", "shortlist=[mistral-7b]", "finetune=[llama32-3b]",
-            "finetune_shortlist=[qwen25-3b]"]
-TINY_SMOKE = ["eval.max_samples=6", "eval.batch_size=6", "eval.fewshot_batch_size=6", "eval.max_input_tokens=96",
+def _entry(m: str, prompt: str = "plain", retrieved: int = 0, run: str | None = None, batch: int | None = None) -> str:
+    weights = f"models/adapters/{run}" if run else f"models/base/{m}"
+    extra = (f", retrieved: {retrieved}" if retrieved else "") + (f", train: {run}" if run else "")
+    extra += f", decoding: {{batch_size: {batch}}}" if batch else ""
+    return f"{{model: {m}, weights: {weights}, prompt: {prompt}{extra}}}"
+
+
+# A subset of the full study's tables (their `adds` bases are not selected, so the entries name none).
+SELECTED = ["systems.llm={" + ", ".join([
+    f"zeroshot-llama31-8b: {_entry('llama31-8b')}", f"fewshot-llama31-8b: {_entry('llama31-8b', 'examples', 3, batch=6)}",
+    f"zeroshot-mistral-7b: {_entry('mistral-7b')}", f"fewshot-mistral-7b: {_entry('mistral-7b', 'examples', 3, batch=6)}",
+    f"shortlist-mistral-7b: {_entry('mistral-7b', 'candidates', 5)}",
+    f"lora-llama32-3b: {_entry('llama32-3b', run='lora-llama32-3b')}",
+    f"lora-shortlist-qwen25-3b: {_entry('qwen25-3b', 'candidates', 5, run='lora-shortlist-qwen25-3b')}"]) + "}",
+    "training={lora-llama32-3b: {model: llama32-3b, prompt: plain}, "
+    "lora-shortlist-qwen25-3b: {model: qwen25-3b, prompt: candidates, retrieved: 5}}"]
+TINY_SMOKE = ["eval.max_samples=6", "eval.batch_size=6", "eval.max_input_tokens=96",
               "eval.max_shot_tokens=48", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2",
               "train.eval_steps=2", "train.save_steps=2", "train.max_val_samples=4", "train.lora_r=4",
               "train.lora_alpha=8", "train.lora_dropout=0.0", "train.learning_rate=0.001", "train.warmup_steps=0"]
@@ -44,8 +58,8 @@ def test_the_full_study_after_the_demo_reports_exactly_its_own_systems(team, tmp
     paths = [f"models.{key}.path={folders[family]}" for key, family in STUDY_MODELS.items()]
     args = [a for s in [f"data.source={medsynth}", "data.input=note", *paths, *TINY_SMOKE, *SELECTED] for a in ("-S", s)]
     out = sh(d, sys.executable, "-m", "icdstudy.study", "full-study", "--smoke", *args)
-    assert {"zeroshot@mistral-7b", "shortlist@mistral-7b", "train-shortlist@qwen25-3b", "evaluate@llama32-3b",
-            "score", "report"} <= ran(out)
+    assert {"predict@zeroshot-mistral-7b", "predict@shortlist-mistral-7b", "train@lora-shortlist-qwen25-3b",
+            "predict@lora-llama32-3b", "score", "report"} <= ran(out)
     assert "full-study-smoke" in dvc(d, "exp", "show", "--md", "--no-pager")
 
     report = (d / "reports" / "report.md").read_text()
@@ -73,5 +87,5 @@ def test_the_full_study_after_the_demo_reports_exactly_its_own_systems(team, tmp
     sh(d, sys.executable, "-c", apply, f"data.source={medsynth}", "data.input=note", *paths)
     assert yaml.safe_load((d / "params.yaml").read_text())["smoke"] is False
     changed = set(json.loads(dvc(d, "status", "--json").strip().splitlines()[-1]))
-    assert {"zeroshot@llama31-8b", "train@qwen25-3b", "report"} <= changed  # the real sizes rerun these
+    assert {"predict@zeroshot-llama31-8b", "train@lora-shortlist-qwen25-3b", "report"} <= changed  # the real sizes
     assert not changed & {"prepare", "datacard", *(f"base@{m}" for m in STUDY_MODELS)}, changed

@@ -26,11 +26,11 @@ def test_a_hand_typed_exponent_is_a_number_in_every_stage(tmp_path):
     path = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text()
     path.write_text(text.replace("  learning_rate: 2.0e-3 ", "  learning_rate: 1e-4 ", 1)
-                    .replace("  learning_rate: 4.0e-3 ", "  learning_rate: 3e-3 ", 1))  # train_shortlist's own
+                    .replace("      learning_rate: 4.0e-3 ", "      learning_rate: 3e-3 ", 1))  # a run's own recipe
     assert "learning_rate: 1e-4" in path.read_text() and "learning_rate: 3e-3" in path.read_text()
     params = load_params(path)
     assert params["train"]["learning_rate"] == 1e-4 and isinstance(params["train"]["learning_rate"], float)
-    recipe = train_config(params, "train_shortlist")
+    recipe = train_config(params, "lora-shortlist-smollm2-135m")
     assert recipe["learning_rate"] == 3e-3 and isinstance(recipe["learning_rate"], float)
     assert recipe["weight_decay"] == params["train"]["weight_decay"]  # the keys it does not replace are train's
 
@@ -41,7 +41,7 @@ def test_the_train_stage_trains_with_a_hand_typed_exponent(tiny_model_dir, tmp_p
     text = params.read_text()
     assert "learning_rate: 0.002" in text
     params.write_text(text.replace("learning_rate: 0.002", "learning_rate: 1e-3"))
-    out = run_stage(run, "train", "lora", "tiny")  # crashed in the optimizer: '<=' between float and str
+    out = run_stage(run, "train", "lora-tiny")  # crashed in the optimizer: '<=' between float and str
     assert "kept step" in out and json.loads((run / "metrics/train/lora-tiny.json").read_text())["steps"] == 6
 
 

@@ -36,8 +36,8 @@ def test_full_study_fits_one_80gb_gpu_with_margin():
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout)
     names = [s["stage"] for s in result["stages"]]
-    for want in ("zeroshot@llama31-8b", "zeroshot@mistral-7b", "train@llama32-3b", "train@qwen25-3b",
-                 "evaluate@qwen25-3b", "base@llama31-8b"):
+    for want in ("predict@zeroshot-llama31-8b", "predict@zeroshot-mistral-7b", "train@lora-llama32-3b",
+                 "train@lora-qwen25-3b", "predict@lora-qwen25-3b", "base@llama31-8b"):
         assert want in names
     for s in result["stages"]:
         assert s["fits"] and s["peak_gb"] + plan.CUDA_OVERHEAD_GB <= 0.9 * 80, s
@@ -52,21 +52,22 @@ def test_fewshot_stages_are_planned_with_their_own_batch_and_seeds_multiply_hour
     rc, planned = stages()
     assert rc == 0
     for key in ("llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b"):
-        few, zero = planned[f"fewshot@{key}"], planned[f"zeroshot@{key}"]
+        few, zero = planned[f"predict@fewshot-{key}"], planned[f"predict@zeroshot-{key}"]
         assert few["fits"] and few["est_hours"] > zero["est_hours"]  # three examples per prompt cost more
-    # at the zero-shot batch the 8B model's few-shot prompts do not fit, and the plan names the fix
-    rc, planned = stages("-S", "eval.fewshot_batch_size=null")
-    assert rc == 1 and not planned["fewshot@llama31-8b"]["fits"] and "eval.fewshot_batch_size=" in planned["fewshot@llama31-8b"]["fix"]
+    # at the zero-shot batch the 8B model's few-shot prompts do not fit, and the plan names the system's own key
+    rc, planned = stages("-S", "systems.llm.fewshot-llama31-8b.decoding.batch_size=48")
+    few = planned["predict@fewshot-llama31-8b"]
+    assert rc == 1 and not few["fits"] and "systems.llm.fewshot-llama31-8b.decoding.batch_size=" in few["fix"]
     _, three = stages("-S", "train.seeds=[42,43,44]")
     one = stages()[1]
-    assert three["train@qwen25-3b"]["est_hours"] == pytest.approx(3 * one["train@qwen25-3b"]["est_hours"], abs=0.02)
+    assert three["train@lora-qwen25-3b"]["est_hours"] == pytest.approx(3 * one["train@lora-qwen25-3b"]["est_hours"], abs=0.02)
 
 
 def test_the_seed_batch_does_not_fit_and_the_fix_is_named():
     run = _plan_here("full-study", "--gpu-mem-gb", "80", "-S", "train.batch_size=32", "-S", "train.grad_accum=1",
                 "-S", "train.gradient_checkpointing=false")
     assert run.returncode == 1
-    line = next(l for l in run.stdout.splitlines() if l.startswith("train@llama32-3b"))
+    line = next(l for l in run.stdout.splitlines() if l.startswith("train@lora-llama32-3b"))
     assert " NO " in line
     fix = run.stdout.splitlines()[run.stdout.splitlines().index(line) + 1]
     assert "train.batch_size=" in fix and "train.grad_accum=" in fix

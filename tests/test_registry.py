@@ -1,9 +1,9 @@
-"""One place to add a system: the registry of kinds (icdstudy/systems.py) and dvc.yaml agree block by block, no
-other source file spells a kind, every stage depends on the modules it runs, and a throwaway kind added to a
-temporary project (one entry, one dvc.yaml block) runs through DVC to the report and its plots."""
+"""One table of systems: dvc.yaml follows params' tables, every stage depends on the code it imports, an edit
+marks exactly the stages it must rerun (dvc status on a project whose outputs are committed), no source file
+switches on a prompt style's name, and a system added by one entry runs through DVC to the report."""
 import ast
 import json
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,197 +11,174 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icdstudy import systems
-from icdstudy.params import yaml_load
 from tests.conftest import REPO, copy_repo, dvc_env, requires_dvc
+from tests.stage_imports import closure
 
-M = "${item.model}"
-
-
-def _params(block: dict) -> set[str]:
-    out = set()
-    for entry in block.get("params", []):
-        if isinstance(entry, dict):
-            for keys in entry.values():
-                out |= set(keys)
-        else:
-            out.add(entry)
-    return out
+STYLES = {"plain", "examples", "candidates"}
 
 
-def _outs(block: dict, key: str = "outs") -> set[str]:
-    return {next(iter(o)) if isinstance(o, dict) else o for o in block.get(key, [])}
+def _stages(root: Path) -> dict:
+    """name -> (cmd, deps, outs) of every stage DVC resolves from root's dvc.yaml and params."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {s.addressing: (s.cmd, [d.def_path for d in s.deps], [o.def_path for o in s.outs])
+                for s in repo.index.stages}
 
 
-def check_blocks(stages: dict, kinds) -> list[str]:
-    """What in a dvc.yaml's stages disagrees with the registry's kinds (empty when they agree)."""
-    problems = []
-    for k in kinds:
-        block = stages.get(k.stage)
-        if block is None:
-            problems.append(f"{k.name}: no stage {k.stage!r} in dvc.yaml")
-            continue
-        s = systems.system(k, M)
-        want_params = set(systems.stage_params(k)) | ({f"models.{M}"} if not k.floor else set())
-        if _params(block) != want_params:
-            problems.append(f"{k.stage}: params {sorted(_params(block) ^ want_params)} differ from the registry's")
-        want_outs = {str(s.predictions(split)) for split in systems.SPLITS} | {str(s.run_record)}
-        if k.fine_tuned:
-            want_outs.add(f"predictions/seeds/{s.id}")
-        if _outs(block) != want_outs:
-            problems.append(f"{k.stage}: outs {sorted(_outs(block) ^ want_outs)} differ from the registry's paths")
-        if k.floor:
-            continue
-        if block.get("matrix") != {"model": "${" + k.selects + "}"}:
-            problems.append(f"{k.stage}: matrix {block.get('matrix')} is not over the list {k.selects}")
-        if block["cmd"] != f"python stages/evaluate.py {k.name} {M}":
-            problems.append(f"{k.stage}: cmd {block['cmd']!r}")
-        if any("systems.py" in d for d in block["deps"]):
-            problems.append(f"{k.stage}: depends on systems.py (adding a kind would rerun it)")
-        if not k.fine_tuned:
-            continue
-        train = stages.get(k.train_stage)
-        if train is None:
-            problems.append(f"{k.name}: no training stage {k.train_stage!r}")
-            continue
-        if train["cmd"] != f"python stages/train.py {k.name} {M}":
-            problems.append(f"{k.train_stage}: cmd {train['cmd']!r}")
-        want = set(systems.training_params(k)) | {f"models.{M}"}
-        if _params(train) != want:
-            problems.append(f"{k.train_stage}: params {sorted(_params(train) ^ want)} differ from the registry's")
-        if _outs(train) != {str(s.adapter), str(s.seed_adapters)} or _outs(train, "metrics") != {f"metrics/train/{s.run}.json"}:
-            problems.append(f"{k.train_stage}: outs {_outs(train)} are not the run named after its system")
-        if "data/processed/test.jsonl" in train["deps"] or f"{s.adapter}" not in block["deps"]:
-            problems.append(f"{k.train_stage}: reads the test split, or {k.stage} does not read its adapter")
-        curves = _outs(train, "plots")
-        if f"dvclive/{s.run}/plots/metrics/eval/exact_match.tsv" not in curves:
-            problems.append(f"{k.train_stage}: the validation exact-match curve is not declared")
-    return problems
-
-
-def test_dvc_yaml_has_one_block_per_kind_that_matches_its_entry():
-    stages = yaml_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert check_blocks(stages, systems.KINDS) == []
-    # and the check finds what it should: a block that lost a param, a cmd that names another kind
-    broken = json.loads(json.dumps(stages))
-    broken["fewshot"]["params"] = broken["fewshot"]["params"][:-2] + [f"models.{M}"]
-    broken["shortlist"]["cmd"] = f"python stages/evaluate.py zeroshot {M}"
-    found = check_blocks(broken, systems.KINDS)
-    assert any("fewshot: params" in p for p in found) and any("shortlist: cmd" in p for p in found)
-
-
-def test_the_shared_lists_are_written_once():
-    text = (REPO / "dvc.yaml").read_text()
-    assert text.count("- eval.repetition_penalty") == 2  # the &scoring and &recipe anchors, nowhere else
-    assert text.count("*scoring") == 4 and text.count("*predicting") == 2 and text.count("*recipe") == 1
-
-
-KIND_NAMES = {k.name for k in systems.KINDS}
-
-
-def kind_literals(path: Path) -> set[str]:
-    """The kind names a source file spells as string literals."""
-    return {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)
-            and isinstance(n.value, str) and n.value in KIND_NAMES}
-
-
-def test_kind_names_are_spelled_in_at_most_two_source_files():
-    sources = [p for folder in ("icdstudy", "stages", "tools", "benchmarks") for p in (REPO / folder).rglob("*.py")]
-    spelled = {p.relative_to(REPO).as_posix(): sorted(kind_literals(p)) for p in sources if kind_literals(p)}
-    assert len(spelled) <= 2 and "icdstudy/systems.py" in spelled, spelled
-    assert set(spelled) == {"icdstudy/systems.py"}, spelled  # today: the registry alone
-
-
-EXEMPT = {"io", "params", "schema"}  # writing files and reading params: what they read is tracked as params and data
-
-
-def imported_modules(path: Path) -> set[str]:
-    """The icdstudy modules a file imports, at any depth of the code, and what those import in turn."""
-    def direct(p: Path) -> set[str]:
-        found = set()
-        for n in ast.walk(ast.parse(p.read_text())):
-            if isinstance(n, ast.ImportFrom):
-                if n.module and n.module.startswith("icdstudy"):
-                    found |= ({a.name for a in n.names} if n.module == "icdstudy" else {n.module.split(".")[1]})
-                elif n.level == 1:
-                    found |= {n.module.split(".")[0]} if n.module else {a.name for a in n.names}
-        return {m for m in found if (REPO / "icdstudy" / f"{m}.py").exists()}
-
-    seen, todo = set(), list(direct(path))
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            if m not in EXEMPT:  # what reading params imports (the schema asks the registry) is not the stage's code
-                todo += direct(REPO / "icdstudy" / f"{m}.py")
-    return seen
-
-
-def test_every_stage_depends_on_the_code_it_runs():
-    """A change to a module a stage runs reruns the stage (icd10.py included: a table fix reaches every stage that
-    uses codes). The registry is no dependency of the stages that predict or train (by design, see dvc.yaml)."""
-    stages = yaml_load((REPO / "dvc.yaml").read_text())["stages"]
+@requires_dvc
+def test_every_stage_depends_on_the_code_it_imports():
     missing = {}
-    for name, block in stages.items():
-        script = next(p for p in block["cmd"].split() if p.startswith("stages/"))
-        modules = imported_modules(REPO / script) - EXEMPT
-        if systems.from_stage(f"{name}@x") or name in {k.stage for k in systems.KINDS if k.floor}:
-            modules.discard("systems")
-        deps = {d for d in block["deps"]}
-        lacking = sorted(m for m in modules if f"icdstudy/{m}.py" not in deps)
-        if lacking or script not in deps:
-            missing[name] = lacking + ([script] if script not in deps else [])
+    for name, (cmd, deps, _) in _stages(REPO).items():
+        script = next(p for p in cmd.split() if p.startswith("stages/"))
+        lacking = sorted((closure(script) | {script}) - set(deps))
+        if lacking:
+            missing[name] = lacking
     assert missing == {}
-    assert "icd10" in imported_modules(REPO / "stages/evaluate.py") and "icd10" in imported_modules(REPO / "stages/score.py")
+    assert "icdstudy/icd10.py" in closure("stages/predict.py") and "icdstudy/plan.py" not in closure("stages/predict.py")
 
 
-THROWAWAY = '''    Kind("greedy", "greedy", "greedy {model}", "#17becf", selects="greedy", prompt="plain"),
-'''
-BLOCK = '''
-  greedy:  # a throwaway kind: the base model, one greedy answer
-    matrix:
-      model: ${greedy}
-    cmd: python stages/evaluate.py greedy ${item.model}
-    deps: *predicting
-    params:
-      - params.yaml: *scoring
-      - models.${item.model}
-    outs:
-      - predictions/val/greedy-${item.model}.jsonl
-      - predictions/greedy-${item.model}.jsonl
-      - predictions/runs/greedy-${item.model}.json
-'''
+def test_no_source_file_switches_on_a_prompt_style_name():
+    """A style is one entry of icdstudy/prompt_styles.py: nothing else compares a value against its name."""
+    found = []
+    for path in [p for folder in ("icdstudy", "stages", "tools") for p in (REPO / folder).rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value in STYLES
+                                                     for c in [node.left, *node.comparators]):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found == []
+
+
+def _fake_outputs(root: Path) -> None:
+    """Every stage output as a small file or folder, so that `dvc commit` records a lock without running anything."""
+    for _, _, outs in _stages(root).values():
+        for out in outs:
+            path = root / out
+            if path.suffix in {".jsonl", ".json", ".md", ".tsv", ".png"}:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"{out}\n")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "stand-in.txt").write_text(f"{out}\n")
+
+
+def _changed(root: Path) -> set[str]:
+    run = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True, text=True,
+                         env=dvc_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return set(json.loads(run.stdout or "{}"))
+
+
+@pytest.fixture(scope="module")
+def committed_project(tmp_path_factory):
+    root = copy_repo(tmp_path_factory.mktemp("deps") / "repo")
+    (root / "dvc.lock").unlink(missing_ok=True)
+    _fake_outputs(root)
+    run = subprocess.run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], cwd=root, capture_output=True, text=True,
+                         env=dvc_env(), timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert _changed(root) == set()
+    return root
+
+
+def _edit_params(root: Path, edit) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    edit(params)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+LLM = {f"predict@{s}" for s in ("lora-smollm2-135m", "lora-shortlist-smollm2-135m", "zeroshot-smollm2-135m",
+                                "fewshot-smollm2-135m", "shortlist-smollm2-135m")}
+TRAIN = {"train@lora-smollm2-135m", "train@lora-shortlist-smollm2-135m"}
+FLOORS = {"floor@tfidf-logreg", "floor@knn-tfidf"}
+
+
+def _set_decoding(p):
+    p["systems"]["llm"]["zeroshot-smollm2-135m"]["decoding"] = {"top_k": 1}
+
+
+def _set_rank(p):
+    p["training"]["lora-smollm2-135m"]["recipe"]["lora_r"] = 8
+
+
+def _append(path: str, text: str):
+    def edit(root: Path):
+        target = root / path
+        target.write_text(target.read_text() + text)
+    return edit
+
+
+EDITS = {  # what is edited -> the stages dvc status must list: no fewer (stale results), no more (wasted hours)
+    "a prompt template": (_append("icdstudy/prompts.py", "\n# edited\n"), TRAIN | LLM),
+    "one system's entry": (lambda root: _edit_params(root, _set_decoding),
+                           {"predict@zeroshot-smollm2-135m", "score", "report"}),
+    "a recipe key": (lambda root: _edit_params(root, _set_rank), {"train@lora-smollm2-135m", "score", "report"}),
+    "the retriever's code": (_append("icdstudy/retrieval.py", "\n# edited\n"),
+                             {"datacard"} | TRAIN | LLM | FLOORS | {"score", "report"}),
+    "one training row": (_append("data/processed/train.jsonl", '{"id": "extra"}\n'),
+                         {"prepare", "datacard"} | TRAIN | LLM | FLOORS | {"report"}),
+    "a floor's entry": (lambda root: _edit_params(root, lambda p: p["systems"]["floors"]["tfidf-logreg"].update(C=1.0)),
+                        {"floor@tfidf-logreg", "score", "report"}),
+}
+
+
+@requires_dvc
+@pytest.mark.parametrize("what", list(EDITS))
+def test_an_edit_marks_exactly_the_stages_it_must_rerun(committed_project, what):
+    root = committed_project
+    saved = {name: (root / name).read_bytes() for name in ("params.yaml", "icdstudy/prompts.py", "icdstudy/retrieval.py",
+                                                           "data/processed/train.jsonl")}
+    edit, expected = EDITS[what]
+    try:
+        edit(root)
+        assert _changed(root) == expected
+    finally:
+        for name, content in saved.items():
+            (root / name).write_bytes(content)
+    assert _changed(root) == set()
 
 
 @pytest.mark.slow
 @requires_dvc
-def test_a_new_kind_is_one_registry_entry_and_one_dvc_yaml_block(tmp_path, tiny_model_dir):
+def test_a_variant_is_one_table_entry_and_runs_through_the_report(tmp_path, tiny_model_dir):
+    """The README's two additions: a greedy variant of a zero-shot system (one systems.llm entry) and a fine-tuned
+    variant with its own recipe (one training entry and the system naming it); dvc.yaml untouched."""
     repo = copy_repo(tmp_path / "repo")
-    registry = repo / "icdstudy/systems.py"
-    text = registry.read_text()
-    anchor = '    Kind("tfidf-logreg",'
-    registry.write_text(text.replace(anchor, THROWAWAY + anchor, 1))
-    dvc_yaml = repo / "dvc.yaml"
-    text = dvc_yaml.read_text()
-    dvc_yaml.write_text(text.replace("\n  train:  #", BLOCK + "\n  train:  #", 1))
+    dvc_yaml = (repo / "dvc.yaml").read_bytes()
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["models"]["tiny"] = {"path": str(tiny_model_dir), "dtype": "float32", "load_in_4bit": False}
-    params.update(base_models=["tiny"], zeroshot=[], finetune=[], shortlist=[], finetune_shortlist=[], greedy=["tiny"])
+    params.update(base_models=["tiny"])
     params["datacard"]["tokenizer"] = "tiny"
-    params["eval"].update(max_samples=6, batch_size=6, max_input_tokens=64)
+    params["eval"].update(max_samples=6, batch_size=6, max_input_tokens=64, top_k=2)
+    params["train"].update(max_steps=2, eval_steps=2, save_steps=2, logging_steps=1, warmup_steps=0, sanity_steps=0,
+                           max_val_samples=4, eval_batch_size=4)
+    params["training"] = {"lora-r4-tiny": {"model": "tiny", "prompt": "plain", "recipe": {"lora_r": 4, "lora_alpha": 8}}}
+    params["systems"]["llm"] = {
+        "zeroshot-tiny": {"model": "tiny", "weights": "models/base/tiny", "prompt": "plain"},
+        "zeroshot-greedy-tiny": {"model": "tiny", "weights": "models/base/tiny", "prompt": "plain",
+                                 "decoding": {"top_k": 1, "num_beams": 1}},
+        "lora-r4-tiny": {"model": "tiny", "weights": "models/adapters/lora-r4-tiny", "prompt": "plain",
+                         "train": "lora-r4-tiny", "adds": {"to": "zeroshot-tiny", "what": "Fine-tuning tiny at rank 4"}},
+    }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    env = {**dvc_env(), "PYTHONPATH": str(repo)}  # the stages import this copy's registry
     run = subprocess.run([sys.executable, "-m", "dvc", "repro", "report"], cwd=repo, capture_output=True, text=True,
-                         env=env, timeout=600)
+                         env=dvc_env(), timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "Running stage 'greedy@tiny'" in run.stdout
+    assert "Running stage 'predict@zeroshot-greedy-tiny'" in run.stdout and "Running stage 'train@lora-r4-tiny'" in run.stdout
+    assert (repo / "dvc.yaml").read_bytes() == dvc_yaml
     report = (repo / "reports/report.md").read_text()
-    assert "| greedy-tiny |" in report and "| tfidf-logreg |" in report
-    assert json.loads((repo / "metrics/val/greedy-tiny.json").read_text())["split"] == "val"
-    assert {p.name for p in (repo / "plots").glob("*.png")} >= {"accuracy_by_system.png", "risk_coverage.png"}
-    check = subprocess.run([sys.executable, "-c", "import json, sys; from tests.test_registry import check_blocks; "
-                            "from icdstudy import systems; from icdstudy.params import yaml_load; "
-                            "print(json.dumps(check_blocks(yaml_load(open('dvc.yaml').read())['stages'], systems.KINDS)))"],
-                           cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
-    assert check.returncode == 0 and json.loads(check.stdout) == [], check.stdout + check.stderr
+    assert "| zeroshot-greedy-tiny |" in report and "| lora-r4-tiny |" in report and "Fine-tuning tiny at rank 4" in report
+    greedy = json.loads((repo / "predictions/runs/zeroshot-greedy-tiny.json").read_text())
+    assert greedy["top_k"] == 1
+    assert json.loads((repo / "metrics/train/lora-r4-tiny.json").read_text())["lora_r"] == 4
+    assert json.loads((repo / "metrics/val/zeroshot-greedy-tiny.json").read_text())["split"] == "val"
+    shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
+
+
+def test_the_schema_allows_exactly_the_prompt_styles():
+    from typing import get_args
+
+    from icdstudy.prompt_styles import STYLES
+    from icdstudy.schema import PromptStyle
+
+    assert set(get_args(PromptStyle)) == set(STYLES)

@@ -11,7 +11,7 @@ import yaml
 from icdstudy import systems
 from icdstudy.io import write_json, write_jsonl
 from tests.conftest import REPO
-from tests.stage_project import run_stage
+from tests.stage_project import run_stage, system_for, tables_for
 
 CODES = ["E119", "I10", "J069", "M25562", "S83512A", "Z23"]
 
@@ -25,7 +25,7 @@ def write_system(root, system: str, val: float, test: float, seed: int = 0, late
                  params: float = 1e8, codes=CODES, seeds=None, device: str = "cpu"):
     """Predictions of ``system`` on both splits, right at the given rates; a right answer is surer than a wrong one
     (confidence 0.9 against 0.5), so the deployment view has thresholds to find."""
-    s = systems.parse(system)
+    s = system_for(system)
     for split, rate in (("val", val), ("test", test)):
         rng = random.Random(f"{system}-{split}-{seed}")
         out = []
@@ -37,9 +37,9 @@ def write_system(root, system: str, val: float, test: float, seed: int = 0, late
                         "candidates": [{"code": p, "score": conf}, {"code": "Z23", "score": round(1 - conf, 3)}],
                         "confidence": conf, "latency_s": latency, "input_truncated": False})
         write_jsonl(root / s.predictions(split), out)
-    write_json(root / s.run_record, {"system": s.id, "kind": s.kind.name, "model": s.model or s.id, "params_total": params,
+    write_json(root / s.run_record, {"system": s.id, "prompt": s.prompt, "model": s.model or s.id, "params_total": params,
                                      "peak_mem_mb": mem, "device": device, "constrained": True, "top_k": 2,
-                                     "few_shot": 3 if s.kind.prompt == "examples" else 0,
+                                     "few_shot": s.retrieved if s.prompt == "examples" else 0,
                                      **({"seeds": [42, *(seeds or [])]} if s.fine_tuned else {})})
 
 
@@ -56,8 +56,8 @@ def study(root, zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), s
     models = sorted(set(zeroshot) | set(finetune) | set(shortlist) | set(finetune_shortlist)) or ["smollm2-135m"]
     for m in models:
         params["models"].setdefault(m, {"hub_id": f"org/{m}", "dtype": "auto", "load_in_4bit": False})
-    params.update({"base_models": models, "zeroshot": list(zeroshot), "finetune": list(finetune),
-                   "shortlist": list(shortlist), "finetune_shortlist": list(finetune_shortlist)})
+    params["base_models"] = models
+    params["training"], params["systems"]["llm"] = tables_for(zeroshot, finetune, shortlist, finetune_shortlist)
     params["datacard"]["tokenizer"] = models[0]
     params["train"]["seeds"] = list(seeds)
     path = root / "params.yaml"

@@ -41,17 +41,17 @@ def outputs(path: Path, run: str = "lora-tiny") -> dict:
     metrics = read_json(path / "metrics" / "train" / f"{run}.json")
     metrics.pop("by_seed", None)  # each seed's own figures, wall time included
     adapter = path / "models" / "adapters" / run
-    return {"adapter": {f.name: f.read_bytes() for f in sorted(adapter.iterdir())},  # every file, config included
+    return {"adapter": {f.name: f.read_bytes() for f in sorted(adapter.iterdir()) if f.is_file()},  # config included
             "metrics": {k: v for k, v in metrics.items() if k not in TIMING},
             "curves": sorted((p.relative_to(path / "dvclive"), p.read_text()) for p in (path / "dvclive").rglob("*.tsv"))}
 
 
-# plain prompts (stage train@tiny, run lora-tiny) and shortlist prompts (stage train-shortlist@tiny, run lora-shortlist-tiny)
+# plain prompts (stage train@lora-tiny) and shortlist prompts (stage train@lora-shortlist-tiny)
 RECIPES = {"plain": "lora-tiny", "shortlist": "lora-shortlist-tiny"}
 
 
 def train_args(run: str) -> list:
-    return [REPO / "stages" / "train.py", run.removesuffix("-tiny"), "tiny"]
+    return [REPO / "stages" / "train.py", run]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def uninterrupted(tiny_model_dir, tmp_path_factory):
         if recipe not in made:
             run = RECIPES[recipe]
             one = project(tmp_path_factory.mktemp("reference") / recipe, tiny_model_dir)
-            run_stage(one, "train", run.removesuffix("-tiny"), "tiny")
+            run_stage(one, "train", run)
             made[recipe] = outputs(one, run)
         return made[recipe]
 
@@ -110,7 +110,7 @@ def test_a_multi_seed_stage_killed_in_its_second_seed_never_retrains_the_first(t
     assert {k: v for k, v in got["metrics"].items() if k != "seeds"} == \
         {k: v for k, v in uninterrupted()["metrics"].items() if k != "seeds"}
     assert read_json(run / "metrics/train/lora-tiny.json")["by_seed"]["7"]["steps"] == 12
-    assert (run / "models/seeds/lora-tiny/seed-7/adapter_model.safetensors").exists()
+    assert (run / "models/adapters/lora-tiny/seeds/seed-7/adapter_model.safetensors").exists()
     assert not (run / ".resume" / "train-done" / "lora-tiny").exists()
 
 
@@ -127,13 +127,13 @@ def test_a_killed_prediction_stage_resumes_to_the_same_predictions(tiny_model_di
         return out
 
     full = project(tmp_path / "full", tiny_model_dir)
-    run_stage(full, "evaluate", kind, "tiny")
+    run_stage(full, "predict", system)
     run = project(tmp_path / "run", tiny_model_dir)
     resume = run / ".resume" / f"{system}-test.jsonl"  # the validation split is done, the test split half done
-    kill_when(run, [REPO / "stages" / "evaluate.py", kind, "tiny"],
+    kill_when(run, [REPO / "stages" / "predict.py", system],
               lambda: resume.exists() and len(resume.read_text().splitlines()) >= 1 + 6, "three test batches")
     assert not (run / "predictions").exists() and (run / ".resume" / f"{system}-val.jsonl").exists()
-    again = run_stage(run, "evaluate", kind, "tiny")
+    again = run_stage(run, "predict", system)
     assert again.count("resuming:") == 2  # both splits: every finished batch is kept
     assert predictions(run) == predictions(full)
     if kind == "shortlist":

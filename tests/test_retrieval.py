@@ -100,7 +100,7 @@ def test_knn_stage_predicts_both_splits_with_ranked_neighbours(tmp_path):
     write_jsonl(data / "test.jsonl", [{"id": "q1", "code": "I10", "input": "Blood pressure 170/100 on amlodipine."},
                                       {"id": "q2", "code": "Z23", "input": "Wants the influenza vaccine today."}])
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("neighbours: 10", "neighbours: 4"))
-    run_stage(tmp_path, "knn")
+    run_stage(tmp_path, "floor", "knn-tfidf")
     rows = read_jsonl(tmp_path / "predictions" / "knn-tfidf.jsonl")
     assert [r["pred"] for r in rows] == ["I10", "Z23"] and [r["pred"] for r in read_jsonl(
         tmp_path / "predictions" / "val" / "knn-tfidf.jsonl")] == ["E119"]

@@ -18,9 +18,13 @@ def test_full_study_overrides_apply_through_dvc(tmp_path):
     apply_overrides(params, [a for a in args if a != "-S"])
     p = yaml.safe_load(params.read_text())
     assert p["data"]["source"] == "hf:Ahmad0067/MedSynth"
-    assert p["zeroshot"] == ["llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b"]
-    assert p["finetune"] == ["llama32-3b", "qwen25-3b"]
-    assert set(p["zeroshot"] + p["finetune"]) <= set(p["base_models"]) <= set(p["models"])
+    llm = p["systems"]["llm"]
+    assert {s["model"] for s in llm.values() if s["prompt"] == "plain" and not s.get("train")} == \
+        {"llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b"}
+    assert {s["model"] for s in llm.values() if s.get("train")} == {"llama32-3b", "qwen25-3b"}
+    assert "zeroshot-smollm2-135m" not in llm and set(p["systems"]["floors"]) == {"tfidf-logreg", "knn-tfidf"}
+    assert set(p["training"]) == {"lora-llama32-3b", "lora-shortlist-llama32-3b", "lora-qwen25-3b", "lora-shortlist-qwen25-3b"}
+    assert {s["model"] for s in llm.values()} <= set(p["base_models"]) <= set(p["models"])
     assert p["train"]["lora_r"] == 64 and p["train"]["lora_alpha"] == 128 and p["train"]["learning_rate"] == 2e-4
     assert p["train"]["save_steps"] % p["train"]["eval_steps"] == 0
     assert p["models"]["llama31-8b"]["load_in_4bit"] and p["models"]["mistral-7b"]["load_in_4bit"]
@@ -35,7 +39,7 @@ def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale(monkey
 
     monkeypatch.chdir(REPO)
     p = validate(resolved_params("full-study", [])).model_dump()
-    plain, listed = train_config(p), train_config(p, "train_shortlist")
+    plain, listed = train_config(p, "lora-qwen25-3b"), train_config(p, "lora-shortlist-qwen25-3b")
     assert plain == listed and plain["select_by"] == "exact_match"
     assert (plain["learning_rate"], plain["num_epochs"], plain["lr_scheduler"]) == (2e-4, 3, "linear")
     steps = 3 * -(-7168 // (plain["batch_size"] * plain["grad_accum"]))
@@ -44,7 +48,8 @@ def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale(monkey
 
 def test_demo_params_are_consistent():
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(p["zeroshot"] + p["finetune"] + [p["datacard"]["tokenizer"]]) <= set(p["base_models"]) <= set(p["models"])
+    models = {s["model"] for s in p["systems"]["llm"].values()} | {r["model"] for r in p["training"].values()}
+    assert models | {p["datacard"]["tokenizer"]} <= set(p["base_models"]) <= set(p["models"])
     assert p["train"]["save_steps"] % p["train"]["eval_steps"] == 0
     for key in ("llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b", "smollm2-135m"):
         assert key in p["models"]
@@ -68,23 +73,14 @@ def test_a_train_param_invalidates_only_training(tmp_path):
 
     status = json.loads(dvc(repo, "status", "--json"))
     changed = [s for s, reasons in status.items() if any("params.yaml" in (r.get("changed deps") or {}) for r in reasons if isinstance(r, dict))]
-    assert sorted(changed) == ["train-shortlist@smollm2-135m", "train@smollm2-135m"], status  # both recipes train
+    assert sorted(changed) == ["train@lora-shortlist-smollm2-135m", "train@lora-smollm2-135m"], status  # both runs train
     # a price reruns the scores and the report, nothing that predicts or trains
     params.write_text(params.read_text().replace("  lora_r: 8 ", "  lora_r: 16 ", 1).replace(
         "  usd_per_hour: 2.69 ", "  usd_per_hour: 3.5 ", 1))
     status = json.loads(dvc(repo, "status", "--json"))
     changed = [s for s, reasons in status.items() if any("params.yaml" in (r.get("changed deps") or {}) for r in reasons if isinstance(r, dict))]
     assert sorted(changed) == ["report", "score"], status
-    params.write_text(params.read_text().replace("  usd_per_hour: 3.5 ", "  usd_per_hour: 2.69 ", 1).replace(
-        "  lora_r: 16 ", "  lora_r: 8 ", 1))
-
-    # the shortlist's length reruns the shortlist systems only, never the other GPU stages
-    params.write_text(params.read_text().replace("  lora_r: 8 ", "  lora_r: 16 ", 1).replace(
-        "  candidates: 5 ", "  candidates: 3 ", 1))
-    status = json.loads(dvc(repo, "status", "--json"))
-    changed = [s for s, reasons in status.items() if any("params.yaml" in (r.get("changed deps") or {}) for r in reasons if isinstance(r, dict))]
-    assert sorted(changed) == ["evaluate-shortlist@smollm2-135m", "report", "shortlist@smollm2-135m",
-                               "train-shortlist@smollm2-135m"], status
+    # one system's entry, a recipe key, a floor's entry, code and data: tests/test_registry.py
 
 
 def test_a_smoke_run_is_its_own_experiment_and_a_real_run_resets_its_sizes(capsys, monkeypatch, tmp_path):
@@ -172,7 +168,7 @@ def test_editing_a_test_row_retrains_nothing(tmp_path):
     assert edited != rows[0]
     test.write_text("\n".join([edited, *rows[1:]]) + "\n")
     after = data_changes(json.loads(dvc(repo, "status", "--json")))
-    training = [s for s in after if s.startswith(("train@", "train-shortlist@"))]
+    training = [s for s in after if s.startswith("train@")]
     assert training and all(after[s] == [] for s in training), after
-    assert after["zeroshot@smollm2-135m"] == ["data/processed/test.jsonl"] and "data/processed/test.jsonl" in after["score"]
+    assert after["predict@zeroshot-smollm2-135m"] == ["data/processed"] and "data/processed/test.jsonl" in after["score"]
 

@@ -20,7 +20,7 @@ pytestmark = [requires_dvc, pytest.mark.slow]
 
 
 def test_a_clone_is_up_to_date_after_dvc_pull(team):
-    assert {"prepare", "train@tiny", "evaluate@tiny", "report"} <= ran(team["first_repro"])
+    assert {"prepare", "train@lora-tiny", "predict@lora-tiny", "report"} <= ran(team["first_repro"])
     b = clone(team, "b")
     dvc(b, "pull")
     assert json.loads(dvc(b, "status", "--json")) == {}
@@ -33,9 +33,9 @@ def test_a_clone_is_up_to_date_after_dvc_pull(team):
 def test_metrics_diff_between_two_commits_reads_the_remote(team):
     a = team["a"]
     params = yaml.safe_load((a / "params.yaml").read_text())
-    params["baseline"]["C"] = 0.05
+    params["systems"]["floors"]["tfidf-logreg"]["C"] = 0.05
     (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(a, "repro")) == {"baseline", "score", "report"}
+    assert ran(dvc(a, "repro")) == {"floor@tfidf-logreg", "score", "report"}
     sh(a, "git", "commit", "-qam", "weaker baseline")
     dvc(a, "push")
     sh(a, "git", "push", "-q", "origin", "main")
@@ -44,7 +44,7 @@ def test_metrics_diff_between_two_commits_reads_the_remote(team):
     ece = diff["metrics/eval/tfidf-logreg.json"]["ece"]
     assert ece["old"] != ece["new"] and ece["diff"] == pytest.approx(ece["new"] - ece["old"])
     params_diff = json.loads(dvc(b, "params", "diff", "HEAD~1", "HEAD", "--json"))
-    c = params_diff["params.yaml"]["baseline.C"]
+    c = params_diff["params.yaml"]["systems.floors.tfidf-logreg.C"]
     assert (c["old"], c["new"]) == (10.0, 0.05)
 
 
@@ -90,7 +90,7 @@ def test_a_failed_queued_experiment_leaves_the_workspace_untouched(team):
 
 def test_a_stage_run_on_one_host_is_restored_on_another(team):
     """Sharding: host A trains on a branch whose dvc.lock does not know the result and pushes its
-    run cache; host C restores train@tiny and evaluate@tiny from it instead of rerunning them."""
+    run cache; host C restores train@lora-tiny and predict@lora-tiny from it instead of rerunning them."""
     a = team["a"]
     sh(a, "git", "checkout", "-q", "-b", "shard")
     params = yaml.safe_load((a / "params.yaml").read_text())
@@ -98,8 +98,8 @@ def test_a_stage_run_on_one_host_is_restored_on_another(team):
     (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(a, "git", "commit", "-qam", "study params for the shards")
     sh(a, "git", "push", "-q", "origin", "shard")
-    host_a = ran(dvc(a, "repro", "train@tiny", "evaluate@tiny"))
-    assert host_a == {"train@tiny", "evaluate@tiny"}
+    host_a = ran(dvc(a, "repro", "train@lora-tiny", "predict@lora-tiny"))
+    assert host_a == {"train@lora-tiny", "predict@lora-tiny"}
     dvc(a, "push", "--run-cache")
 
     c = clone(team, "c")
@@ -107,7 +107,7 @@ def test_a_stage_run_on_one_host_is_restored_on_another(team):
     dvc(c, "pull", "--run-cache")
     out = dvc(c, "repro", "--pull")
     assert not (ran(out) & host_a), out  # what host A ran is restored, not rerun
-    assert "Stage 'train@tiny' is cached - skipping run" in out and ran(out) == {"score", "report"}  # seconds, no model
+    assert "Stage 'train@lora-tiny' is cached - skipping run" in out and ran(out) == {"score", "report"}  # seconds, no model
     for path in ("metrics/train/lora-tiny.json", "predictions/lora-tiny.jsonl", "predictions/val/lora-tiny.jsonl",
                  "models/adapters/lora-tiny/adapter_model.safetensors"):
         assert (c / path).read_bytes() == (a / path).read_bytes(), path
@@ -124,8 +124,8 @@ def test_study_shard_prints_each_hosts_commands():
     assert len(hosts) == 2 and "dvc push --run-cache" in text and "dvc pull --run-cache" in text
     stages = [s for line in text.splitlines() if line.startswith("dvc repro --pull ") for s in line.split()[3:]]
     for key in ("llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b"):
-        assert f"zeroshot@{key}" in stages and stages.count(f"zeroshot@{key}") == 1
-    assert "train@llama32-3b" in stages and "evaluate@qwen25-3b" in stages
+        assert f"predict@zeroshot-{key}" in stages and stages.count(f"predict@zeroshot-{key}") == 1
+    assert "train@lora-llama32-3b" in stages and "predict@lora-qwen25-3b" in stages
 
 
 def test_the_pull_request_report_renders_from_two_commits(team, tmp_path):
@@ -133,7 +133,7 @@ def test_the_pull_request_report_renders_from_two_commits(team, tmp_path):
     out = tmp_path / "pr-report"
     sh(b, sys.executable, REPO / "tools" / "pr_report.py", "--base", "HEAD~1", "--out", out)
     md = (out / "report.md").read_text()
-    assert "| metrics/val/tfidf-logreg.json | ece |" in md and "baseline.C" in md
+    assert "| metrics/val/tfidf-logreg.json | ece |" in md and "systems.floors.tfidf-logreg.C" in md
     assert "metrics/eval/" not in md  # a change is judged on validation: test numbers only with --test
     assert sorted(p.name for p in out.glob("*.png")) == ["curves_lora-tiny.png"]  # curves read from the DVC remote
     sh(b, sys.executable, REPO / "tools" / "pr_report.py", "--base", "HEAD~1", "--out", out, "--test")

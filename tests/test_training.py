@@ -238,7 +238,7 @@ def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tm
 
     tmp_path = project(tmp_path / "run", tiny_model_dir, test_rows=ROWS, eval_params={"batch_size": 6, "top_k": 2},
                        seeds=[0, 7], num_epochs=1)
-    run_stage(tmp_path, "train", "lora", "tiny")
+    run_stage(tmp_path, "train", "lora-tiny")
     metrics = read_json(tmp_path / "metrics" / "train" / "lora-tiny.json")
     assert metrics["seeds"] == [0, 7] and metrics["seed"] == 0 and set(metrics["by_seed"]) == {"0", "7"}
     assert metrics["by_seed"]["0"]["train_loss"] != metrics["by_seed"]["7"]["train_loss"]
@@ -247,7 +247,7 @@ def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tm
     assert read_json(tmp_path / "models" / "seeds" / "lora-tiny" / "seeds.json")["seeds"] == [0, 7]
     assert not (tmp_path / ".resume" / "train-done" / "lora-tiny-seed7").exists()
 
-    run_stage(tmp_path, "evaluate", "lora", "tiny")
+    run_stage(tmp_path, "predict", "lora-tiny")
     seed7 = (tmp_path / "predictions" / "seeds" / "lora-tiny" / "seed-7.jsonl").read_text().splitlines()
     assert len(seed7) == len(ROWS)
     from tests.test_scoring import score_only

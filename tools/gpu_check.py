@@ -6,9 +6,9 @@
 Parts, each timed and recorded even when another fails:
   environment  GPU, driver-visible memory, package versions, a 4-bit matmul through bitsandbytes
   tests        the tests that exercise CUDA when it is present (DVC-dependent tests skip with a reason)
-  plan         `study plan full-study --measure --weights random` for train@llama32-3b, train@qwen25-3b,
-               train-shortlist@qwen25-3b (the study's tightest fit), zeroshot@llama31-8b and
-               fewshot@mistral-7b: peak memory planned vs measured, tokens/s,
+  plan         `study plan full-study --measure --weights random` for train@lora-llama32-3b, train@lora-qwen25-3b,
+               train@lora-shortlist-qwen25-3b (the study's tightest fit), predict@zeroshot-llama31-8b and
+               predict@fewshot-mistral-7b: peak memory planned vs measured, tokens/s,
                samples/s, MFU (on CPU: scaled-down architectures against the same formulas)
   benchmarks   benchmarks/run.py (training and evaluation against the naive way) on a random-weight
                Llama-3.2-3B with its real tokenizer (on CPU: a scaled-down one, --quick), and constrained
@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STAGES = ["train@llama32-3b", "train@qwen25-3b", "train-shortlist@qwen25-3b", "zeroshot@llama31-8b", "fewshot@mistral-7b"]
+STAGES = ["train@lora-llama32-3b", "train@lora-qwen25-3b", "train@lora-shortlist-qwen25-3b", "predict@zeroshot-llama31-8b",
+          "predict@fewshot-mistral-7b"]
 TEST_FILES = ["tests/test_gpu_host.py", "tests/test_training.py", "tests/test_generation.py",
               "tests/test_model_families.py", "tests/test_predict.py"]
 # --cpu-smoke: one quick test of each kind, so the driver's every path runs in CI in about two minutes
