@@ -56,10 +56,10 @@ def tiny_tables(model: str = "tiny", candidates: int = 5) -> tuple[dict, dict]:
                 f"lora-shortlist-{model}": {"model": model, "prompt": "candidates", "retrieved": candidates, "recipe": {}}}
     base = {"model": model, "weights": f"models/base/{model}"}
     llm = {f"lora-{model}": {"model": model, "weights": f"models/adapters/lora-{model}", "prompt": "plain",
-                             "train": f"lora-{model}", "adds": {"to": f"zeroshot-{model}", "what": "Fine-tuning"}},
+                             "train": f"lora-{model}", "adds": {"to": f"zeroshot-{model}", "what": f"Fine-tuning {model}"}},
            f"lora-shortlist-{model}": {"model": model, "weights": f"models/adapters/lora-shortlist-{model}",
                                        "prompt": "candidates", "retrieved": candidates, "train": f"lora-shortlist-{model}",
-                                       "adds": {"to": f"lora-{model}", "what": "Shortlists"}},
+                                       "adds": {"to": f"lora-{model}", "what": f"Shortlists for fine-tuned {model}"}},
            f"zeroshot-{model}": {**base, "prompt": "plain"},
            f"fewshot-{model}": {**base, "prompt": "examples", "retrieved": 3},
            f"shortlist-{model}": {**base, "prompt": "candidates", "retrieved": candidates}}

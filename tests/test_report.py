@@ -61,7 +61,7 @@ def study(root, zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), s
     params["datacard"]["tokenizer"] = models[0]
     params["train"]["seeds"] = list(seeds)
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
     for split in ("val", "test"):
         write_jsonl(root / f"data/processed/{split}.jsonl", (splits or {}).get(split) or _rows(split))
     write_jsonl(root / "data/processed/train.jsonl", [{"id": f"t{i}", "code": c, "input": f"training row {i} {c}"}
@@ -183,19 +183,11 @@ def test_a_selected_system_without_its_scores_names_the_stage_to_run(tmp_path):
     run_stage(tmp_path, "score", "--params", params)
     (tmp_path / "predictions" / "fewshot-llama31-8b.jsonl").unlink()
     out = run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md", expect=1)
-    assert "predictions/fewshot-llama31-8b.jsonl is missing" in out and "dvc repro fewshot@llama31-8b" in out
+    assert "predictions/fewshot-llama31-8b.jsonl is missing" in out and "dvc repro predict@fewshot-llama31-8b" in out
     (tmp_path / "metrics/val/lora-qwen25-3b.json").unlink()
     out = run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md", expect=1)
     assert "metrics/val/lora-qwen25-3b.json is missing" in out and "dvc repro score" in out
     assert not (tmp_path / "r.md").exists()
-
-
-def test_a_training_run_under_its_old_name_is_named_with_the_stage_to_run(tmp_path):
-    params = _selected_study(tmp_path)
-    (tmp_path / "metrics/train/lora-qwen25-3b.json").rename(tmp_path / "metrics/train/qwen25-3b.json")
-    run_stage(tmp_path, "score", "--params", params)
-    out = run_stage(tmp_path, "report", "--params", params, "--root", tmp_path, "--out", tmp_path / "r.md", expect=1)
-    assert "metrics/train/qwen25-3b.json is this run's old name" in out and "dvc repro train@qwen25-3b" in out
 
 
 def test_systems_scored_on_different_splits_are_never_paired(tmp_path):
@@ -226,7 +218,7 @@ def test_a_paired_row_with_another_gold_code_is_an_error_not_a_match(tmp_path):
 def test_seeds_say_in_how_many_the_direction_holds(tmp_path):
     params = study(tmp_path, zeroshot=["big"], finetune=["q"], seeds=[42, 43])
     write_system(tmp_path, "lora-q", 0.8, 0.8, seeds=[43])
-    s = systems.parse("lora-q")
+    s = system_for("lora-q")
     seed43 = [dict(r, pred="I10" if r["gold"] != "I10" else "E119") for r in
               (json.loads(l) for l in (tmp_path / s.predictions("test")).read_text().splitlines())]
     write_jsonl(tmp_path / "predictions/seeds/lora-q/seed-43.jsonl", seed43)  # seed 43 gets every row wrong
@@ -269,7 +261,7 @@ def test_error_examples_show_the_fine_tuned_systems_errors_with_input_excerpts(t
     write_train(tmp_path, "lora-tiny")
     for split in ("val", "test"):  # the floors on the same rows
         for s in ("tfidf-logreg", "knn-tfidf"):
-            p = tmp_path / systems.parse(s).predictions(split)
+            p = tmp_path / system_for(s).predictions(split)
             write_jsonl(p, [{**r, "id": t["id"], "gold": t["code"]} for r, t in
                             zip((json.loads(l) for l in p.read_text().splitlines()),
                                 test_rows if split == "test" else _rows("val", codes=["M25561", "E119", "J4520"]))])

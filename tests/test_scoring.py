@@ -10,6 +10,7 @@ from icdstudy import deploy, metrics, systems
 from icdstudy.io import read_json, read_jsonl, write_json, write_jsonl
 from icdstudy.scoring import ScoreError, check_rows, score_system
 from tests.conftest import REPO
+from tests.stage_project import tables_for
 from tests.stage_project import run_stage
 
 DEPLOY = {"target_precision": [0.9, 0.95], "usd_per_hour": 3.6, "cpu_usd_per_hour": 0.36, "price_source": "test"}
@@ -95,7 +96,7 @@ def _system(rows, seed):
     return [pred(i, r["code"], rng.random() < 0.6, round(rng.uniform(0.3, 0.99), 3), "Z23") for i, r in enumerate(rows)]
 
 
-RECORD = {"system": "zeroshot-x", "kind": "zeroshot", "model": "x", "params_total": 1000, "peak_mem_mb": 10.0,
+RECORD = {"system": "zeroshot-x", "prompt": "plain", "model": "x", "params_total": 1000, "peak_mem_mb": 10.0,
           "device": "cuda", "constrained": True, "top_k": 2, "few_shot": 0, "inputs_truncated": {"val": 1, "test": 2}}
 
 
@@ -157,8 +158,9 @@ def fixture_study(root, params_overrides=None) -> dict:
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["models"]["x"] = {"hub_id": "org/x", "dtype": "auto", "load_in_4bit": False}
-    params.update(base_models=["x"], zeroshot=["x"], finetune=["x"], shortlist=[], finetune_shortlist=[],
-                  **(params_overrides or {}))
+    params["base_models"] = ["x"]
+    params["training"], params["systems"]["llm"] = tables_for(zeroshot=["x"], finetune=["x"])
+    params.update(params_overrides or {})
     params["datacard"]["tokenizer"] = "x"
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     rows = {"val": _rows(30, 11), "test": _rows(30, 12)}
@@ -167,7 +169,7 @@ def fixture_study(root, params_overrides=None) -> dict:
     for n, s in enumerate(systems.selected(params)):
         for split in systems.SPLITS:
             write_jsonl(root / s.predictions(split), _system(rows[split], 20 + 2 * n + (split == "test")))
-        write_json(root / s.run_record, {**RECORD, "system": s.id, "kind": s.kind.name, "device": "cpu",
+        write_json(root / s.run_record, {**RECORD, "system": s.id, "prompt": s.prompt, "device": "cpu",
                                          **({"seeds": [42]} if s.fine_tuned else {})})
     return params
 
@@ -189,7 +191,7 @@ def test_a_missing_prediction_file_names_the_stage_to_run(tmp_path):
     fixture_study(tmp_path)
     (tmp_path / "predictions/val/fewshot-x.jsonl").unlink()
     out = run_stage(tmp_path, "score", expect=1)
-    assert "predictions/val/fewshot-x.jsonl is missing" in out and "dvc repro fewshot@x" in out
+    assert "predictions/val/fewshot-x.jsonl is missing" in out and "dvc repro predict@fewshot-x" in out
     assert not (tmp_path / "metrics").exists()
 
 
