@@ -33,7 +33,7 @@ demo: setup
 	$(RUN) $(BIN)/dvc repro
 
 # Two pytest workers (pytest-xdist), one core and one torch thread each: two torch processes with a thread per
-# core each busy-wait on one another (README: Sweeps). Each test file runs on one worker, in file order, so its
+# core each busy-wait on one another (docs/team-workflow.md: Sweeps). Each test file runs on one worker, in file order, so its
 # module fixtures are built once and tests may build on one another (xdist_group marks did not group tests with
 # pytest 9.2 and xdist 3.8: tests of one group ran on both workers). Files start longest first (tests/conftest.py);
 # xdist's own reordering (by number of tests) is off.

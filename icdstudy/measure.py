@@ -239,7 +239,7 @@ def synthetic_prompts(vocab: int, batch: int, seq: int, pad_id: int = 0, seed: i
 
 def eval_probe(arch: Architecture, four_bit: bool, batch: int, seq: int, top_k: int, beams: int, new_tokens: int,
                device: str, weights_dir=None, labels: int = 500) -> dict:
-    """One constrained beam-search batch through generation.decode, as the evaluation stages run it:
+    """One constrained beam-search batch through generation.decode, as predict@ runs it:
     peak memory (CUDA allocator, or live tensor bytes on CPU, weights included), samples/s and the
     prompt tokens read per second."""
     import torch

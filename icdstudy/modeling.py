@@ -16,7 +16,7 @@ def cuda_available() -> bool:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). There bf16 runs about
-    twice as fast as float32 (benchmarks/README.md); elsewhere it is emulated and slower."""
+    twice as fast as float32 (docs/benchmarks.md); elsewhere it is emulated and slower."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

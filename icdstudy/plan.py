@@ -295,7 +295,7 @@ def plan_train(key: str, arch: Architecture, entry: dict, tcfg: dict, max_input_
     epochs = tcfg["num_epochs"]
     if tcfg.get("max_steps") and tcfg["max_steps"] < steps:  # a smoke run stops early
         epochs, steps = epochs * tcfg["max_steps"] / steps, tcfg["max_steps"]
-    evals = steps // tcfg["eval_steps"] + 1
+    evals = max(1, steps // tcfg["eval_steps"])  # the Trainer evaluates at every multiple of eval_steps
     val_rows = min(stats.val, tcfg.get("max_val_samples") or stats.val)
     train_tokens = stats.train * mean_seq * epochs
     flops = train_flops(arch, train_tokens, mean_seq, lora, tcfg["gradient_checkpointing"])

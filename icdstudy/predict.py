@@ -4,7 +4,7 @@
     python -m icdstudy.predict --input batch.csv --output out.jsonl  a batch (column `input`, `dialogue` or `note`)
 
 Uses the prompts, model loading, decoding settings (params `eval`) and constrained ranking of the
-evaluation stages. Scores are probabilities under the model restricted to the candidate codes (they sum
+predict@ stages. Scores are probabilities under the model restricted to the candidate codes (they sum
 to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
 chosen on validation for the target precision (--target, default the highest of
 deploy.target_precision; stage `score` records it in metrics/val/<system>.json), else `review`; the
@@ -100,9 +100,9 @@ def _read_batch(path: Path) -> list[tuple[int, str | None]]:
     return rows
 
 
-def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems.System | None]:
-    """The base model, its registry entry, the adapter (or None) and the system of the table they make (None:
-    no system of the table, so no threshold to route by)."""
+def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems.System]:
+    """The base model, its registry entry, the adapter (or None) and the system they make (of the table, or
+    named as the demo names its systems)."""
     from .params import ParamError, model_entry
 
     key = args.model or (systems.get(params, args.system).model if args.system in systems.by_id(params) else DEFAULT_MODEL)
@@ -119,7 +119,7 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems
     return base, entry, *_system_for(args, params, entry["key"])
 
 
-def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.System | None]:
+def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.System]:
     """(adapter, system): --system's, else the table's first system on ``model`` with the prompt asked for,
     fine-tuned where its adapter exists (unless --no-adapter); --adapter replaces the adapter."""
     if args.system:
@@ -137,8 +137,17 @@ def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.Sy
         tuned = [s for s in options if s.fine_tuned and (s.adapter / "adapter_config.json").exists()]
         untrained = [s for s in options if not s.fine_tuned]
         chosen = next(iter((tuned if not args.no_adapter else []) + untrained), None)
-    adapter = Path(args.adapter) if args.adapter else chosen.adapter if chosen and not args.no_adapter else None
+    if chosen is None or (args.adapter and not args.system and not chosen.fine_tuned):
+        chosen = _ad_hoc(model, bool(args.adapter) and not args.no_adapter, args.shortlist)
+    adapter = Path(args.adapter) if args.adapter else chosen.adapter if not args.no_adapter else None
     return adapter, chosen
+
+
+def _ad_hoc(model: str, tuned: bool, listed: bool) -> systems.System:
+    """A model or adapter outside the table, named as the demo names its systems (its thresholds, if stage
+    score wrote any under that name, route it)."""
+    name = ("lora-" + ("shortlist-" if listed else "") if tuned else ("shortlist-" if listed else "zeroshot-")) + model
+    return systems.System(name, model=model, prompt="candidates" if listed else "plain", retrieved=5 if listed else 0)
 
 
 def _result(res: dict, labels: dict, min_conf: float) -> dict:
@@ -190,7 +199,7 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
             shortlists: list[list[dict]] | None = None, ecfg: dict | None = None, rule: dict | None = None,
             first: list[str | None] | None = None) -> list[dict]:
     """``shortlists``: each text's candidate shortlist for the prompt (shortlist systems), or None; ``ecfg``:
-    params `eval` (the evaluation stages' decoding); ``rule``: the routing threshold (``routing``), with
+    params `eval` (the predict@ stages' decoding); ``rule``: the routing threshold (``routing``), with
     ``first``, each text's TF-IDF retriever's first code (its retriever-agreement signal)."""
     from dataclasses import replace
 
@@ -253,6 +262,22 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _read_rows(args) -> list[tuple[int, str | None]]:
+    """(row number, text) of the batch file, or the one encounter of --text, --file or standard input."""
+    if args.input:
+        return _read_batch(Path(args.input))
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PredictError(f"--file {args.file}: {exc.strerror}") from None
+    else:
+        text = args.text if args.text is not None else ("" if sys.stdin.isatty() else sys.stdin.read())
+    if not text.strip():
+        raise PredictError("the encounter is empty: pass --text, --file, or text on standard input")
+    return [(1, text.strip())]
+
+
 def main(argv=None) -> int:
     import warnings
 
@@ -261,19 +286,7 @@ def main(argv=None) -> int:
     try:
         if args.top_k < 1:
             raise PredictError("--top-k must be at least 1")
-        if args.input:
-            rows = _read_batch(Path(args.input))
-        else:
-            if args.file:
-                try:
-                    text = Path(args.file).read_text(encoding="utf-8")
-                except OSError as exc:
-                    raise PredictError(f"--file {args.file}: {exc.strerror}") from None
-            else:
-                text = args.text if args.text is not None else ("" if sys.stdin.isatty() else sys.stdin.read())
-            if not text.strip():
-                raise PredictError("the encounter is empty: pass --text, --file, or text on standard input")
-            rows = [(1, text.strip())]
+        rows = _read_rows(args)
 
         from .params import ParamError, load_params
 
@@ -301,20 +314,18 @@ def main(argv=None) -> int:
         print(f"predict: row {n}: empty input, skipped", file=sys.stderr)
     texts = [t for _, t in good]
     target = args.target or max((params.get("deploy") or {}).get("target_precision") or [0.95])
-    rule = routing(system, Path(args.metrics), target) if system else {
-        "target": target, "threshold": None, "reason": "no system of params.yaml uses this model, adapter and prompt"}
-    shows_codes = style(system.prompt).lists_codes if system else args.shortlist
+    rule = routing(system, Path(args.metrics), target)
     try:
-        listed = _shortlists(texts, params, Path(args.data), system.retrieved if system else 5) if shows_codes else None
+        listed = _shortlists(texts, params, Path(args.data), system.retrieved) if style(system.prompt).lists_codes else None
         first = None
         if rule.get("signal") == "retriever_agreement":  # the retriever's first code, as knn-tfidf ranks it
             first = [c[0]["code"] if c else None for c in _shortlists(texts, params, Path(args.data), 1, "--target")]
         results = predict(texts, tokenizer, model, labels, args.top_k, input_kind, max_tokens, args.min_confidence,
-                          progress=bool(args.input), shortlists=listed, ecfg={**params["eval"], **(system.decoding if system else {})}, rule=rule, first=first)
+                          progress=bool(args.input), shortlists=listed, ecfg={**params["eval"], **system.decoding}, rule=rule, first=first)
     except (ModelError, PredictError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
-    system = system.id if system else (args.adapter or base.name)
+    system = system.id
     if args.input:
         lines = [json.dumps({"row": n, "system": system, **r, "routing": rule}) for (n, _), r in zip(good, results)]
         lines += [json.dumps({"row": n, "error": "empty input"}) for n, t in rows if t is None]

@@ -1,6 +1,6 @@
 """Candidate shortlists: retrieve, then let the language model rank.
 
-The TF-IDF retriever (knn-tfidf's ranking) proposes ``eval.candidates`` codes for each input; the
+The TF-IDF retriever (knn-tfidf's ranking) proposes a system's ``retrieved`` codes for each input; the
 prompt shows each with its dotted code, its official description and the retriever's score, and
 the model picks one. Decoding stays constrained to the whole label set, so a gold code the list
 misses is still reachable. A training row's shortlist comes from the other training rows (never

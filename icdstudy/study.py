@@ -220,7 +220,7 @@ def plan_main(argv) -> int:
     p.add_argument("--steps", type=int, default=3, help="--measure: optimizer steps per model")
     p.add_argument("--only", action="append", default=[], metavar="STAGE",
                    help="--measure: only these stages (shell patterns, e.g. 'train@*'; repeatable; default: every "
-                        "train, zeroshot, fewshot and evaluate stage)")
+                        "train@ and predict@ stage)")
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args(argv)
     if not 0 < args.mfu <= 1 or not 0 <= args.margin < 1:
@@ -323,7 +323,7 @@ def shard_main(argv) -> int:
     hosts = assign_hosts(stages, args.hosts, params)
     branch = args.name or "study"
     sets = "".join(f" -S {shlex.quote(s)}" for s in args.sets)
-    print(f"# The study over {len(hosts)} GPU host(s), through DVC's run cache (README: Working as a team).")
+    print(f"# The study over {len(hosts)} GPU host(s), through DVC's run cache (docs/team-workflow.md).")
     print("# 0. Once, anywhere: the study's params on a branch that every host checks out.")
     print(f"git switch -c {branch}")
     if args.name or args.sets:
@@ -332,12 +332,12 @@ def shard_main(argv) -> int:
     for i, host in enumerate(hosts, 1):
         print(f"\n# host {i} of {len(hosts)}: {', '.join(host['models'])} (about {host['hours']:.2f} GPU hours)")
         print(f"git clone <your repository> icd10-study && cd icd10-study && git switch {branch} && make setup")
-        print("tools/gpu_check.sh   # the GPU check first (README: Checking a GPU host)")
+        print("tools/gpu_check.sh   # the GPU check first (docs/gpu-host.md)")
         print("dvc pull --run-cache")
         print(f"dvc repro --pull {' '.join(host['stages'])}")
         print("dvc push --run-cache")
     print("\n# When every host is done, on any one host: every stage above is restored from the run cache,")
-    print("# only the data card, baselines and report run; then the results are committed once.")
+    print("# only the data card, floors, score and report run; then the results are committed once.")
     print("git pull && dvc pull --run-cache && dvc repro --pull")
     print(f'git add -A && git commit -m "{branch}: results" && dvc push && git push')
     return 0

@@ -236,7 +236,7 @@ def _training_args(cfg: dict, work_dir: Path, bf16: bool, cuda: bool):
 
 
 def probe_settings(ecfg: dict, cfg: dict):
-    """How the validation rows are decoded at each evaluation: the evaluation stages' decoding keys (eval.*:
+    """How the validation rows are decoded at each evaluation: the predict@ stages' decoding keys (eval.*:
     constrained, top_k, num_beams, max_new_tokens, max_input_tokens, repetition_penalty), at the training
     recipe's evaluation batch, with no examples in the prompt (a trained prompt shows none). Only these keys
     decide the checkpoint kept, so the train stages depend on them and on no other eval key."""
@@ -248,7 +248,7 @@ def probe_settings(ecfg: dict, cfg: dict):
 
 def exact_match_probe(tokenizer, rows: list[dict], labels, settings, input_kind: str):
     """model -> exact match on ``rows`` by the pipeline's own prompts and constrained decoding (the
-    evaluation stages' code): what a checkpoint is kept by with train.select_by: exact_match."""
+    predict@ stages' code): what a checkpoint is kept by with train.select_by: exact_match."""
     import torch
 
     from .evaluation import evaluate
@@ -267,7 +267,7 @@ def exact_match_probe(tokenizer, rows: list[dict], labels, settings, input_kind:
 
 
 def merged_bf16_copy(model):
-    """The model being trained as evaluate@ decodes its adapter on a CPU with bf16 (load_for_inference):
+    """The model being trained as predict@ decodes its adapter on a CPU with bf16 (load_for_inference):
     bf16 weights with the float32 LoRA weights merged in. Decoding under autocast over the float32
     training weights instead gave another answer on a row of the demo's validation split, and was slower:
     autocast casts every frozen weight again at every decoding step."""
@@ -285,7 +285,7 @@ def merged_bf16_copy(model):
 def resumable_trainer(exact_match=None, **kwargs):
     """A Trainer whose run, killed after a checkpoint and resumed, computes what the uninterrupted run
     computes, and which adds ``eval_exact_match`` (``exact_match(model)``, the validation rows decoded as
-    the evaluation stages decode them) to every evaluation, where the checkpoint is kept by it. The stock group_by_length sampler draws each epoch's order from the global RNG at the
+    the predict@ stages decode them) to every evaluation, where the checkpoint is kept by it. The stock group_by_length sampler draws each epoch's order from the global RNG at the
     moment the epoch starts; a run resumed mid-epoch has that RNG in another state (the checkpoint's
     RNG is restored only after the first batch), so it would train on a different order. Here each
     epoch's length-grouped order comes from (data_seed, epoch) alone."""
@@ -430,7 +430,7 @@ def _lora_model(base_dir, entry: dict, cfg: dict, allow_cpu_4bit: bool, cuda: bo
     from .modeling import load_model
 
     # On CPU, bf16 autocast over float32 weights is the fast mix: with bf16 weights the
-    # element-wise ops (norms, activations, residuals) run in emulated bf16 (benchmarks/README.md).
+    # element-wise ops (norms, activations, residuals) run in emulated bf16 (docs/benchmarks.md).
     model = load_model(base_dir, entry, allow_cpu_4bit=allow_cpu_4bit, dtype=None if cuda else torch.float32)
     quantized = getattr(model, "is_loaded_in_4bit", False)
     if quantized:
@@ -513,7 +513,7 @@ def fine_tune(base_dir, entry: dict, train_rows: list[dict], val_rows: list[dict
     """Train a LoRA adapter on ``train_rows``, keep the checkpoint that is best on ``val_rows``, return metrics.
 
     ``cfg["select_by"]``: exact_match keeps the checkpoint with the highest validation exact match, the
-    validation rows decoded at every evaluation by the evaluation stages' code over ``labels`` with
+    validation rows decoded at every evaluation by the predict@ stages' code over ``labels`` with
     ``generation`` (a GenerationSettings); loss keeps the lowest validation loss. Early stopping watches
     the same metric.
 

@@ -62,7 +62,10 @@ def predict(system: systems.System, name: str, adapter, split_names, inputs: dic
     from icdstudy.evaluation import evaluate, model_fingerprint
     from icdstudy.modeling import ModelError, count_parameters, is_oom, load_for_inference, oom_message
 
+    from icdstudy.prompt_styles import style
+
     settings, base_dir = inputs["settings"], system.base
+    shows = (f"{system.retrieved} " if system.retrieved else "") + style(system.prompt).shows
     torch.manual_seed(settings.seed)
     t_start = time.time()
     try:
@@ -75,7 +78,7 @@ def predict(system: systems.System, name: str, adapter, split_names, inputs: dic
         rows = inputs["splits"][split]
         print(f"predict: {name} on {len(rows)} {split} samples, {len(inputs['labels'])} labels, "
               f"{'constrained top-' + str(settings.top_k) if settings.constrained else 'free text'}, "
-              f"{system.retrieved or 'no'} {systems_shows(system)}, load {load_s:.1f}s")
+              f"{shows}, load {load_s:.1f}s")
         try:
             out[split] = evaluate(model, tokenizer, rows, inputs["labels"], settings, inputs["input_kind"],
                                   inputs["train_rows"], fingerprint_parts={"model": model_fingerprint(base_dir, adapter)},
@@ -91,12 +94,6 @@ def predict(system: systems.System, name: str, adapter, split_names, inputs: dic
                      "load_s": round(load_s, 2), "wall_s": round(time.time() - t_start, 2),
                      "device": "cuda" if torch.cuda.is_available() else "cpu"}
     return out
-
-
-def systems_shows(system: systems.System) -> str:
-    from icdstudy.prompt_styles import style
-
-    return style(system.prompt).shows
 
 
 def predict_seeds(system: systems.System, params: dict, inputs: dict, entry: dict) -> list[int]:

@@ -10,7 +10,7 @@ Every prompt is built as the evaluation of a system with the run's prompt builds
 prompts, a training row's list comes from the other training rows, never itself or a copy of its
 text). The kept adapter goes to models/adapters/<run> (the other `train.seeds`' adapters in its seeds/
 folder), its curves to dvclive/<run>, its metrics to metrics/train/<run>.json. The checkpoint kept is
-the one with the highest validation exact match, decoded at every evaluation as the evaluation stages
+the one with the highest validation exact match, decoded at every evaluation as the predict@ stages
 decode (train.select_by; `loss` keeps the lowest validation loss). Checkpoints live in
 .resume/train/<run>: an interrupted run resumes from the last one and ends with the adapter an
 uninterrupted run would have written, byte for byte. Finished seeds wait in .resume/train-done/: an

@@ -252,7 +252,7 @@ def _train_stage(path: Path, tiny_model_dir: Path, **train) -> dict:
     from tests.stage_project import project, stage
 
     run = project(path, tiny_model_dir, num_epochs=1, **train)
-    stage(run, REPO / "stages/train.py", "lora", "tiny")
+    stage(run, REPO / "stages/train.py", "lora-tiny")
     return {"metrics": read_json(run / "metrics/train/lora-tiny.json"), "losses": _losses(run / "dvclive/lora-tiny")}
 
 
@@ -341,11 +341,11 @@ def test_the_full_study_plan_fits_80gb_and_names_its_decode_terms():
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["fits"] and all(s["fits"] for s in result["stages"])
-    zeroshot = next(s for s in result["stages"] if s["stage"] == "zeroshot@llama31-8b")
+    zeroshot = next(s for s in result["stages"] if s["stage"] == "predict@zeroshot-llama31-8b")
     assert {"decode:kv_cache", "decode:output_scores", "decode:logits", "decode:cache_concat",
             "decode:gqa_repeat_kv"} <= set(zeroshot["detail"]["parts_gb"])
     text = _plan_here("full-study", "--gpu-mem-gb", "80").stdout  # the table, in this process
-    line = text.splitlines()[text.splitlines().index(next(l for l in text.splitlines() if l.startswith("zeroshot@llama31-8b"))) + 1]
+    line = text.splitlines()[text.splitlines().index(next(l for l in text.splitlines() if l.startswith("predict@zeroshot-llama31-8b"))) + 1]
     assert "decode GB: weights" in line and "kv cache" in line and "output scores" in line
 
 
@@ -353,7 +353,7 @@ def test_plan_measure_covers_the_evaluation_stages():
     run = _plan("--json", "--measure", "--steps", "2")
     assert run.returncode == 0, run.stderr
     measured = {m["stage"]: m for m in json.loads(run.stdout)["measured"]}
-    assert {"train@smollm2-135m", "zeroshot@smollm2-135m", "fewshot@smollm2-135m", "evaluate@smollm2-135m"} <= set(measured)
+    assert {"train@lora-smollm2-135m", "predict@zeroshot-smollm2-135m", "predict@fewshot-smollm2-135m", "predict@lora-smollm2-135m"} <= set(measured)
     for m in measured.values():
         assert abs(m["plan_error"]) < 0.12, m
-    assert measured["zeroshot@smollm2-135m"]["samples_per_s"] > 0
+    assert measured["predict@zeroshot-smollm2-135m"]["samples_per_s"] > 0

@@ -144,21 +144,3 @@ def test_without_scores_there_is_no_route_and_the_output_says_what_to_run(setup,
     assert out["route"] is None and "run `dvc repro score`" in out["routing"]["reason"]
 
 
-def test_an_adapter_under_its_old_name_is_named(setup, capsys, tmp_path, monkeypatch):
-    import shutil
-
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["models"]["tiny"] = {"path": setup["model"], "dtype": "float32", "load_in_4bit": False}
-    params["base_models"] = params["zeroshot"] = params["finetune"] = params["shortlist"] = ["tiny"]
-    params["finetune_shortlist"], params["datacard"]["tokenizer"] = ["tiny"], "tiny"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    shutil.copytree(setup["model"], tmp_path / "models/base/tiny")
-    shutil.copytree(setup["adapter"], tmp_path / "models/adapters/tiny")  # where train@tiny wrote it before
-    monkeypatch.chdir(tmp_path)
-    assert main(["--model", "tiny", "--labels", setup["labels"], "--text", TEXT]) == 2
-    err = capsys.readouterr().err
-    assert "models/adapters/lora-tiny not found, but models/adapters/tiny is this adapter's old name" in err
-    assert "dvc repro train@tiny" in err
-

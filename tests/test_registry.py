@@ -170,7 +170,7 @@ def test_a_variant_is_one_table_entry_and_runs_through_the_report(tmp_path, tiny
     assert "| zeroshot-greedy-tiny |" in report and "| lora-r4-tiny |" in report and "Fine-tuning tiny at rank 4" in report
     greedy = json.loads((repo / "predictions/runs/zeroshot-greedy-tiny.json").read_text())
     assert greedy["top_k"] == 1
-    assert json.loads((repo / "metrics/train/lora-r4-tiny.json").read_text())["lora_r"] == 4
+    assert json.loads((repo / "models/adapters/lora-r4-tiny/adapter_config.json").read_text())["r"] == 4
     assert json.loads((repo / "metrics/val/zeroshot-greedy-tiny.json").read_text())["split"] == "val"
     shutil.rmtree(repo / ".dvc" / "cache", ignore_errors=True)
 

@@ -10,7 +10,7 @@ from icdstudy import deploy, metrics, systems
 from icdstudy.io import read_json, read_jsonl, write_json, write_jsonl
 from icdstudy.scoring import ScoreError, check_rows, score_system
 from tests.conftest import REPO
-from tests.stage_project import tables_for
+from tests.stage_project import system_for, tables_for
 from tests.stage_project import run_stage
 
 DEPLOY = {"target_precision": [0.9, 0.95], "usd_per_hour": 3.6, "cpu_usd_per_hour": 0.36, "price_source": "test"}
@@ -18,7 +18,7 @@ DEPLOY = {"target_precision": [0.9, 0.95], "usd_per_hour": 3.6, "cpu_usd_per_hou
 
 def score_only(project, system: str) -> dict:
     """One system's metrics ({split: metrics}) from a project's predictions, without the retriever's votes."""
-    s = systems.parse(system)
+    s = system_for(system)
     rows = {split: read_jsonl(project / f"data/processed/{split}.jsonl") for split in systems.SPLITS}
     preds = {split: read_jsonl(project / s.predictions(split)) for split in systems.SPLITS}
     record = read_json(project / s.run_record)

@@ -213,7 +213,7 @@ def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_
     from icdstudy.io import read_json
 
     tmp_path = project(tmp_path / "run", tiny_model_dir, num_processes=2, num_epochs=1)
-    run = stage(tmp_path, REPO / "stages" / "train.py", "lora", "tiny")
+    run = stage(tmp_path, REPO / "stages" / "train.py", "lora-tiny")
     assert "process 0 of 2" in run.stdout and "process 1 of 2" in run.stdout
     metrics = read_json(tmp_path / "metrics" / "train" / "lora-tiny.json")
     # 24 examples, 2 processes x batch 4: 3 optimizer steps per epoch (one process would take 6); each process
@@ -232,7 +232,7 @@ def test_a_finished_seed_is_kept_and_not_retrained(tiny_model_dir, tmp_path, cap
 
 
 def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tmp_path):
-    """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/seeds/lora-tiny; evaluate@ predicts with
+    """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/adapters/lora-tiny/seeds; predict@ predicts with
     both and score reports the spread."""
     from icdstudy.io import read_json
 
@@ -243,8 +243,8 @@ def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tm
     assert metrics["seeds"] == [0, 7] and metrics["seed"] == 0 and set(metrics["by_seed"]) == {"0", "7"}
     assert metrics["by_seed"]["0"]["train_loss"] != metrics["by_seed"]["7"]["train_loss"]
     assert (tmp_path / "models" / "adapters" / "lora-tiny" / "adapter_config.json").exists()
-    assert (tmp_path / "models" / "seeds" / "lora-tiny" / "seed-7" / "adapter_config.json").exists()
-    assert read_json(tmp_path / "models" / "seeds" / "lora-tiny" / "seeds.json")["seeds"] == [0, 7]
+    assert (tmp_path / "models/adapters/lora-tiny/seeds/seed-7/adapter_config.json").exists()
+    assert read_json(tmp_path / "models/adapters/lora-tiny/seeds/seeds.json")["seeds"] == [0, 7]
     assert not (tmp_path / ".resume" / "train-done" / "lora-tiny-seed7").exists()
 
     run_stage(tmp_path, "predict", "lora-tiny")
