@@ -181,17 +181,26 @@ class Split:
     val: list[dict]
     test: list[dict]
     train_only_codes: int
+    calibration: list[dict] = field(default_factory=list)
 
 
-def split_by_code(rows: list[dict], val: float, test: float, seed: int, min_rows_per_code: int = 3) -> Split:
-    """Split each code's rows so every val/test code also occurs in train.
+HELD_OUT = ("val", "calibration", "test")  # each code's rows are dealt in this order, the rest to train
+CARRY = {"val": 0.0, "calibration": 0.25, "test": 0.5}  # offsets, so the held-out rows fall on different codes
 
-    Codes with fewer than ``min_rows_per_code`` rows go to train only. Fractional val/test
-    shares are carried from code to code (in a seeded order), so the overall proportions
-    match the request even when each code has only five rows.
+
+def split_by_code(rows: list[dict], val: float, test: float, seed: int, min_rows_per_code: int = 3,
+                  calibration: float = 0.0) -> Split:
+    """Split each code's rows so every held-out code also occurs in train.
+
+    Codes with fewer than ``min_rows_per_code`` rows go to train only. Fractional shares are carried
+    from code to code (in a seeded order), so the overall proportions match the request even when each
+    code has only five rows. The calibration split (thresholds with a guarantee) is dealt between
+    validation and test; with ``calibration`` 0 the split is the one before it existed, row for row.
     """
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise DataError(f"split.val={val} and split.test={test}: each must be in [0, 1) and their sum below 1")
+    shares = {"val": val, "calibration": calibration, "test": test}
+    if not (all(0 <= s < 1 for s in shares.values()) and sum(shares.values()) < 1):
+        raise DataError(f"split.val={val}, split.calibration={calibration} and split.test={test}: each must be in "
+                        "[0, 1) and their sum below 1")
     rng = np.random.default_rng(seed)
     by_code: dict[str, list[dict]] = {}
     for row in sorted(rows, key=lambda r: (r["code"], r["id"])):
@@ -199,7 +208,7 @@ def split_by_code(rows: list[dict], val: float, test: float, seed: int, min_rows
     codes = sorted(by_code)
     rng.shuffle(codes)
     out = Split([], [], [], 0)
-    carry_val, carry_test = 0.0, 0.5  # offset, so val and test rows fall on different codes
+    carry = dict(CARRY)
     for code in codes:
         members = by_code[code]
         order = rng.permutation(len(members))
@@ -209,15 +218,18 @@ def split_by_code(rows: list[dict], val: float, test: float, seed: int, min_rows
             out.train.extend(members)
             out.train_only_codes += 1
             continue
-        want_val, want_test = n * val + carry_val, n * test + carry_test
-        k_val, k_test = int(want_val), int(want_test)
-        while k_val + k_test > n - 1:  # keep at least one training row
-            k_test, k_val = (k_test - 1, k_val) if k_test >= k_val else (k_test, k_val - 1)
-        carry_val, carry_test = want_val - k_val, want_test - k_test
-        out.val.extend(members[:k_val])
-        out.test.extend(members[k_val:k_val + k_test])
-        out.train.extend(members[k_val + k_test:])
-    for part in (out.train, out.val, out.test):
+        want = {name: n * shares[name] + carry[name] for name in HELD_OUT}
+        k = {name: int(w) for name, w in want.items()}
+        while sum(k.values()) > n - 1:  # keep at least one training row: the largest part gives one up (test first)
+            largest = max(reversed(HELD_OUT), key=lambda name: k[name])
+            k[largest] -= 1
+        start = 0
+        for name in HELD_OUT:
+            carry[name] = want[name] - k[name]
+            getattr(out, name).extend(members[start:start + k[name]])
+            start += k[name]
+        out.train.extend(members[start:])
+    for part in (out.train, out.val, out.calibration, out.test):
         part.sort(key=lambda r: r["id"])
     return out
 
@@ -225,13 +237,15 @@ def split_by_code(rows: list[dict], val: float, test: float, seed: int, min_rows
 def check_split(parts: Split, scfg: dict, origin: str) -> None:
     """Refuse splits that would make a silently wrong study (empty evaluation, one class)."""
     codes = {r["code"] for r in parts.train}
-    evaluated = {r["code"] for r in parts.val + parts.test}
+    evaluated = {r["code"] for r in parts.val + parts.calibration + parts.test}
     if len(codes) < 2:
         raise DataError(f"{origin}: only {len(codes)} distinct code(s) after cleaning; a coding study needs at least two")
     if not evaluated:
         raise DataError(f"{origin}: no code has at least split.min_rows_per_code={scfg['min_rows_per_code']} rows, so "
                         "validation and test are empty; use a larger data set or lower split.min_rows_per_code")
-    for name, share in (("val", scfg["val"]), ("test", scfg["test"])):
+    required = [name for name in HELD_OUT if name != "calibration" or scfg.get("calibration")]
+    for name in required:
+        share = scfg.get(name, 0.0)
         if not getattr(parts, name):
             raise DataError(f"{origin}: the {name} split is empty (split.{name}={share}, {len(parts.train)} training rows); "
                             f"raise split.{name} or use more rows per code")

@@ -1,13 +1,23 @@
-"""Selective coding: the encounters a system codes without human review at an agreed precision, and the cost.
+"""Selective coding: the encounters a system codes without human review at a guaranteed precision, and the cost.
 
 Every prediction gets a confidence from one of SIGNALS. Which signal a system uses is chosen on the
-validation split (the one whose risk-coverage curve has the smallest area there); so is, for each
-target precision, the threshold: the lowest confidence at which the validation predictions at or
-above it are at least that precise, i.e. the most coverage the target allows. The test split is then
-scored at that threshold: the share of test encounters coded without review (coverage), and how
-precise those codes are. Test labels never move a threshold.
+validation split (the one whose risk-coverage curve has the smallest area there). For each target
+precision the threshold is certified on the calibration split, rows no choice has read, by
+Learn-then-Test with fixed-sequence testing from the highest threshold down: with probability at least
+1 - delta, the encounters coded without review (confidence >= threshold) are at least that precise, for
+encounters exchangeable with the calibration rows. Its p-value at each threshold is the exact binomial
+tail P(X <= errors), X ~ Bin(accepted, 1 - target). MAPIE's BinaryClassificationController (risk
+`precision`, fixed_sequence) implements the same procedure, but its p-value rounds accepted x (errors /
+accepted) up through floating point (ceil(70 * (2 / 70)) = 3 errors: p 0.068 instead of 0.024), which
+stops the sequence early and reports p-values the counts do not give; tests/test_scoring.py holds this
+implementation to MAPIE's decisions wherever that rounding does not arise. Where nothing certifies, the threshold is None and every encounter goes to review. The
+test split is then scored at that threshold: the share coded without review (coverage), the precision
+reached, and what coding 1,000 encounters costs with the review of the rest. Test labels never move a
+threshold; the stored threshold is the exact value every reader applies, with the same comparison.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -77,20 +87,42 @@ def choose_signal(val: list[dict], first: dict[str, str | None]) -> tuple[str, d
     return best, areas
 
 
-def choose_threshold(conf, correct, target: float) -> tuple[float | None, str | None]:
-    """The lowest confidence whose rows at or above it are at least ``target`` precise (most coverage);
-    (None, why) where no threshold reaches it."""
-    curve = [(t, c, r) for t, c, r in risk_coverage(conf, correct) if np.isfinite(t)]
-    ok = [(t, c) for t, c, r in curve if 1 - r >= target - 1e-12]
-    if ok:
-        return max(ok, key=lambda x: x[1])[0], None
-    if not curve:
-        return None, "no validation prediction has a confidence"
-    best = min(curve, key=lambda x: (x[2], -x[1]))
-    if best[2] >= 1:
-        return None, "no validation prediction is right"
-    return None, (f"validation precision never reaches {100 * target:g}% (at best {100 * (1 - best[2]):.1f}%, on the "
-                  f"{100 * best[1]:.1f}% most confident rows)")
+def error_free_rows_needed(target: float, delta: float) -> int:
+    """The fewest accepted rows, all right, that certify ``target`` precision at ``delta``: target ** n <= delta."""
+    return math.ceil(math.log(delta) / math.log(target))
+
+
+def certify(conf, correct, target: float, delta: float) -> dict:
+    """The lowest threshold certified at ``target`` precision on these (calibration) rows by Learn-then-Test with
+    fixed-sequence testing: thresholds are tested from the highest down, each by the exact binomial p-value
+    P(X <= errors), X ~ Bin(accepted, 1 - target), and the sequence stops at the first that fails; the last one
+    that held is kept (the most coverage with the guarantee). Only thresholds accepting at least
+    ``error_free_rows_needed`` rows are tested (fewer can never certify), which depends on the confidences alone,
+    never on the labels. Returns the counts that let anyone check it: {threshold, delta, calibration_rows,
+    accepted, errors, p_value, error_free_rows_needed} (threshold None, with `reason`, where nothing certifies)."""
+    from scipy.stats import binom
+
+    conf, correct = np.asarray(conf, float), np.asarray(correct, bool)
+    need = error_free_rows_needed(target, delta)
+    out = {"threshold": None, "delta": delta, "calibration_rows": int(conf.size), "accepted": None, "errors": None,
+           "p_value": None, "error_free_rows_needed": need}
+    order = np.argsort(-conf, kind="stable")
+    ranked, wrong = conf[order], np.cumsum(~correct[order])
+    finite = int(np.isfinite(ranked).sum())
+    if finite < need:
+        return {**out, "reason": f"{finite} calibration rows with a confidence: {100 * target:g}% precision needs at "
+                                 f"least {need} accepted rows, all right, to certify at delta {delta:g}"}
+    for threshold in np.unique(ranked[need - 1:finite])[::-1]:
+        accepted = int(np.searchsorted(-ranked, -threshold, side="right"))  # rows with confidence >= threshold
+        errors = int(wrong[accepted - 1])
+        p_value = float(binom.cdf(errors, accepted, 1 - target))
+        if p_value > delta:
+            break
+        out.update(threshold=float(threshold), accepted=accepted, errors=errors, p_value=p_value)
+    if out["threshold"] is None:
+        return {**out, "reason": f"no threshold certifies {100 * target:g}% precision at delta {delta:g} on "
+                                 f"{conf.size} calibration rows; the highest tested accepts {need}"}
+    return out
 
 
 def wilson(k: int, n: int) -> list[float] | None:
@@ -114,40 +146,66 @@ def at_threshold(conf, correct, threshold: float | None) -> dict:
             "precision": round(hits / k, 4) if k else None, "precision_ci95": wilson(hits, k), "coded": k}
 
 
+def _sig(x: float, digits: int = 3) -> float:
+    """``x`` to ``digits`` significant figures: a floor's fraction of a cent stays what was measured, not 0."""
+    return float(f"{x:.{digits}g}")
+
+
 def usd_per_1k(samples_per_s: float | None, usd_per_hour: float) -> float | None:
     """Dollars per 1,000 encounters at a measured throughput and an hourly price."""
     if not samples_per_s:
         return None
-    return round(1000 / samples_per_s / 3600 * usd_per_hour, 4)
+    return _sig(1000 / samples_per_s / 3600 * usd_per_hour)
+
+
+def with_review(inference_usd_per_1k: float | None, coverage: float | None, review_usd_per_chart: float) -> dict:
+    """What coding 1,000 encounters costs when every one not coded automatically is reviewed by a coder, and the
+    saving against reviewing all 1,000."""
+    if inference_usd_per_1k is None:
+        return {"usd_per_1k_with_review": None, "review_saving_usd_per_1k": None}
+    total = inference_usd_per_1k + (1 - (coverage or 0.0)) * 1000 * review_usd_per_chart
+    return {"usd_per_1k_with_review": round(total, 4), "review_saving_usd_per_1k": round(1000 * review_usd_per_chart - total, 4)}
 
 
 def price(device: str, cfg: dict) -> float:
     return cfg["usd_per_hour"] if device == "cuda" else cfg["cpu_usd_per_hour"]
 
 
-def thresholds(val: list[dict], first: dict[str, str | None], targets) -> dict:
-    """Everything chosen on validation: the signal, its AURC per signal, and one threshold per target."""
+def thresholds(val: list[dict], calibration: list[dict], first: dict[str, str | None], targets, delta: float) -> dict:
+    """The signal chosen on validation (its AURC per signal), and one certified threshold per target on the
+    calibration rows (``first``: every row's retriever first code, both splits)."""
     signal, areas = choose_signal(val, first)
-    conf, correct = confidences(val, signal, first), correctness(val)
-    chosen = {t: choose_threshold(conf, correct, t) for t in targets}
-    return {"signal": signal, "signal_aurc_val": areas, "thresholds": chosen}
+    conf, correct = confidences(calibration, signal, first), correctness(calibration)
+    return {"signal": signal, "signal_aurc_val": areas, "delta": delta,
+            "certified": {t: certify(conf, correct, t, delta) for t in targets}}
 
 
 def view(predictions: list[dict], first: dict[str, str | None], chosen: dict, samples_per_s: float | None,
          device: str, cfg: dict) -> dict:
-    """The deployment keys of one split, at thresholds chosen on validation (``chosen``, from ``thresholds``)."""
+    """The deployment keys of one split, at the thresholds certified on calibration (``chosen``, from ``thresholds``)."""
     conf, correct = confidences(predictions, chosen["signal"], first), correctness(predictions)
     cost = usd_per_1k(samples_per_s, price(device, cfg))
     out = {"confidence_signal": chosen["signal"], "aurc": aurc(conf, correct), "usd_per_1k": cost,
-           "usd_per_hour": price(device, cfg), "cost_device": device}
-    for target, (threshold, why) in chosen["thresholds"].items():
-        k, at = key(target), at_threshold(conf, correct, threshold)
-        out[f"threshold_at_{k}"] = None if threshold is None else round(threshold, 6)
+           "usd_per_hour": price(device, cfg), "cost_device": device, "review_usd_per_chart": cfg["review_usd_per_chart"]}
+    for target, cert in chosen["certified"].items():
+        k, threshold = key(target), cert["threshold"]
+        at = at_threshold(conf, correct, threshold)
+        out[f"threshold_at_{k}"] = threshold  # exact: score, the report and predict apply this very value
+        out[f"certified_at_{k}"] = {name: cert[name] for name in ("delta", "calibration_rows", "accepted", "errors",
+                                                                    "p_value", "error_free_rows_needed")}
+        coverage = at["coverage"] or 0.0  # nothing certified: every encounter is reviewed
         out[f"coverage_at_{k}"], out[f"coverage_at_{k}_ci95"] = at["coverage"], at["coverage_ci95"]
         out[f"precision_at_{k}"], out[f"precision_at_{k}_ci95"] = at["precision"], at["precision_ci95"]
-        out[f"usd_per_1k_coded_at_{k}"] = round(cost / at["coverage"], 4) if cost and at["coverage"] else None
-        if why:
-            out[f"threshold_at_{k}_reason"] = why
+        out[f"precision_ci_at_{k}"] = at["precision_ci95"]
+        out[f"usd_per_1k_coded_at_{k}"] = _sig(cost / coverage) if cost and coverage else None
+        review = with_review(cost, coverage, cfg["review_usd_per_chart"])
+        out[f"usd_per_1k_with_review_at_{k}"] = review["usd_per_1k_with_review"]
+        if cert.get("reason"):
+            out[f"threshold_at_{k}_reason"] = cert["reason"]
+    headline = key(max(chosen["certified"]))
+    out["usd_per_1k_with_review"] = out[f"usd_per_1k_with_review_at_{headline}"]
+    out["review_saving_usd_per_1k"] = with_review(cost, out[f"coverage_at_{headline}"] or 0.0,
+                                                  cfg["review_usd_per_chart"])["review_saving_usd_per_1k"]
     return out
 
 

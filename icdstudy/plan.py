@@ -68,6 +68,7 @@ class DataStats:
     mean_input_tokens: float
     max_input_tokens: int | None  # longest input seen; None = unknown (assume eval.max_input_tokens)
     source: str
+    calibration: int = 0
 
 
 @dataclass
@@ -341,7 +342,7 @@ def _train_fix(key, tcfg, peak, hw, max_input_tokens, stats, four_bit) -> str:
 
 def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict, stats: DataStats,
               hw: Hardware, few_shot: int = 0, batch_key: str = "eval.batch_size", extra_tokens: int = 0,
-              splits: tuple[str, ...] = ("val", "test"), seeds: int = 1) -> StagePlan:
+              splits: tuple[str, ...] = ("val", "calibration", "test"), seeds: int = 1) -> StagePlan:
     """A predicting stage: the first eval.max_samples rows of each of ``splits``, and the test rows again for
     each training seed after the first."""
     four_bit = bool(entry.get("load_in_4bit"))
@@ -421,7 +422,7 @@ def render(plan: dict) -> str:
             if "probe_samples" in d:
                 what += f"; {d['evals']} x {d['probe_samples']} validation rows decoded to keep the best checkpoint"
         elif role == "predict":
-            what = f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']} tokens, {d['samples']} samples (val + test)"
+            what = f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']} tokens, {d['samples']} samples (val, calibration, test)"
             if "usd_per_1k" in d:
                 what += f", ${d['usd_per_1k']:.3g} per 1,000"
         else:

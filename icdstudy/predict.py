@@ -6,7 +6,7 @@
 Uses the prompts, model loading, decoding settings (params `eval`) and constrained ranking of the
 predict@ stages. Scores are probabilities under the model restricted to the candidate codes (they sum
 to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
-chosen on validation for the target precision (--target, default the highest of
+certified on the calibration rows for the target precision (--target, default the highest of
 deploy.target_precision; stage `score` records it in metrics/val/<system>.json), else `review`; the
 output says which threshold, from which system and with what validation precision. With
 --min-confidence p, a result whose top score is below p is marked abstained.
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shortlist", action="store_true", help="list, in the prompt, the codes the TF-IDF retriever over "
                    "the training split ranks highest, as the shortlist systems do (as many as the system's `retrieved`)")
     p.add_argument("--target", type=float, help="route at this precision: code where the confidence reaches the "
-                   "threshold chosen on validation for it, else review (default: the highest deploy.target_precision)")
+                   "threshold certified for it on the calibration rows, else review (default: the highest deploy.target_precision)")
     p.add_argument("--metrics", default="metrics/val", help="where stage score wrote each system's validation metrics "
                    "(thresholds)")
     p.add_argument("--top-k", type=int, default=5, help="candidates to return (default 5)")
@@ -172,7 +172,7 @@ def routing(system: systems.System, metrics_dir: Path, target: float) -> dict:
     k = deploy.key(target)
     if not path.exists():
         return {"system": system.id, "target": target, "threshold": None,
-                "reason": f"{path} not found: run `dvc repro score` for the thresholds chosen on validation"}
+                "reason": f"{path} not found: run `dvc repro score` for the thresholds certified on the calibration rows"}
     m = read_json(path)
     if f"threshold_at_{k}" not in m:
         return {"system": system.id, "target": target, "threshold": None,
@@ -251,11 +251,11 @@ def _route_line(decision: str | None, rule: dict) -> str:
     if decision is None:
         return f"Route: none ({rule.get('reason')})"
     if rule["threshold"] is None:
-        return (f"Route: REVIEW: {rule['system']} reaches no threshold for {100 * rule['target']:g}% precision on "
-                f"validation ({rule.get('reason')})")
+        return (f"Route: REVIEW: {rule['system']} has no threshold certified for {100 * rule['target']:g}% precision "
+                f"({rule.get('reason')})")
     return (f"Route: {decision.upper()} ({rule['signal']} threshold {rule['threshold']:.3g} for {100 * rule['target']:g}% "
-            f"precision, chosen on validation for {rule['system']}: {_pct(rule['validation_precision'])} precise, "
-            f"{_pct(rule['validation_coverage'])} coded there; {rule['source']})")
+            f"precision, certified on calibration for {rule['system']}: {_pct(rule['validation_precision'])} precise, "
+            f"{_pct(rule['validation_coverage'])} coded on validation; {rule['source']})")
 
 
 def _pct(x) -> str:

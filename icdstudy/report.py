@@ -88,8 +88,8 @@ def same_split(ma: dict, mb: dict) -> bool:
 
 
 def coded_rows(system: str, evals: dict, preds: dict, first: dict, target: float) -> dict[str, bool]:
-    """Per test row: coded without review by ``system`` at ``target`` (its signal and threshold, both
-    chosen on validation, as its metrics record them)."""
+    """Per test row: coded without review by ``system`` at ``target`` (its signal, chosen on validation, and its
+    threshold, certified on calibration, as its metrics record them)."""
     m, k = evals[system], deploy.key(target)
     flags = deploy.coded(preds[system], first, m.get("confidence_signal") or "top1", m.get(f"threshold_at_{k}"))
     return {r["id"]: f for r, f in zip(preds[system], flags)}
@@ -105,8 +105,14 @@ def compare(a: str, b: str, evals: dict, preds: dict, first: dict, target: float
         return {"a": a, "b": b, "unpaired": (ma.get("split_fingerprint"), mb.get("split_fingerprint"))}
     c = {"a": a, "b": b, **compare_rows(preds[a], preds[b], a, b)}
     ids = [r["id"] for r in preds[a]]
-    ca, cb = coded_rows(a, evals, preds, first, target), coded_rows(b, evals, preds, first, target)
-    c["coverage"] = paired([ca[i] for i in ids], [cb[i] for i in ids])
+    k = deploy.key(target)
+    if ma.get(f"threshold_at_{k}") is not None and mb.get(f"threshold_at_{k}") is not None:
+        ca, cb = coded_rows(a, evals, preds, first, target), coded_rows(b, evals, preds, first, target)
+        c["coverage"] = paired([ca[i] for i in ids], [cb[i] for i in ids])
+    else:  # a looser, uncertified rule must not win on coverage: both compared by what coding costs with review
+        c["coverage"] = None
+        c["not_certified"] = [s for s, m in ((a, ma), (b, mb)) if m.get(f"threshold_at_{k}") is None]
+    c["with_review"] = (ma.get(f"usd_per_1k_with_review_at_{k}"), mb.get(f"usd_per_1k_with_review_at_{k}"))
     c["seeds"] = seed_agreement(a, b, c, seed_preds or {}, preds)
     return {**c, "speed_ratio": _ratio(ma.get("samples_per_s"), mb.get("samples_per_s")),
             "memory_ratio": _ratio(mb.get("peak_mem_mb"), ma.get("peak_mem_mb"))}
@@ -141,12 +147,33 @@ def pairs(selected: list[systems.System]) -> list[tuple[str, str]]:
     return out
 
 
-def adjust(comparisons: list[dict]) -> None:
-    """Holm-adjusted p-values over every test printed (exact match and coverage of every paired comparison)."""
-    tests = [t for c in comparisons if "unpaired" not in c for t in (c, c["coverage"])]
-    for t, adjusted in zip(tests, holm([t["mcnemar"]["p_value"] for t in tests])):
-        t["p_holm"] = adjusted
-        t["significant"] = adjusted < ALPHA
+def primary_pairs(sel: dict, vals: dict, evals: dict, target: float, params: dict) -> set[tuple[str, str]]:
+    """The comparisons params `comparisons.primary` declares before any result: `headline`, the best fine-tuned
+    system against the best large prompted one (both chosen on validation); `adds`, each system against the one
+    its entry says it changes by one thing."""
+    declared = set((params.get("comparisons") or {}).get("primary") or ["headline", "adds"])
+    out = set()
+    if "headline" in declared:
+        a, b, _ = headline_pair(sel, evals, vals, target)
+        if a and b:
+            out.add((a, b))
+    if "adds" in declared:
+        out |= {(s.id, s.adds[0]) for s in sel.values() if s.adds and s.id in evals and s.adds[0] in evals}
+    return out
+
+
+def adjust(comparisons: dict, primary: set[tuple[str, str]]) -> None:
+    """Holm-adjusted p-values within each family: the primary comparisons (the Answer's), and every other pair
+    (exploratory). Each family holds the exact-match test of its pairs and the coverage test of those whose two
+    systems are both certified."""
+    for family, pairs_ in (("primary", [c for pair, c in comparisons.items() if pair in primary]),
+                           ("exploratory", [c for pair, c in comparisons.items() if pair not in primary])):
+        tests = [t for c in pairs_ if "unpaired" not in c for t in (c, c["coverage"]) if t is not None]
+        for c in pairs_:
+            c["family"] = family
+        for t, adjusted in zip(tests, holm([t["mcnemar"]["p_value"] for t in tests])):
+            t["p_holm"] = adjusted
+            t["significant"] = adjusted < ALPHA
 
 
 def best(candidates: list[str], vals: dict, k: str) -> str | None:
@@ -167,68 +194,100 @@ def unpaired_line(c: dict) -> str:
             f"`{fa or 'none recorded'}` and `{fb or 'none recorded'}`): not compared. Rerun both on the same data.")
 
 
-def coverage_phrase(m: dict, k: str, target: float) -> str:
-    cov = m.get(f"coverage_at_{k}")
-    if cov is None:
-        return f"codes no encounter without review ({m.get(f'threshold_at_{k}_reason') or 'no threshold'})"
-    lo, hi = m.get(f"coverage_at_{k}_ci95") or (None, None)
-    return f"codes {_pct(cov)}% of encounters without review (95% CI {_pct(lo)}–{_pct(hi)})"
-
-
-def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, target: float, params: dict) -> list[str]:
-    """The Answer: the deployment line, the same pair's exact match, what each one-thing change adds, the tally."""
+def headline_pair(sel: dict, evals: dict, vals: dict, target: float) -> tuple[str | None, str | None, str]:
+    """The best fine-tuned system and the best large prompted one, both chosen on validation; a note where every
+    prompted model is also fine-tuned (the best prompted one stands in)."""
     k = deploy.key(target)
     chosen = [s for s in sel.values() if s.id in evals]
-    tuned = [s.id for s in chosen if s.fine_tuned]
     fine_models = {s.model for s in chosen if s.fine_tuned}
     prompted = [s for s in chosen if not s.fine_tuned and not s.floor]
-    large = [s.id for s in prompted if s.model not in fine_models]
-    note = ""
+    large, note = [s.id for s in prompted if s.model not in fine_models], ""
     if not large:
         large = [s.id for s in prompted]
         note = " (every prompted model here is also a fine-tuned one: the best prompted system stands in)"
-    a, b = best(tuned, vals, k), best(large, vals, k)
+    return best([s.id for s in chosen if s.fine_tuned], vals, k), best(large, vals, k), note
+
+
+def certified_phrase(s: str, sel: dict, m: dict, k: str, role: str = "") -> str:
+    """What ``s`` does on test at the threshold certified for target ``k``: coverage and the precision reached."""
+    name = f"`{s}` ({sel[s].label(m)}){role}"
+    if m.get(f"threshold_at_{k}") is None:
+        return f"{name} is not certified ({m.get(f'threshold_at_{k}_reason') or 'no threshold'}): every encounter goes to review"
+    cov, (clo, chi) = m.get(f"coverage_at_{k}"), m.get(f"coverage_at_{k}_ci95") or (None, None)
+    if not m.get(f"coverage_at_{k}"):
+        return f"{name} codes no test encounter without review (none reached its certified threshold)"
+    plo, phi = m.get(f"precision_ci_at_{k}") or (None, None)
+    return (f"{name} codes {_pct(cov)}% of test encounters without review (95% CI {_pct(clo)}–{_pct(chi)}) at "
+            f"{_pct(m.get(f'precision_at_{k}'))}% precision on test (95% CI {_pct(plo)}–{_pct(phi)})")
+
+
+def headline(a: str, b: str, sel: dict, evals: dict, vals: dict, targets: list[float], note: str) -> str:
+    """The Answer's first line: what the two systems code without review at the highest target, with the precision
+    the test split showed; where neither is certified, says so, with the best system certified at a lower target."""
+    target = max(targets)
+    k = deploy.key(target)
+    cert = evals[a].get(f"certified_at_{k}") or {}
+    n, delta = cert.get("calibration_rows"), cert.get("delta")
+    if any(evals[s].get(f"threshold_at_{k}") is not None for s in (a, b)):
+        return (f"- **At {100 * target:g}% precision, certified with δ = {delta:g} on {n} calibration rows: "
+                f"{certified_phrase(a, sel, evals[a], k)}; "
+                f"{certified_phrase(b, sel, evals[b], k, f', the best large system{note},')}.**")
+    line = (f"- **No system is certified at {100 * target:g}% precision on {n} calibration rows** (at δ = {delta:g} "
+            f"that takes at least {cert.get('error_free_rows_needed')} accepted rows, all of them right).")
+    for lower in sorted((x for x in targets if x < target), reverse=True):
+        kl = deploy.key(lower)
+        ok = [s for s in evals if evals[s].get(f"threshold_at_{kl}") is not None and not sel[s].floor]
+        if ok:
+            s = best(ok, vals, kl)
+            return line + f" At {100 * lower:g}%: {certified_phrase(s, sel, evals[s], kl)}."
+    return line + " Nor at any lower target."
+
+
+def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, targets: list[float], params: dict) -> list[str]:
+    """The Answer: the headline, the primary comparisons (Holm within them), the cost with review, the tally."""
+    target = max(targets)
+    k = deploy.key(target)
+    a, b, note = headline_pair(sel, evals, vals, target)
     out = []
-    if a and b:
-        ma, mb = evals[a], evals[b]
-        cpu = "cpu" in (ma.get("cost_device"), mb.get("cost_device"))
-        line = (f"- **At {100 * target:g}% precision, `{a}` ({sel[a].label(ma)}) {coverage_phrase(ma, k, target)} at "
-                f"{_usd(ma.get('usd_per_1k'))} per 1,000 encounters; `{b}` ({sel[b].label(mb)}), the best large "
-                f"system{note}, {coverage_phrase(mb, k, target)} at {_usd(mb.get('usd_per_1k'))}.**")
-        c = comparisons.get((a, b))
-        if c and "unpaired" not in c:
-            line += f" Difference: {_difference(c['coverage'], 'coverage')}."
-            line += f" Exact match {_pct(ma['exact_match'])}% against {_pct(mb['exact_match'])}%: {_difference(c, 'exact match')}."
-        elif c:
-            line += " " + unpaired_line(c)
+    if not (a and b):
+        return ["- No fine-tuned system was evaluated." if not a else "- No prompted system was evaluated beside the "
+                "fine-tuned ones."]
+    ma, mb = evals[a], evals[b]
+    out.append(headline(a, b, sel, evals, vals, targets, note))
+    c = comparisons.get((a, b))
+    if c and "unpaired" not in c:
+        line = (f"- `{a}` against `{b}`: exact match {_pct(ma['exact_match'])}% against {_pct(mb['exact_match'])}%: "
+                f"{_difference(c, 'exact match')}.")
+        if c["coverage"] is not None:
+            line += f" Coverage: {_difference(c['coverage'], 'coverage')}."
         out.append(line)
-        if cpu:
-            out.append(f"- Costs are measured generation time priced at {_usd(ma.get('usd_per_hour'))} per hour: this "
-                       "run used CPUs, so they are CPU time, not what a GPU host would cost (docs/deployment.md).")
-        out.append(f"- Both were chosen on validation (the most encounters coded at {100 * target:g}% precision); "
-                   "test numbers are reported, never used to choose.")
-    elif tuned:
-        out.append("- No prompted system was evaluated beside the fine-tuned ones.")
-    else:
-        out.append("- No fine-tuned system was evaluated.")
-    for s in chosen:
-        if not s.adds:
-            continue
-        base = s.adds[0]
-        c = comparisons.get((s.id, base))
+    elif c:
+        out.append("- " + unpaired_line(c))
+    review = params.get("deploy", {}).get("review_usd_per_chart")
+    out.append(f"- **With a coder reviewing every encounter not coded automatically** ({_usd(review)} a chart), 1,000 "
+               f"encounters cost {_usd(ma.get('usd_per_1k_with_review'))} with `{a}` and "
+               f"{_usd(mb.get('usd_per_1k_with_review'))} with `{b}`, against {_usd(1000 * review if review else None)} "
+               f"reviewing all; inference alone is {_usd(ma.get('usd_per_1k'))} and {_usd(mb.get('usd_per_1k'))}"
+               + (" (CPU time on this run, not a GPU host's price)" if "cpu" in (ma.get("cost_device"), mb.get("cost_device"))
+                  else "") + ".")
+    out.append(f"- Both systems were chosen on validation, the thresholds certified on calibration rows no choice "
+               "read; the test split is read once, here.")
+    for s in (x for x in sel.values() if x.id in evals and x.adds):
+        c = comparisons.get((s.id, s.adds[0]))
         if c is None:
             continue
-        what = s.adds[1]
         if "unpaired" in c:
-            out.append(f"- {what}: " + unpaired_line(c))
+            out.append(f"- {s.adds[1]}: " + unpaired_line(c))
             continue
-        out.append(f"- **{what}** (`{s.id}` vs `{base}`): {_difference(c, 'exact match')}; "
-                   f"{_difference(c['coverage'], f'coverage at {100 * target:g}% precision')}.")
-    tested = [t for c in comparisons.values() if "unpaired" not in c for t in (c, c["coverage"])]
+        cov = (f"; {_difference(c['coverage'], f'coverage at {100 * target:g}% precision')}" if c["coverage"] is not None
+               else f"; no coverage test ({', '.join(c['not_certified'])} not certified at {100 * target:g}%)")
+        out.append(f"- **{s.adds[1]}** (`{s.id}` vs `{s.adds[0]}`): {_difference(c, 'exact match')}{cov}.")
+    tested = [x for c in comparisons.values() if c.get("family") == "primary" and "unpaired" not in c
+              for x in (c, c["coverage"]) if x is not None]
     if tested:
-        out.append(f"- {sum(t['significant'] for t in tested)} of {len(tested)} paired tests are significant after "
-                   "Holm's correction for all of them (exact match and coverage of every pair: "
-                   "[Paired comparisons](#paired-comparisons)).")
+        out.append(f"- {sum(x['significant'] for x in tested)} of {len(tested)} primary tests are significant after "
+                   "Holm's correction within the primary family (declared in params `comparisons`); every other pair "
+                   "is exploratory ([Paired comparisons](#paired-comparisons)).")
     return out
 
 
@@ -310,34 +369,43 @@ def shortlist_section(evals: dict, systems_: list[str]) -> list[str]:
 
 
 def deployment_section(evals: dict, vals: dict, systems_: list[str], targets: list[float], params: dict) -> list[str]:
-    head = " | ".join(f"threshold @{100 * t:g} | coverage @{100 * t:g} % (95% CI) | precision @{100 * t:g} %"
-                      for t in targets)
+    head = " | ".join(f"threshold @{100 * t:g} (accepted / errors on calibration, p) | coverage @{100 * t:g} % (95% CI) "
+                      f"| precision @{100 * t:g} % (95% CI)" for t in targets)
+    top = deploy.key(max(targets))
     out = ["## Coded without review", "",
-           f"| system | signal | {head} | AURC | $ per 1,000 | $ per 1,000 coded @{100 * max(targets):g} |",
-           "|---|---|" + "---:|---|---:|" * len(targets) + "---:|---:|---:|"]
+           f"| system | signal | {head} | AURC | $ per 1,000 | $ per 1,000 with review @{100 * max(targets):g} |",
+           "|---|---|" + "---|---|---|" * len(targets) + "---:|---:|---:|"]
     for s in systems_:
         m = evals[s]
         cells = []
         for t in targets:
             k = deploy.key(t)
-            lo, hi = m.get(f"coverage_at_{k}_ci95") or (None, None)
-            th = m.get(f"threshold_at_{k}")
-            cells += ["—" if th is None else f"{th:.3g}",
-                      "none" if m.get(f"coverage_at_{k}") is None else f"{_pct(m[f'coverage_at_{k}'])} ({_pct(lo)}–{_pct(hi)})",
-                      _pct(m.get(f"precision_at_{k}"))]
-        top = deploy.key(max(targets))
+            cert, th = m.get(f"certified_at_{k}") or {}, m.get(f"threshold_at_{k}")
+            clo, chi = m.get(f"coverage_at_{k}_ci95") or (None, None)
+            plo, phi = m.get(f"precision_ci_at_{k}") or (None, None)
+            cells += ["none certified" if th is None else
+                      f"{th:.4g} ({cert.get('accepted')} / {cert.get('errors')}, p = {_p(cert.get('p_value'))})",
+                      "none" if m.get(f"coverage_at_{k}") is None else f"{_pct(m[f'coverage_at_{k}'])} ({_pct(clo)}–{_pct(chi)})",
+                      "—" if m.get(f"precision_at_{k}") is None else
+                      f"{_pct(m[f'precision_at_{k}'])} ({_pct(plo)}–{_pct(phi)})"]
         out.append(f"| {s} | {m.get('confidence_signal')} | {' | '.join(cells)} | {_num(m.get('aurc'))} "
-                   f"| {_usd(m.get('usd_per_1k'))} | {_usd(m.get(f'usd_per_1k_coded_at_{top}'))} |")
+                   f"| {_usd(m.get('usd_per_1k'))} | {_usd(m.get(f'usd_per_1k_with_review_at_{top}'))} |")
     dep = params.get("deploy", {})
+    any_cert = next((evals[s].get(f"certified_at_{top}") for s in systems_ if evals[s].get(f"certified_at_{top}")), {})
     out += ["", "A system codes an encounter without review when its confidence reaches the threshold for the target "
             "precision. The confidence signal (top-1 probability, its margin over the second, or agreement with the "
-            "TF-IDF retriever's first code, then probability) and each threshold were chosen on the validation split: "
-            "the signal with the smallest risk-coverage area there, the lowest threshold whose validation precision "
-            "reaches the target. Coverage and precision above are on test, where the thresholds were applied as "
-            "chosen (Wilson 95% CIs). AURC: area under the test risk-coverage curve (mean error rate over all coverage "
-            f"levels; lower is better). Cost: measured generation throughput priced at {_usd(dep.get('usd_per_hour'))} "
-            f"per GPU hour or {_usd(dep.get('cpu_usd_per_hour'))} per CPU hour ({dep.get('price_source', 'params deploy')}); "
-            "per 1,000 coded: the cost of all encounters divided by the share coded without review.", ""]
+            "TF-IDF retriever's first code, then probability) was chosen on the validation split (the smallest "
+            "risk-coverage area). Each threshold was certified on the calibration split, rows no choice read, by "
+            f"Learn-then-Test (fixed-sequence testing from the highest threshold down, δ = {dep.get('delta')}): "
+            "with probability at least 1 − δ the encounters coded are at least that precise, for encounters like the "
+            "calibration rows. Its p-value is the exact binomial tail P(X ≤ errors), X ~ Bin(accepted, 1 − target), "
+            f"over the {any_cert.get('calibration_rows')} calibration rows; {100 * max(targets):g}% needs at least "
+            f"{any_cert.get('error_free_rows_needed')} accepted rows, all right. Coverage and precision above are what "
+            "the test split showed at that very threshold (Wilson 95% CIs). AURC: area under the test risk-coverage "
+            f"curve (lower is better). Cost: measured throughput priced at {_usd(dep.get('usd_per_hour'))} per GPU hour "
+            f"or {_usd(dep.get('cpu_usd_per_hour'))} per CPU hour ({dep.get('price_source', 'params deploy')}); with "
+            f"review: plus {_usd(dep.get('review_usd_per_chart'))} for each encounter a coder reviews (params "
+            "`deploy.review_usd_per_chart`).", ""]
     missing = [(s, t) for s in systems_ for t in targets if evals[s].get(f"threshold_at_{deploy.key(t)}_reason")]
     for s, t in missing:
         out.append(f"- `{s}` at {100 * t:g}%: {evals[s][f'threshold_at_{deploy.key(t)}_reason']}.")
@@ -348,7 +416,8 @@ def validation_section(trains: dict, vals: dict, evals: dict, systems_: list[str
     t = f"{100 * target:g}"
     out = ["## Chosen on validation", "",
            "The test split was read once, here. Every choice was made on validation: the checkpoint each training run "
-           "kept, each system's confidence signal and thresholds, and the systems that lead the answer.", "",
+           "kept, each system's confidence signal, and the systems that lead the answer; each threshold was certified "
+           "on the calibration rows, which no choice read.", "",
            f"| system | exact % val | exact % test | coverage @{t} % val | coverage @{t} % test |", "|---|---:|---:|---:|---:|"]
     k = deploy.key(target)
     for s in systems_:
@@ -399,9 +468,10 @@ def paired_table(comparisons: list[dict], target: float) -> list[str]:
         return []
     t = f"{100 * target:g}"
     out = ["## Paired comparisons", "",
-           f"| A | B | n | exact A − B (points) | 95% CI | McNemar p | Holm p | coverage @{t} A − B (points) | 95% CI "
-           "| McNemar p | Holm p | throughput A/B | memory B/A | seeds in the same direction |",
-           "|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+           f"| family | A | B | n | exact A − B (points) | 95% CI | McNemar p | Holm p | coverage @{t} A − B (points) "
+           "| 95% CI | McNemar p | Holm p | $ per 1,000 with review A / B | throughput A/B | memory B/A "
+           "| seeds in the same direction |",
+           "|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---|---:|---:|---|"]
 
     def cells(x):
         lo, hi = x["ci95"]
@@ -409,16 +479,26 @@ def paired_table(comparisons: list[dict], target: float) -> list[str]:
         return (f"{mark}{100 * x['diff']:+.1f}{mark} | {100 * lo:+.1f} to {100 * hi:+.1f} | {_p(x['mcnemar']['p_value'])} "
                 f"| {mark}{_p(x['p_holm'])}{mark}")
 
-    for c in done:
+    for c in sorted(done, key=lambda c: c["family"] != "primary"):
         seeds = c.get("seeds")
         held = f"{seeds['same_direction']} of {seeds['seeds']}" if seeds else "—"
-        out.append(f"| {c['a']} | {c['b']} | {c['n']} | {cells(c)} | {cells(c['coverage'])} "
+        cov = cells(c["coverage"]) if c["coverage"] is not None else \
+            f"no test: {', '.join(c['not_certified'])} not certified | | | "
+        ra, rb = c.get("with_review") or (None, None)
+        out.append(f"| {c['family']} | {c['a']} | {c['b']} | {c['n']} | {cells(c)} | {cov} | {_usd(ra)} / {_usd(rb)} "
                    f"| {c['speed_ratio'] or 0:.2g} | {c['memory_ratio'] or 0:.2g} | {held} |")
-    out += ["", "Every fine-tuned system against every other system, and each system against the one it extends by one "
-            "thing (fine-tuning, shortlists). CI: paired bootstrap over test rows (5,000 resamples, seed 42). McNemar: "
+    primary = [c for c in done if c["family"] == "primary"]
+    n_primary = sum(1 + (c["coverage"] is not None) for c in primary)
+    out += ["", "Primary: the comparisons params `comparisons.primary` declares before any result (the best fine-tuned "
+            "system against the best large prompted one, both chosen on validation, and each system against the one "
+            "its entry `adds` to); exploratory: every other fine-tuned system against every untrained one. Holm p is "
+            f"adjusted within each family ({n_primary} primary tests, "
+            f"{sum(1 + (c['coverage'] is not None) for c in done) - n_primary} exploratory); bold = significant after "
+            "that adjustment (Holm p < 0.05). CI: paired bootstrap over test rows (5,000 resamples, seed 42). McNemar: "
             f"exact binomial test on the rows where exactly one of the two is right (exact) or coded without review at "
-            f"{t}% precision (coverage). Holm p: adjusted for all {2 * len(done)} tests in this table together; bold = "
-            "significant after that adjustment (Holm p < 0.05).", ""]
+            f"{t}% precision (coverage). Coverage is compared only between two systems certified at {t}%: a looser, "
+            "uncertified rule would otherwise win; the others are compared by what 1,000 encounters cost with the "
+            "review of those not coded.", ""]
     return out
 
 
@@ -440,27 +520,29 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
     first = {r["id"]: r["pred"] for r in preds.get(retriever, [])}
     comparisons = {(a, b): compare(a, b, evals, preds, first, target, seed_preds)
                    for a, b in pairs([sel[s] for s in ordered]) if a in preds and b in preds}
-    adjust(list(comparisons.values()))
+    adjust(comparisons, primary_pairs(sel, vals, evals, target, params))
     out = ["# Can a fine-tuned small model code ICD-10-CM better than zero-shot larger models?", ""]
     if params.get("smoke"):
         out += [SMOKE_BANNER, ""]
-    out += ["## Answer", ""] + answer(sel, evals, vals, comparisons, target, params)
+    out += ["## Answer", ""] + answer(sel, evals, vals, comparisons, targets, params)
     out += [f"- {unpaired_line(c)}" for c in comparisons.values() if "unpaired" in c]
     if str(params.get("data", {}).get("source")) == "demo":
         out += ["", f"> {DEMO_CAVEAT}"]
     k = deploy.key(target)
     out += ["", "## All systems", "",
-            f"| system | parameters | exact % (95% CI) | category % | chapter % | valid % | macro-F1 | top-3 % | top-5 % "
-            f"| ECE | coverage @{100 * target:g} % | $ per 1,000 | latency p50 s | samples/s | peak memory MB |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            f"| system | parameters | exact % (95% CI) | category % | chapter % | valid % | macro-F1 | top-3 % | top-5 % | ECE "
+            + "".join(f"| coverage @{100 * x:g} % " for x in targets)
+            + "| $ per 1,000 | $ per 1,000 with review | latency p50 s | samples/s | peak memory MB |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|---:|---:|---:|---:|"]
     for s in ordered:
         m = evals[s]
         lo, hi = m["exact_match_ci95"]
         out.append(f"| {s} | {m.get('params_total', 0) / 1e6:,.1f}M | {_pct(m['exact_match'])} ({_pct(lo)}–{_pct(hi)}) "
                    f"| {_pct(m['category_match'])} | {_pct(m['chapter_match'])} | {_pct(m['valid_rate'])} "
                    f"| {m['macro_f1']:.3f} | {_pct(m.get('top3_match'))} | {_pct(m.get('top5_match'))} "
-                   f"| {_num(m.get('ece'))} | {_coverage(m, k)} | {_usd(m.get('usd_per_1k'))} "
-                   f"| {m.get('latency_p50_s') or 0:.3f} | {m.get('samples_per_s') or 0:.2f} | {m.get('peak_mem_mb') or 0:,.0f} |")
+                   f"| {_num(m.get('ece'))} | {' | '.join(_coverage(m, deploy.key(x)) for x in targets)} "
+                   f"| {_usd(m.get('usd_per_1k'))} "
+                   f"| {_usd(m.get('usd_per_1k_with_review'))} | {m.get('latency_p50_s') or 0:.3f} | {m.get('samples_per_s') or 0:.2f} | {m.get('peak_mem_mb') or 0:,.0f} |")
     out += ["", "Test split. Exact: the whole code; category: its first 3 characters; chapter: its ICD-10-CM chapter. "
             "Top-k and ECE only for systems that rank candidates with scores. Latency is per sample within batches, "
             "generation only (model loading excluded); memory is peak process RSS on CPU or peak allocated CUDA memory.", ""]
@@ -486,8 +568,8 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             + (f" (revision `{data['source_revision']}`)" if data.get("source_revision") else "")
             + f", input field `{data.get('input')}`; {data['rows_in']} rows read, "
             f"{data['rows_out']} kept, dropped: {data['dropped'] or 'none'}.",
-            f"- {data['n_codes']} codes; train / val / test = {data['train']} / {data['val']} / {data['test']} "
-            f"(split per code, seed {params.get('split', {}).get('seed')}).",
+            f"- {data['n_codes']} codes; train / val / calibration / test = {data['train']} / {data['val']} / "
+            f"{data.get('calibration', 0)} / {data['test']} (split per code, seed {params.get('split', {}).get('seed')}).",
             f"- Leakage control: ICD-10 code mentions in the {data.get('input')} texts redacted "
             f"({data['code_mentions_before']} inputs had one before, {data['code_mentions_after']} after); "
             f"label description phrases redacted too: {'yes' if d.get('redact_descriptions') else 'no'}.",

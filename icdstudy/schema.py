@@ -26,6 +26,8 @@ class Data(_Section):
 
 class Split(_Section):
     val: float = Field(ge=0, lt=1, description="share of each code's rows in validation")
+    calibration: float = Field(gt=0, lt=1, description="share of each code's rows in calibration (the thresholds' own "
+                               "rows: no choice reads them)")
     test: float = Field(ge=0, lt=1, description="share of each code's rows in test")
     seed: int = Field(description="split seed")
     min_rows_per_code: int = Field(ge=2, description="codes with fewer rows go to train only")
@@ -112,6 +114,10 @@ class Train(_Section):
     def _checkpoints_are_evaluated(self):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"train.seeds {self.seeds} repeats a seed; each run must differ")
+        if self.select_by == "exact_match" and self.save_steps != self.eval_steps:
+            raise ValueError(f"train.save_steps ({self.save_steps}) must equal train.eval_steps ({self.eval_steps}) with "
+                             "select_by: exact_match: the Trainer keeps the best checkpoint only if it was saved, and "
+                             "would otherwise keep the last evaluation's silently")
         if self.save_steps % self.eval_steps:
             raise ValueError(f"train.save_steps ({self.save_steps}) must be a multiple of train.eval_steps "
                              f"({self.eval_steps}), so the best checkpoint is one that was evaluated")
@@ -127,10 +133,13 @@ class Retrieval(_Section):
 
 class Deploy(_Section):
     target_precision: list[float] = Field(min_length=1, description="precisions at which encounters are coded without "
-                                          "review; each threshold is chosen on validation")
+                                          "review; each threshold is certified on the calibration split")
     usd_per_hour: float = Field(gt=0, description="price of one GPU host hour (the study's stages on CUDA)")
     cpu_usd_per_hour: float = Field(gt=0, description="price of one hour of the CPU machine (stages run on CPU)")
     price_source: str = Field(description="where both prices come from, and their date (printed beside every cost)")
+    delta: float = Field(gt=0, le=0.2, description="the thresholds' guarantee holds with probability at least 1 - delta")
+    review_usd_per_chart: float = Field(ge=0, description="dollars for a coder's review of one encounter not coded "
+                                        "automatically")
 
     @model_validator(mode="after")
     def _targets_are_precisions(self):
@@ -201,6 +210,12 @@ class Systems(_Section):
         description="classical floors")
 
 
+class Comparisons(_Section):
+    primary: list[Literal["headline", "adds"]] = Field(
+        description="the report's primary family: headline (best fine-tuned vs best large, chosen on validation), "
+                    "adds (each system vs the one it changes by one thing)")
+
+
 class Params(_Section):
     smoke: bool = Field(default=False, description="a smoke run (study full-study --smoke): its report says so at the top")
     data: Data
@@ -214,11 +229,13 @@ class Params(_Section):
     training: dict[str, TrainingRun] = Field(default_factory=dict, description="the LoRA training runs")
     systems: Systems
     deploy: Deploy
+    comparisons: Comparisons
 
     @model_validator(mode="after")
     def _keys_are_registered(self):
-        if self.split.val + self.split.test >= 1:
-            raise ValueError(f"split.val + split.test = {self.split.val + self.split.test}: must stay below 1")
+        held_out = self.split.val + self.split.calibration + self.split.test
+        if held_out >= 1:
+            raise ValueError(f"split.val + split.calibration + split.test = {held_out}: must stay below 1")
         for key in self.base_models:
             if key not in self.models:
                 raise ValueError(f"base_models: {key!r} is not registered under models ({', '.join(self.models)})")

@@ -3,7 +3,8 @@
 Both splits get the same keys (DESIGN: metrics/val/<system>.json and metrics/eval/<system>.json): quality
 with confidence intervals, speed and memory from the predicting stage's run record, where a shortlist
 system's answers sit on its lists, and the deployment view, whose confidence signal and thresholds
-are chosen on validation before the test split is looked at.
+are chosen on validation (the signal) and certified on calibration rows (the thresholds) before the test
+split is looked at.
 """
 from __future__ import annotations
 
@@ -47,15 +48,21 @@ def score_split(predictions: list[dict], rows: list[dict], record: dict, split: 
 def score_system(predictions: dict[str, list[dict]], rows: dict[str, list[dict]], record: dict,
                  first: dict[str, dict[str, str | None]], deploy_cfg: dict,
                  seed_runs: dict[str, list[dict]] | None = None) -> dict[str, dict]:
-    """{split: metrics} for the validation and test splits. ``first``: per split, the TF-IDF retriever's
-    first candidate of every row (knn-tfidf's answer). ``seed_runs``: other training seeds' test
+    """{split: metrics} for the validation and test splits. ``predictions`` and ``rows`` hold the calibration
+    split too: it certifies the thresholds and is scored for nothing else. ``first``: per split, the TF-IDF
+    retriever's first candidate of every row (knn-tfidf's answer). ``seed_runs``: other training seeds' test
     predictions (seed-<n> -> rows), summarised as the spread of exact match over seeds."""
-    out = {split: score_split(predictions[split], rows[split], record, split) for split in predictions}
-    chosen = deploy.thresholds(predictions["val"], first["val"], deploy_cfg["target_precision"])
+    from .systems import SCORED
+
+    out = {split: score_split(predictions[split], rows[split], record, split) for split in SCORED}
+    chosen = deploy.thresholds(predictions["val"], predictions["calibration"], {**first["val"], **first["calibration"]},
+                               deploy_cfg["target_precision"], deploy_cfg["delta"])
+    calibration_fingerprint = metrics.split_fingerprint(rows["calibration"])
     for split, m in out.items():
         m.update(deploy.view(predictions[split], first[split], chosen, m["samples_per_s"], m.get("device", "cpu"),
                              deploy_cfg))
         m["signal_aurc_val"] = chosen["signal_aurc_val"]
+        m["calibration_fingerprint"] = calibration_fingerprint
     if seed_runs:
         by_seed = {record["seeds"][0]: out["test"]}
         for (name, rows_), seed in zip(seed_runs.items(), record["seeds"][1:]):

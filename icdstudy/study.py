@@ -122,15 +122,18 @@ def data_stats(params: dict, root: Path = Path(".")):
         prep = (yaml_load(lock.read_text()) or {}).get("stages", {}).get("prepare", {})
         locked = prep.get("params", {}).get("params.yaml", {})
         if locked.get("data") == params["data"] and locked.get("split") == params["split"]:
-            parts = {n: read_jsonl(processed / f"{n}.jsonl") for n in ("train", "val", "test")}
+            parts = {n: read_jsonl(processed / f"{n}.jsonl") for n in ("train", "val", "calibration", "test")
+                     if (processed / f"{n}.jsonl").exists()}
             lengths = [len(r["input"]) / CHARS_PER_TOKEN for rows in parts.values() for r in rows]
             return DataStats(len(parts["train"]), len(parts["val"]), len(parts["test"]),
-                             sum(lengths) / len(lengths), int(max(lengths)), "data/processed")
+                             sum(lengths) / len(lengths), int(max(lengths)), "data/processed",
+                             len(parts.get("calibration", [])))
     rows = MEDSYNTH["rows"]
-    val, test = params["split"]["val"], params["split"]["test"]
+    val, cal, test = params["split"]["val"], params["split"]["calibration"], params["split"]["test"]
     mean = MEDSYNTH["mean_input_tokens"].get(params["data"]["input"], 930)
-    return DataStats(round(rows * (1 - val - test)), round(rows * val), round(rows * test), mean, None,
-                     f"MedSynth's published size ({rows:,} rows, mean {mean} input tokens); longest = eval.max_input_tokens")
+    return DataStats(round(rows * (1 - val - cal - test)), round(rows * val), round(rows * test), mean, None,
+                     f"MedSynth's published size ({rows:,} rows, mean {mean} input tokens); longest = eval.max_input_tokens",
+                     round(rows * cal))
 
 
 def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPLITS = ("val", "test")  # every system is scored on both; choices read val, the report reads test
+SPLITS = ("val", "calibration", "test")  # what every system predicts: choices read val, thresholds are certified on
+SCORED = ("val", "test")                 # calibration, the report reads test; metrics/val and metrics/eval
 
 FLOOR_LABELS = {"tfidf-logreg": "the TF-IDF baseline", "knn-tfidf": "the TF-IDF nearest-neighbour floor"}
 # Colours of the plots, by what a system is: fine-tuned or not, and its prompt style (a floor: its method).

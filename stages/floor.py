@@ -6,10 +6,10 @@ method tfidf-logreg: TF-IDF + logistic regression (the entry's hyperparameters),
 split. method knn-tfidf: each input gets the codes of its retrieval.neighbours nearest training inputs (TF-IDF
 cosine, params `retrieval`: the retriever that picks the few-shot examples and the shortlists' codes),
 ranked by summed similarity; each row keeps its neighbours, and its first candidate is stage `score`'s
-retriever-agreement signal. Both read eval.top_k and eval.max_samples, predict the validation and test
-splits (their first eval.max_samples rows, as every system does) and write predictions/val/<system>.jsonl,
-predictions/<system>.jsonl and predictions/runs/<system>.json. What an LLM scores above them, it adds
-beyond classical text classification and retrieval.
+retriever-agreement signal. Both read eval.top_k and eval.max_samples, predict the validation, calibration
+and test splits (their first eval.max_samples rows, as every system does) and write
+predictions/{val,calibration}/<system>.jsonl, predictions/<system>.jsonl and predictions/runs/<system>.json.
+What an LLM scores above them, it adds beyond classical text classification and retrieval.
 """
 import argparse
 import sys

@@ -6,10 +6,11 @@ The system's entry says which base model it prompts (`model`), how its prompt pr
 (`prompt`, with `retrieved` examples or codes; icdstudy.prompt_styles), which eval keys it decodes with
 differently (`decoding`), and, for a fine-tuned system, the training run whose LoRA adapter
 (models/adapters/<run>, written by train@<run>) is merged in first. The model is loaded once and
-predicts the validation split, then the test split (the first eval.max_samples rows of each); the
+predicts the validation, calibration and test splits (the first eval.max_samples rows of each); the
 adapters of the run's other `train.seeds` predict the test split.
 
-Writes predictions/val/<system>.jsonl, predictions/<system>.jsonl (test), predictions/seeds/<system>/
+Writes predictions/val/<system>.jsonl, predictions/calibration/<system>.jsonl, predictions/<system>.jsonl
+(test), predictions/seeds/<system>/
 (the other seeds' test predictions and seeds.json, which lists them: empty for an untrained system) and
 predictions/runs/<system>.json (load time, memory, size, settings); stage `score` turns them into
 metrics. An interrupted run resumes from .resume/<system>-<split>.jsonl.
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
         entry = model_entry(params, system.model)
         inputs = load_inputs(system, params, Path(args.data))
         done = predict(system, system.id, system.adapter, systems.SPLITS, inputs, entry)
-        for split in systems.SPLITS:
+        for split in systems.SPLITS:  # the test split's score is the report's to print
             hits = sum(p["pred"] == p["gold"] for p in done[split])
             print(f"predict: {system.id}: {len(done[split])} {split} predictions" + (f", exact {hits}" if split == "val" else ""))
         seeds = predict_seeds(system, params, inputs, entry)

@@ -1,6 +1,6 @@
 """Stage `prepare`: MedSynth (hub, local file or demo) -> clean, redacted, per-code splits.
 
-Reads params `data` and `split`; writes data/processed/{train,val,test}.jsonl, labels.json
+Reads params `data` and `split`; writes data/processed/{train,val,calibration,test}.jsonl, labels.json
 and metrics/data.json.
 """
 import argparse
@@ -31,7 +31,8 @@ def main() -> int:
         if not cleaned.rows:
             raise data.DataError(f"data.source {dcfg['source']!r}: no rows left after cleaning "
                                  f"(dropped: {dict(cleaned.dropped)}); check data.input and the file's columns")
-        parts = data.split_by_code(cleaned.rows, scfg["val"], scfg["test"], scfg["seed"], scfg["min_rows_per_code"])
+        parts = data.split_by_code(cleaned.rows, scfg["val"], scfg["test"], scfg["seed"], scfg["min_rows_per_code"],
+                                   scfg["calibration"])
         data.check_split(parts, scfg, f"data.source {dcfg['source']!r}")
     except (data.DataError, ParamError) as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
@@ -41,7 +42,7 @@ def main() -> int:
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for name in ("train", "val", "test"):
+    for name in ("train", *data.HELD_OUT):
         write_jsonl(tmp / f"{name}.jsonl", getattr(parts, name))
     labels = data.labels_table(parts.train)
     write_json(tmp / "labels.json", labels)
@@ -54,6 +55,7 @@ def main() -> int:
         "n_codes": len(labels),
         "train": len(parts.train),
         "val": len(parts.val),
+        "calibration": len(parts.calibration),
         "test": len(parts.test),
         "train_only_codes": parts.train_only_codes,
         "code_mentions_before": cleaned.mentions_before,
@@ -66,7 +68,8 @@ def main() -> int:
     }
     write_json(args.metrics, metrics)
     print(f"prepare: {metrics['rows_in']} rows in, {metrics['rows_out']} out, dropped {metrics['dropped'] or 'none'}; "
-          f"train/val/test {metrics['train']}/{metrics['val']}/{metrics['test']} over {metrics['n_codes']} codes; "
+          f"train/val/calibration/test {metrics['train']}/{metrics['val']}/{metrics['calibration']}/{metrics['test']} "
+          f"over {metrics['n_codes']} codes; "
           f"code mentions {metrics['code_mentions_before']} -> {metrics['code_mentions_after']} ({time.time() - t0:.1f}s)")
     return 0
 

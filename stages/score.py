@@ -1,11 +1,13 @@
 """Stage `score`: metrics of every system the params select, on the validation and the test split.
 
-Reads each selected system's predictions (predictions/val/<system>.jsonl, predictions/<system>.jsonl,
+Reads each system's predictions (predictions/{val,calibration}/<system>.jsonl, predictions/<system>.jsonl,
 the other training seeds' in predictions/seeds/<system>/) and its run record
-(predictions/runs/<system>.json), checks them against data/processed/{val,test}.jsonl, and writes
-metrics/val/<system>.json and metrics/eval/<system>.json with the same keys (icdstudy.scoring):
-quality, speed, memory, and the deployment view (params `deploy`: coverage at each target precision
-with thresholds chosen on validation, risk-coverage area, dollars per 1,000 encounters).
+(predictions/runs/<system>.json), checks them against data/processed/{val,calibration,test}.jsonl, and
+writes metrics/val/<system>.json and metrics/eval/<system>.json with the same keys (icdstudy.scoring):
+quality, speed, memory, and the deployment view (params `deploy`: the confidence signal chosen on
+validation, each target precision's threshold certified on the calibration rows with its counts, the
+coverage and precision reached at it, dollars per 1,000 encounters with and without the review of the
+rest). It prints validation numbers only: the test split is the report's to read.
 
 Scoring takes seconds and reads no model, so a price or a target changes no GPU stage. Files of
 systems the params do not select are never read; a selected system whose predictions are missing
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     except (ParamError, Missing, ScoreError) as exc:
         print(f"score: error: {exc}", file=sys.stderr)
         return 1
-    for s, by_split in scored.values():
+    for s, by_split in scored.values():  # metrics/val and metrics/eval; calibration rows only certify thresholds
         for split, m in by_split.items():
             write_json(root / s.metrics(split), m)
     width = max(len(i) for i in scored)

@@ -44,6 +44,7 @@ def project(path: Path, tiny_model_dir: Path, test_rows: list[dict] | None = Non
     data = path / "data" / "processed"
     write_jsonl(data / "train.jsonl", TRAIN_ROWS)
     write_jsonl(data / "val.jsonl", ROWS[:4])
+    write_jsonl(data / "calibration.jsonl", ROWS[4:8])
     write_jsonl(data / "test.jsonl", TRAIN_ROWS[:24] if test_rows is None else test_rows)
     write_json(data / "labels.json", {c: {"description": "x"} for c in sorted({r["code"] for r in ROWS})})
     shutil.copytree(tiny_model_dir, path / "models" / "base" / "tiny")

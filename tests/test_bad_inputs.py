@@ -44,7 +44,7 @@ def project(tmp_path_factory, tiny_model_dir):
     shutil.copytree(tiny_model_dir, root / "models/base/tiny")
     data = root / "data/processed"
     data.mkdir(parents=True)
-    for name, rows in (("train", ROWS[:9]), ("val", ROWS[9:10]), ("test", ROWS[10:])):
+    for name, rows in (("train", ROWS[:9]), ("val", ROWS[9:10]), ("calibration", ROWS[9:10]), ("test", ROWS[10:])):
         (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (data / "labels.json").write_text(json.dumps({c: {"description": "x"} for c in ("E119", "I10", "Z23")}))
     # an adapter trained on a different base (hidden 32, not 64), and one with a corrupt config
@@ -81,10 +81,13 @@ CASES = [
     _case("lora-rank-zero", ["stages/train.py", "lora-tiny"], "train.lora_r = 0", {"train.lora_r": 0}),
     _case("dropout-above-one", ["stages/train.py", "lora-tiny"], "train.lora_dropout = 1.5", {"train.lora_dropout": 1.5}),
     _case("unknown-projection", ["stages/train.py", "lora-tiny"], "train.target_modules", {"train.target_modules": ["qproj"]}),
-    _case("save-not-multiple-of-eval", ["stages/train.py", "lora-tiny"], "multiple of train.eval_steps", {"train.save_steps": 7}),
+    _case("save-not-eval-steps", ["stages/train.py", "lora-tiny"], "train.save_steps (100) must equal train.eval_steps (50) "
+          "with select_by: exact_match", {"train.save_steps": 100}),
+    _case("save-not-multiple-of-eval", ["stages/train.py", "lora-tiny"], "multiple of train.eval_steps",
+          {"train.save_steps": 7, "train.select_by": "loss"}),
     _case("bad-scheduler", ["stages/train.py", "lora-tiny"], "train.lr_scheduler", {"train.lr_scheduler": "zigzag"}),
     _case("bad-input-field", ["stages/prepare.py"], "data.input = 'summary'", {"data.input": "summary"}),
-    _case("split-over-one", ["stages/prepare.py"], "split.val + split.test", {"split.val": 0.6, "split.test": 0.5}),
+    _case("split-over-one", ["stages/prepare.py"], "split.val + split.calibration + split.test", {"split.val": 0.6, "split.test": 0.5}),
     _case("bad-dtype", ["stages/predict.py", "zeroshot-tiny"], "dtype = 'float8'", {"models.tiny.dtype": "float8"}),
     _case("unregistered-model", ["stages/predict.py", "zeroshot-tiny"], "systems.llm.zeroshot-tiny.model: 'nope' is not in "
           "base_models", {"systems.llm.zeroshot-tiny.model": "nope"}),
@@ -204,9 +207,9 @@ def test_out_of_memory_is_explained_and_the_rerun_resumes(project, monkeypatch, 
     real = generation.generate_batch
     calls = []
 
-    def oom_on_second_test_batch(*args, **kwargs):  # one validation row, then two test rows, a batch each
+    def oom_on_second_test_batch(*args, **kwargs):  # one validation row, one calibration row, then two test rows
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(*args, **kwargs)
 

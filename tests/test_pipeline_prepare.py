@@ -19,7 +19,7 @@ def test_prepare_repro_is_deterministic_and_incremental(tmp_path):
     assert "Running stage 'prepare'" in out
     first = (repo / "data/processed/test.jsonl").read_bytes()
     metrics = json.loads((repo / "metrics/data.json").read_text())
-    assert metrics["rows_out"] == metrics["train"] + metrics["val"] + metrics["test"]
+    assert metrics["rows_out"] == metrics["train"] + metrics["val"] + metrics["calibration"] + metrics["test"]
 
     assert "didn't change" in dvc(repo, "repro", "prepare") or "up to date" in dvc(repo, "status", "prepare")
     assert "Running stage" not in dvc(repo, "repro", "prepare")

@@ -117,6 +117,8 @@ EDITS = {  # what is edited -> the stages dvc status must list: no fewer (stale 
                              {"datacard"} | TRAIN | LLM | FLOORS | {"score", "report"}),
     "one training row": (_append("data/processed/train.jsonl", '{"id": "extra"}\n'),
                          {"prepare", "datacard"} | TRAIN | LLM | FLOORS | {"report"}),
+    "one calibration row": (_append("data/processed/calibration.jsonl", '{"id": "extra"}\n'),
+                            {"prepare", "datacard"} | LLM | FLOORS | {"score"}),  # retrains nothing
     "a floor's entry": (lambda root: _edit_params(root, lambda p: p["systems"]["floors"]["tfidf-logreg"].update(C=1.0)),
                         {"floor@tfidf-logreg", "score", "report"}),
 }
@@ -127,7 +129,7 @@ EDITS = {  # what is edited -> the stages dvc status must list: no fewer (stale 
 def test_an_edit_marks_exactly_the_stages_it_must_rerun(committed_project, what):
     root = committed_project
     saved = {name: (root / name).read_bytes() for name in ("params.yaml", "icdstudy/prompts.py", "icdstudy/retrieval.py",
-                                                           "data/processed/train.jsonl")}
+                                                           "data/processed/train.jsonl", "data/processed/calibration.jsonl")}
     edit, expected = EDITS[what]
     try:
         edit(root)

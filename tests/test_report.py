@@ -26,7 +26,7 @@ def write_system(root, system: str, val: float, test: float, seed: int = 0, late
     """Predictions of ``system`` on both splits, right at the given rates; a right answer is surer than a wrong one
     (confidence 0.9 against 0.5), so the deployment view has thresholds to find."""
     s = system_for(system)
-    for split, rate in (("val", val), ("test", test)):
+    for split, rate in (("val", val), ("calibration", val), ("test", test)):
         rng = random.Random(f"{system}-{split}-{seed}")
         out = []
         for r in _rows(split, codes=codes):
@@ -62,7 +62,7 @@ def study(root, zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), s
     params["train"]["seeds"] = list(seeds)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-    for split in ("val", "test"):
+    for split in ("val", "calibration", "test"):
         write_jsonl(root / f"data/processed/{split}.jsonl", (splits or {}).get(split) or _rows(split))
     write_jsonl(root / "data/processed/train.jsonl", [{"id": f"t{i}", "code": c, "input": f"training row {i} {c}"}
                                                       for i, c in enumerate(CODES * 3)])
@@ -106,18 +106,22 @@ def test_the_answer_leads_with_coverage_of_the_systems_chosen_on_validation(tmp_
     write_train(tmp_path, "lora-b")
     text = report(tmp_path, params)
     lines = [l for l in answer_of(text).splitlines() if l.startswith("- ")]
-    assert lines[0].startswith("- **At 95% precision, `lora-a` (fine-tuned a) codes ")
-    assert "`zeroshot-big` (zero-shot big), the best large system" in lines[0]
-    cov = json.loads((tmp_path / "metrics/eval/lora-a.json").read_text())["coverage_at_p95"]
-    assert f"codes {100 * cov:.1f}% of encounters without review (95% CI " in lines[0]
-    assert "Difference: " in lines[0] and "Holm-adjusted" in lines[0] and "per 1,000 encounters" in lines[0]
-    assert "CPU time" in lines[1]
+    assert lines[0].startswith("- **At 95% precision, certified with δ = 0.1 on 60 calibration rows: `lora-a` "
+                               "(fine-tuned a) codes ")
+    assert "`zeroshot-big` (zero-shot big), the best large system, is not certified" in lines[0]
+    m = json.loads((tmp_path / "metrics/eval/lora-a.json").read_text())
+    lo, hi = m["precision_ci_at_p95"]
+    assert (f"codes {100 * m['coverage_at_p95']:.1f}% of test encounters without review (95% CI " in lines[0]
+            and f"at {100 * m['precision_at_p95']:.1f}% precision on test (95% CI {100 * lo:.1f}–{100 * hi:.1f})" in lines[0])
+    assert lines[1].startswith("- `lora-a` against `zeroshot-big`: exact match ") and "Holm-adjusted" in lines[1]
+    assert "Coverage:" not in lines[1]  # one of the two is not certified: coverage is not compared
+    assert "With a coder reviewing every encounter" in lines[2] and "CPU time" in lines[2]
     assert any(l.startswith("- **Fine-tuning a** (`lora-a` vs `zeroshot-a`)") for l in lines)
     assert "b (`lora-b` vs" not in answer_of(text)  # no adds line without the base system
-    tally = next(l for l in lines if "paired tests are significant" in l)
-    assert tally.startswith("- ") and "Holm's correction" in tally
+    tally = next(l for l in lines if "primary tests are significant" in l)
+    assert tally.startswith("- ") and "within the primary family" in tally
     assert len(lines) <= 8  # read in a minute: every other pairing is in the table
-    assert "## Paired comparisons" in text and "| lora-b | fewshot-big |" in text
+    assert "## Paired comparisons" in text and "| exploratory | lora-b | fewshot-big |" in text
 
 
 def test_every_paired_test_is_corrected_by_holm_and_significant_means_adjusted(tmp_path):
@@ -132,13 +136,16 @@ def test_every_paired_test_is_corrected_by_holm_and_significant_means_adjusted(t
     text = report(tmp_path, params)
     table = text.split("## Paired comparisons")[1].split("\n\n")[1].splitlines()[2:]
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in table]
-    raw = [float(c[5]) for c in cells] + [float(c[9]) for c in cells]
-    adjusted = [float(c[6].strip("*")) for c in cells] + [float(c[10].strip("*")) for c in cells]
-    assert adjusted == pytest.approx([float(f"{p:.2g}") for p in holm(raw)], rel=0.1)
-    assert all(a >= r for a, r in zip(adjusted, raw))
+    assert {c[0] for c in cells} == {"primary", "exploratory"}
+    for family in ("primary", "exploratory"):  # Holm within each family, never across
+        rows = [c for c in cells if c[0] == family]
+        raw = [float(c[6]) for c in rows] + [float(c[10]) for c in rows if c[10]]
+        adjusted = [float(c[7].strip("*")) for c in rows] + [float(c[11].strip("*")) for c in rows if c[11]]
+        assert adjusted == pytest.approx([float(f"{p:.2g}") for p in holm(raw)], rel=0.1)
+        assert all(a >= r for a, r in zip(adjusted, raw))
     for c in cells:  # bold where, and only where, the adjusted p is below 0.05
-        assert c[3].startswith("**") == (float(c[6].strip("*")) < 0.05)
-    assert f"adjusted for all {len(raw)} tests in this table together" in text
+        assert c[4].startswith("**") == (float(c[7].strip("*")) < 0.05)
+    assert "Holm p is adjusted within each family" in text
 
 
 def test_holm_on_a_hand_built_family():
@@ -228,7 +235,7 @@ def test_seeds_say_in_how_many_the_direction_holds(tmp_path):
     write_train(tmp_path, "lora-q")
     text = report(tmp_path, params)
     assert "## Training seeds" in text and "| lora-q | 2 | 42: " in text and "43: 0.0" in text
-    row = next(l for l in text.splitlines() if l.startswith("| lora-q | fewshot-big |"))
+    row = next(l for l in text.splitlines() if "| lora-q | fewshot-big |" in l)
     assert row.rstrip(" |").endswith("1 of 2")
 
 
@@ -252,7 +259,8 @@ def test_errors_are_split_by_where_they_land_with_examples(tmp_path):
 def test_error_examples_show_the_fine_tuned_systems_errors_with_input_excerpts(tmp_path):
     test_rows = [{"id": f"t{i}", "code": c, "input": f"Encounter t{i}: | left knee " + "pain " * 60}
                  for i, c in enumerate(["M25561", "E119", "J4520"] * 20)]
-    params = study(tmp_path, finetune=["tiny"], splits={"test": test_rows})
+    params = study(tmp_path, finetune=["tiny"], splits={"test": test_rows,
+                                                        "calibration": _rows("calibration", codes=["M25561", "E119", "J4520"])})
     write_system(tmp_path, "lora-tiny", 0.5, 0.0, codes=["M25561", "E119", "J4520"])
     path = tmp_path / "predictions/lora-tiny.jsonl"  # every test answer a near miss: the left knee for the right
     rows = [json.loads(l) for l in path.read_text().splitlines()]

@@ -90,13 +90,14 @@ def test_fewshot_evaluation_records_the_shown_examples(tiny_model_dir):
     assert "shot_ids" not in plain[0]
 
 
-def test_knn_stage_predicts_both_splits_with_ranked_neighbours(tmp_path):
+def test_knn_stage_predicts_every_split_with_ranked_neighbours(tmp_path):
     from icdstudy.io import read_json, read_jsonl, write_jsonl
     from tests.stage_project import run_stage
 
     data = tmp_path / "data" / "processed"
     write_jsonl(data / "train.jsonl", TRAIN)
     write_jsonl(data / "val.jsonl", [{"id": "v1", "code": "E119", "input": "HbA1c 8.4 and thirst, on metformin."}])
+    write_jsonl(data / "calibration.jsonl", [{"id": "c1", "code": "Z23", "input": "Flu shot, please."}])
     write_jsonl(data / "test.jsonl", [{"id": "q1", "code": "I10", "input": "Blood pressure 170/100 on amlodipine."},
                                       {"id": "q2", "code": "Z23", "input": "Wants the influenza vaccine today."}])
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("neighbours: 10", "neighbours: 4"))
@@ -104,6 +105,7 @@ def test_knn_stage_predicts_both_splits_with_ranked_neighbours(tmp_path):
     rows = read_jsonl(tmp_path / "predictions" / "knn-tfidf.jsonl")
     assert [r["pred"] for r in rows] == ["I10", "Z23"] and [r["pred"] for r in read_jsonl(
         tmp_path / "predictions" / "val" / "knn-tfidf.jsonl")] == ["E119"]
+    assert len(read_jsonl(tmp_path / "predictions" / "calibration" / "knn-tfidf.jsonl")) == 1
     assert len(rows[0]["neighbours"]) == 4 and rows[0]["candidates"][0]["code"] == "I10"
     assert [n["score"] for n in rows[0]["neighbours"]] == sorted((n["score"] for n in rows[0]["neighbours"]), reverse=True)
     record = read_json(tmp_path / "predictions" / "runs" / "knn-tfidf.json")

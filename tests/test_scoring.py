@@ -1,5 +1,5 @@
 """Stage `score`: both splits scored by one code path with the same keys, the deployment view (coverage at a
-target precision, thresholds chosen on validation only, risk-coverage area, cost), and the checks that keep
+target precision, thresholds certified on calibration only, risk-coverage area, cost with review), and the checks that keep
 predictions of other data out."""
 import json
 import random
@@ -13,7 +13,9 @@ from tests.conftest import REPO
 from tests.stage_project import system_for, tables_for
 from tests.stage_project import run_stage
 
-DEPLOY = {"target_precision": [0.9, 0.95], "usd_per_hour": 3.6, "cpu_usd_per_hour": 0.36, "price_source": "test"}
+DEPLOY = {"target_precision": [0.9, 0.95], "usd_per_hour": 3.6, "cpu_usd_per_hour": 0.36, "price_source": "test",
+          "delta": 0.1, "review_usd_per_chart": 2.0}
+NO_VOTES = {"val": {}, "calibration": {}, "test": {}}
 
 
 def score_only(project, system: str) -> dict:
@@ -36,24 +38,76 @@ def pred(i, gold, right, conf, second=None, latency=0.5):
 
 
 # --- the deployment view on hand-built cases --------------------------------------------------------
-def test_the_threshold_is_the_lowest_confidence_whose_rows_reach_the_target():
-    # most confident first: right, right, right, wrong, right, wrong (confidences .9 .8 .7 .6 .5 .4)
-    conf = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
-    right = [True, True, True, False, True, False]
-    assert deploy.choose_threshold(conf, right, 0.95) == (0.7, None)  # 3 of 3 right; 4 of 4 would be 75%
-    assert deploy.choose_threshold(conf, right, 0.75) == (0.5, None)  # 3 of 4 reach 75%, 4 of 5 too: more coverage
-    assert deploy.choose_threshold(conf, right, 0.8) == (0.5, None)   # 4 of 5 = 80%
-    assert deploy.choose_threshold(conf, right, 0.81) == (0.7, None)  # 80% falls short: back to the 3 sure rows
-    assert deploy.choose_threshold([0.5, 0.4], [False, False], 0.9) == (None, "no validation prediction is right")
-    none, why = deploy.choose_threshold([0.9, 0.5], [False, True], 0.9)
-    assert none is None and why == "validation precision never reaches 90% (at best 50.0%, on the 100.0% most confident rows)"
+def test_a_certified_threshold_carries_an_exact_binomial_guarantee():
+    from scipy.stats import binom
+
+    # 45 right of 45 certify 95% at delta 0.1 (0.95 ** 45 = 0.099); 44 of 44 do not (0.105)
+    assert deploy.error_free_rows_needed(0.95, 0.1) == 45 and deploy.error_free_rows_needed(0.90, 0.1) == 22
+    sure = deploy.certify([0.9] * 45 + [0.2] * 10, [True] * 45 + [False] * 10, 0.95, 0.1)
+    assert (sure["threshold"], sure["accepted"], sure["errors"]) == (0.9, 45, 0)
+    assert sure["p_value"] == pytest.approx(binom.cdf(0, 45, 0.05)) and sure["p_value"] <= 0.1
+    short = deploy.certify([0.9] * 44 + [0.2] * 11, [True] * 44 + [False] * 11, 0.95, 0.1)
+    assert short["threshold"] is None and "95% precision" in short["reason"]
+    # 42 calibration rows, all right, can never certify 95%: the reason names the rows it would take
+    few = deploy.certify([0.9] * 42, [True] * 42, 0.95, 0.1)
+    assert few["threshold"] is None and "at least 45 accepted rows" in few["reason"] and few["error_free_rows_needed"] == 45
+
+
+def test_certification_keeps_the_lowest_threshold_that_holds_from_the_top_down():
+    from scipy.stats import binom
+
+    rng = random.Random(3)
+    conf = [round(rng.random(), 4) for _ in range(400)]
+    right = [rng.random() < 0.4 + 0.6 * c for c in conf]  # surer rows are right more often
+    got = deploy.certify(conf, right, 0.9, 0.1)
+    assert got["threshold"] is not None and got["calibration_rows"] == 400
+    coded = [c >= got["threshold"] for c in conf]
+    accepted, errors = sum(coded), sum(k and not r for k, r in zip(coded, right))
+    assert (got["accepted"], got["errors"]) == (accepted, errors)
+    assert binom.cdf(errors, accepted, 0.1) == pytest.approx(got["p_value"]) and got["p_value"] <= 0.1
+    # every higher threshold (tested before it, in the fixed sequence) certifies too
+    for t in sorted({c for c in conf if c > got["threshold"] and sum(x >= c for x in conf) >= 22}):
+        k = [c >= t for c in conf]
+        assert binom.cdf(sum(a and not r for a, r in zip(k, right)), sum(k), 0.1) <= 0.1
+
+
+def test_rows_at_just_under_and_just_over_a_float_threshold_are_routed_alike_everywhere(tmp_path):
+    """One threshold: score's coverage, the report's coded rows and predict's route apply the stored value with the
+    same comparison, also for a threshold made by float arithmetic (0.3 - 0.1 = 0.19999999999999998)."""
+    from icdstudy.io import write_json
+    from icdstudy.predict import route, routing
+    from icdstudy.systems import System
+
+    made = 0.3 - 0.1
+    conf = [made] * 30 + [0.2] * 5 + [made - 1e-12, made + 1e-12, 0.1]
+    right = [True] * 38
+    cert = deploy.certify(conf, right, 0.9, 0.1)
+    assert cert["threshold"] == 0.1  # everything right: the lowest tested threshold certifies
+    threshold = made
+    write_json(tmp_path / "s.json", {"confidence_signal": "top1", "threshold_at_p90": threshold, "precision_at_p90": 1.0,
+                                     "coverage_at_p90": 1.0})
+    rule = routing(System("s", model="m", prompt="plain"), tmp_path, 0.9)
+    assert rule["threshold"] == threshold  # stored and read back exactly, not rounded
+    rows = [{"id": f"r{i}", "pred": "E119", "gold": "E119", "confidence": c, "candidates": [{"code": "E119", "score": c}]}
+            for i, c in enumerate(conf)]
+    flags = deploy.coded(rows, {}, "top1", threshold)
+    routes = [route(r, rule, None) == "code" for r in rows]
+    assert flags == routes == [c >= threshold for c in conf]
+    assert flags[30:35] == [True] * 5  # 0.2 >= 0.19999999999999998
+    assert flags[35:] == [False, True, False]  # just under, just over, far under
+    assert deploy.at_threshold(conf, right, threshold)["coded"] == sum(flags)
+
+
+def test_the_cost_with_review_counts_every_encounter_not_coded():
+    assert deploy.with_review(0.5, 0.25, 2.0) == {"usd_per_1k_with_review": 1500.5, "review_saving_usd_per_1k": 499.5}
+    assert deploy.with_review(0.5, None, 2.0)["usd_per_1k_with_review"] == 2000.5  # nothing certified: all reviewed
+    assert deploy.usd_per_1k(1000.0, 0.0816) == pytest.approx(2.27e-05)  # a floor's cost is measured, never 0
 
 
 def test_rows_of_equal_confidence_are_coded_together():
     # four rows at 0.8 (three right), one at 0.9 (right): no threshold can code some of the 0.8 rows alone
     curve = deploy.risk_coverage([0.8, 0.9, 0.8, 0.8, 0.8], [True, True, False, True, True])
     assert curve == [(0.9, 0.2, 0.0), (0.8, 1.0, 0.2)]
-    assert deploy.choose_threshold([0.8, 0.9, 0.8, 0.8, 0.8], [True, True, False, True, True], 0.85) == (0.9, None)
 
 
 def test_aurc_on_hand_built_curves():
@@ -101,15 +155,22 @@ RECORD = {"system": "zeroshot-x", "prompt": "plain", "model": "x", "params_total
 
 
 def test_validation_and_test_get_the_same_keys_and_their_own_split():
-    rows = {"val": _rows(40, 1), "test": _rows(40, 2)}
-    preds = {split: _system(rows[split], seed) for split, seed in (("val", 3), ("test", 4))}
-    out = score_system(preds, rows, RECORD, {"val": {}, "test": {}}, DEPLOY)
+    rows = {"val": _rows(40, 1), "calibration": _rows(40, 13), "test": _rows(40, 2)}
+    preds = {split: _system(rows[split], seed) for split, seed in (("val", 3), ("calibration", 14), ("test", 4))}
+    out = score_system(preds, rows, RECORD, NO_VOTES, DEPLOY)
+    assert set(out) == {"val", "test"}  # calibration rows certify thresholds and are scored for nothing else
+    fingerprints = {out["val"]["split_fingerprint"], out["test"]["split_fingerprint"], out["test"]["calibration_fingerprint"]}
+    assert len(fingerprints) == 3 and out["val"]["calibration_fingerprint"] == out["test"]["calibration_fingerprint"]
+    for k in ("p90", "p95"):
+        cert = out["test"][f"certified_at_{k}"]
+        assert cert["delta"] == 0.1 and cert["calibration_rows"] == 40
+    assert out["test"]["usd_per_1k_with_review"] > out["test"]["usd_per_1k"] > 0
     assert set(out["val"]) == set(out["test"])
     assert (out["val"]["split"], out["test"]["split"]) == ("val", "test")
     assert out["val"]["split_fingerprint"] != out["test"]["split_fingerprint"]
     assert out["val"]["exact_match"] == metrics.quality(preds["val"])["exact_match"]
     for k in ("p90", "p95"):
-        assert out["val"][f"threshold_at_{k}"] == out["test"][f"threshold_at_{k}"]  # chosen once, on validation
+        assert out["val"][f"threshold_at_{k}"] == out["test"][f"threshold_at_{k}"]  # certified once, on calibration
         for key in (f"coverage_at_{k}", f"precision_at_{k}", "usd_per_1k", "aurc"):
             assert key in out["test"]
     assert out["test"]["inputs_truncated"] == 2 and out["test"]["usd_per_hour"] == 3.6
@@ -117,14 +178,14 @@ def test_validation_and_test_get_the_same_keys_and_their_own_split():
 
 
 def test_shuffling_the_test_gold_codes_moves_no_threshold():
-    rows = {"val": _rows(60, 5), "test": _rows(60, 6)}
-    preds = {split: _system(rows[split], seed) for split, seed in (("val", 7), ("test", 8))}
-    before = score_system(preds, rows, RECORD, {"val": {}, "test": {}}, DEPLOY)
+    rows = {"val": _rows(60, 5), "calibration": _rows(60, 15), "test": _rows(60, 6)}
+    preds = {split: _system(rows[split], seed) for split, seed in (("val", 7), ("calibration", 16), ("test", 8))}
+    before = score_system(preds, rows, RECORD, NO_VOTES, DEPLOY)
     golds = [r["code"] for r in rows["test"]]
     random.Random(9).shuffle(golds)
-    rows2 = {"val": rows["val"], "test": [{**r, "code": g} for r, g in zip(rows["test"], golds)]}
-    preds2 = {"val": preds["val"], "test": [{**p, "gold": g} for p, g in zip(preds["test"], golds)]}
-    after = score_system(preds2, rows2, RECORD, {"val": {}, "test": {}}, DEPLOY)
+    rows2 = {**rows, "test": [{**r, "code": g} for r, g in zip(rows["test"], golds)]}
+    preds2 = {**preds, "test": [{**p, "gold": g} for p, g in zip(preds["test"], golds)]}
+    after = score_system(preds2, rows2, RECORD, NO_VOTES, DEPLOY)
     assert after["test"]["exact_match"] != before["test"]["exact_match"]  # the shuffle reached the test metrics
     for key in ("threshold_at_p90", "threshold_at_p95", "confidence_signal"):
         assert after["test"][key] == before["test"][key]
@@ -163,7 +224,7 @@ def fixture_study(root, params_overrides=None) -> dict:
     params.update(params_overrides or {})
     params["datacard"]["tokenizer"] = "x"
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    rows = {"val": _rows(30, 11), "test": _rows(30, 12)}
+    rows = {"val": _rows(30, 11), "calibration": _rows(30, 17), "test": _rows(30, 12)}
     for split, r in rows.items():
         write_jsonl(root / f"data/processed/{split}.jsonl", r)
     for n, s in enumerate(systems.selected(params)):
@@ -178,6 +239,7 @@ def test_the_stage_scores_exactly_the_selected_systems(tmp_path):
     fixture_study(tmp_path)
     write_jsonl(tmp_path / "predictions/val/shortlist-x.jsonl", [])  # a system the params do not select
     out = run_stage(tmp_path, "score", "--data", "data/processed")
+    assert "test" not in out  # re-scoring prints no test number: the test split is the report's to read
     written = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "metrics").rglob("*.json"))
     ids = ["fewshot-x", "knn-tfidf", "lora-x", "tfidf-logreg", "zeroshot-x"]
     assert written == sorted([f"metrics/eval/{i}.json" for i in ids] + [f"metrics/val/{i}.json" for i in ids])
@@ -203,3 +265,33 @@ def test_prices_and_targets_rerun_no_predicting_stage():
     readers = sorted(name for name, st in stages.items()
                      if any((p if isinstance(p, str) else json.dumps(p)).startswith("deploy") for p in st.get("params", [])))
     assert readers == ["report", "score"]
+
+
+def test_certification_agrees_with_mapie_where_its_rounding_does_not_arise():
+    """MAPIE's BinaryClassificationController (precision, fixed_sequence) runs the same Learn-then-Test; its p-value
+    is the binomial tail of ceil(accepted * error rate) errors, which float rounding can lift by one error. Where
+    that does not happen (error counts 0), both keep the same threshold."""
+    import warnings
+
+    import numpy as np
+    from mapie.risk_control import BinaryClassificationController
+
+    rng = random.Random(5)
+    same = 0
+    for trial in range(5):
+        conf = np.array([round(rng.random(), 3) for _ in range(300)])
+        right = np.array([rng.random() < 0.99 if c > 0.5 else rng.random() < 0.3 for c in conf])
+        ours = deploy.certify(conf, right, 0.95, 0.1)
+        need = deploy.error_free_rows_needed(0.95, 0.1)
+        grid = np.unique(np.sort(conf)[::-1][need - 1:])[::-1]
+        mapie = BinaryClassificationController(lambda x: np.column_stack([1 - x, x]), risk="precision", target_level=0.95,
+                                               confidence_level=0.9, list_predict_params=grid, fwer_method="fixed_sequence")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mapie.calibrate(conf, right.astype(int))
+        if mapie.best_predict_param is not None and ours["errors"] == 0:
+            assert ours["threshold"] == mapie.best_predict_param
+            same += 1
+        if mapie.best_predict_param is not None:  # MAPIE is never less conservative: what it certifies, we certify
+            assert ours["threshold"] is not None and ours["threshold"] <= mapie.best_predict_param
+    assert same >= 1  # the comparison ran

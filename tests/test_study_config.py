@@ -32,7 +32,7 @@ def test_full_study_overrides_apply_through_dvc(tmp_path):
 
 def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale(monkeypatch):
     """The demo's shortlist recipe was chosen for a 135M model; the full study trains both arms alike (the seed's
-    recipe, the kept checkpoint chosen by validation exact match), with a warm-up that fits its 672 steps."""
+    recipe, the kept checkpoint chosen by validation exact match), with a warm-up that fits its 576 steps."""
     from icdstudy.params import train_config
     from icdstudy.schema import validate
     from icdstudy.study import resolved_params
@@ -42,7 +42,7 @@ def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale(monkey
     plain, listed = train_config(p, "lora-qwen25-3b"), train_config(p, "lora-shortlist-qwen25-3b")
     assert plain == listed and plain["select_by"] == "exact_match"
     assert (plain["learning_rate"], plain["num_epochs"], plain["lr_scheduler"]) == (2e-4, 3, "linear")
-    steps = 3 * -(-7168 // (plain["batch_size"] * plain["grad_accum"]))
+    steps = 3 * -(-6144 // (plain["batch_size"] * plain["grad_accum"]))
     assert plain["warmup_steps"] < 0.2 * steps and steps // plain["eval_steps"] >= 6
 
 
@@ -98,7 +98,7 @@ def test_a_smoke_run_is_its_own_experiment_and_a_real_run_resets_its_sizes(capsy
     assert real.startswith("dvc exp run -n full-study -S ")
     # every key the smoke run shrinks is set back to its committed value, whatever params.yaml holds now
     assert "smoke=false" in real and "eval.max_samples=null" in real and "train.max_steps=null" in real
-    assert "train.eval_steps=112" in real  # the study's own value wins over the committed demo value (50)
+    assert "train.eval_steps=96" in real  # the study's own value wins over the committed demo value (50)
 
 
 def test_overrides_without_dvc_give_the_same_params(tmp_path):
@@ -143,7 +143,7 @@ def test_a_real_run_resets_what_a_smoke_run_left_in_the_workspace(tmp_path, monk
     values = run_values("full-study", smoke=False)
     assert values["eval.max_samples"] is None and values["train.max_steps"] is None and values["smoke"] is False
     assert values["train.newer_than_head"] is None  # not in HEAD's params, nor in the workspace's: as it is
-    assert values["train.eval_steps"] == 112  # the study's own value wins over both
+    assert values["train.eval_steps"] == 96  # the study's own value wins over both
     smoke = run_values("full-study", smoke=True)
     assert smoke["eval.max_samples"] == 48 and smoke["smoke"] is True and smoke["train.max_steps"] == 4
 
