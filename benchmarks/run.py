@@ -46,10 +46,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from icdstudy import prompts  # noqa: E402
-from icdstudy.io import write_json, write_text_atomic  # noqa: E402
-from icdstudy.params import load_params, section  # noqa: E402
-from icdstudy.plan import GPUS  # noqa: E402
+from icdstudy.inference import prompts  # noqa: E402
+from icdstudy.core.io import write_json, write_text_atomic  # noqa: E402
+from icdstudy.core.params import load_params, section  # noqa: E402
+from icdstudy.planning.plan import GPUS  # noqa: E402
 
 NOTEBOOK_MAX_LENGTH = 512  # the seed config's max_sequence_length, with padding="max_length"
 NOTEBOOK_LORA_DROPOUT = 0.1
@@ -82,7 +82,7 @@ def _sync() -> None:
 # --- inputs -----------------------------------------------------------------------------
 def load_rows(source: str, input_kind: str, n: int) -> list[dict]:
     """Every usable row of ``source`` (at least ``n``), cleaned as the prepare stage cleans them."""
-    from icdstudy.data import canonicalize, clean, load_source
+    from icdstudy.corpus.data import canonicalize, clean, load_source
 
     cleaned = clean(canonicalize(load_source(source), input_kind, source), input_kind)
     rows = [{"id": r["id"], "code": r["code"], "input": r["input"]} for r in cleaned.rows]
@@ -94,7 +94,7 @@ def load_rows(source: str, input_kind: str, n: int) -> list[dict]:
 def capped_examples(tokenizer, rows, input_kind: str, max_length: int) -> list[dict]:
     """Training examples cut (input head and tail, as the pipeline cuts) to fit ``max_length`` tokens,
     so both collations train on exactly the same tokens."""
-    from icdstudy.training import build_example
+    from icdstudy.finetune.training import build_example
 
     overhead = len(build_example(tokenizer, {"input": "", "code": "Z00.00"}, input_kind, None)["input_ids"]) + 8
     examples = [build_example(tokenizer, r, input_kind, max_length - overhead) for r in rows]
@@ -107,8 +107,8 @@ def train_tokens_per_s(model_dir, entry, examples, batches, collate, cfg, lora_d
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from icdstudy.metrics import peak_memory_mb
-    from icdstudy.modeling import load_model, resolve_dtype
+    from icdstudy.core.metrics import peak_memory_mb
+    from icdstudy.models.modeling import load_model, resolve_dtype
 
     cuda = torch.cuda.is_available()
     torch.manual_seed(0)
@@ -155,7 +155,7 @@ def bench_train(args, entry, tokenizer, rows, cfg) -> dict:
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from icdstudy.training import IGNORE, collator
+    from icdstudy.finetune.training import IGNORE, collator
 
     examples = capped_examples(tokenizer, rows, args.input, NOTEBOOK_MAX_LENGTH)
     bs = cfg["batch_size"]
@@ -185,7 +185,7 @@ def _generator():
 def bench_eval(args, model, tokenizer, rows, eval_cfg) -> dict:
     from dataclasses import replace
 
-    from icdstudy.generation import GenerationSettings, build_trie, generate_batch, run_generation
+    from icdstudy.inference.generation import GenerationSettings, build_trie, generate_batch, run_generation
 
     settings = GenerationSettings.from_params(eval_cfg)
     texts = [prompts.prompt_for(tokenizer, r["input"], args.input, settings.max_input_tokens)[0] for r in rows]
@@ -254,9 +254,9 @@ def code_trie(shapes: dict, vocab: int):
     answers; a random trie of the same size where that tokenizer is not installed."""
     import random
 
-    from icdstudy import icd10
-    from icdstudy.generation import build_trie
-    from icdstudy.measure import random_label_trie
+    from icdstudy.core import icd10
+    from icdstudy.inference.generation import build_trie
+    from icdstudy.planning.measure import random_label_trie
 
     codes = random.Random(0).sample(sorted(icd10.billable_codes()), shapes["codes"])
     try:
@@ -277,9 +277,9 @@ def code_trie(shapes: dict, vocab: int):
 def bench_constrained_full(args) -> dict:
     import torch
 
-    from icdstudy.architectures import PUBLIC_CONFIGS
-    from icdstudy.generation import TrieLogitsProcessor, prefill_once
-    from icdstudy.measure import build_model, scaled_down, synthetic_prompts
+    from icdstudy.planning.architectures import PUBLIC_CONFIGS
+    from icdstudy.inference.generation import TrieLogitsProcessor, prefill_once
+    from icdstudy.planning.measure import build_model, scaled_down, synthetic_prompts
 
     shapes = dict(FULL_SHAPES)
     if args.quick:
@@ -350,7 +350,7 @@ def bench_noop_repro(repo: Path, repeats: int) -> dict:
 def machine() -> dict:
     import torch
 
-    from icdstudy.modeling import cpu_has_native_bf16
+    from icdstudy.models.modeling import cpu_has_native_bf16
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -430,9 +430,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from icdstudy.metrics import peak_memory_mb
-    from icdstudy.modeling import load_for_inference, load_tokenizer
-    from icdstudy.params import model_entry
+    from icdstudy.core.metrics import peak_memory_mb
+    from icdstudy.models.modeling import load_for_inference, load_tokenizer
+    from icdstudy.core.params import model_entry
 
     details = {}
     if "constrained" in args.only:

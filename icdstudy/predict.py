@@ -19,9 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import systems
-from .prompt_styles import style
-from .shortlist import LISTED
+from icdstudy.core import systems
+from icdstudy.core.params import ParamError
+from icdstudy.inference.prompt_styles import style
+from icdstudy.neighbours.shortlist import LISTED
 
 DISCLAIMER = "Suggestions support, and do not replace, a qualified medical coder."
 DEFAULT_MODEL = "smollm2-135m"
@@ -40,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--input", help="a batch: .csv or .jsonl with a column input, dialogue or note")
     p.add_argument("--output", help="batch output .jsonl (default: standard output)")
     p.add_argument("--system", help="a system of params.yaml's systems.llm: its model, adapter, prompt and threshold "
-                   "(default: the first system of the table on --model and the prompt asked for, fine-tuned where its "
-                   "adapter exists)")
+                   "(default: the table's first fine-tuned system on --model whose adapter exists, else its first "
+                   "untrained one with the prompt asked for)")
     p.add_argument("--model", default=None, help=f"a registry key in params.yaml or a model folder (default: {DEFAULT_MODEL})")
     p.add_argument("--adapter", help="a LoRA adapter folder (default: the chosen system's, models/adapters/<run>)")
     p.add_argument("--no-adapter", action="store_true", help="use the base model even if an adapter exists")
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _label_set(spec: str, data_dir: Path) -> dict[str, str | None]:
     """code -> description for the candidate set."""
-    from . import icd10
+    from icdstudy.core import icd10
 
     if spec == "train":
         path = data_dir / "labels.json"
@@ -103,7 +104,7 @@ def _read_batch(path: Path) -> list[tuple[int, str | None]]:
 def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems.System]:
     """The base model, its registry entry, the adapter (or None) and the system they make (of the table, or
     named as the demo names its systems)."""
-    from .params import ParamError, model_entry
+    from icdstudy.core.params import model_entry
 
     key = args.model or (systems.get(params, args.system).model if args.system in systems.by_id(params) else DEFAULT_MODEL)
     if Path(key).is_dir():
@@ -120,22 +121,24 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems
 
 
 def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.System]:
-    """(adapter, system): --system's, else the table's first system on ``model`` with the prompt asked for,
-    fine-tuned where its adapter exists (unless --no-adapter); --adapter replaces the adapter."""
+    """(adapter, system): --system's, else the table's first fine-tuned system on ``model`` whose adapter exists
+    (unless --no-adapter; with --shortlist one whose prompt lists codes), else its first untrained one with the
+    prompt asked for; --adapter replaces the adapter."""
     if args.system:
         try:
             chosen = systems.get(params, args.system)
-        except KeyError as exc:
-            raise PredictError(f"--system: {str(exc).strip(chr(39))}") from None
+        except ParamError as exc:
+            raise PredictError(f"--system: {exc}") from None
         if chosen.floor or style(chosen.prompt).shows_examples:
             raise PredictError(f"--system {chosen.id}: predict serves systems whose prompts show no training examples")
         if chosen.fine_tuned and not args.adapter and not (chosen.adapter / "adapter_config.json").exists():
             raise PredictError(f"--system {chosen.id}: {chosen.adapter} not found; run `dvc repro {chosen.train_stage}`")
     else:
         options = [s for s in systems.selected(params) if s.model == model and not s.floor
-                   and not style(s.prompt).shows_examples and style(s.prompt).lists_codes == args.shortlist]
+                   and not style(s.prompt).shows_examples and (style(s.prompt).lists_codes or not args.shortlist)]
+        # a fine-tuned system whatever its prompt (--shortlist: one that lists codes); untrained, the prompt asked for
         tuned = [s for s in options if s.fine_tuned and (s.adapter / "adapter_config.json").exists()]
-        untrained = [s for s in options if not s.fine_tuned]
+        untrained = [s for s in options if not s.fine_tuned and style(s.prompt).lists_codes == args.shortlist]
         chosen = next(iter((tuned if not args.no_adapter else []) + untrained), None)
     if chosen is None or (args.adapter and not args.system and not chosen.fine_tuned):
         chosen = _ad_hoc(model, bool(args.adapter) and not args.no_adapter, args.shortlist)
@@ -151,7 +154,7 @@ def _ad_hoc(model: str, tuned: bool, listed: bool) -> systems.System:
 
 
 def _result(res: dict, labels: dict, min_conf: float) -> dict:
-    from . import icd10
+    from icdstudy.core import icd10
 
     candidates = [{"code": icd10.dotted(c["code"]),
                    "description": icd10.coder_description(c["code"], labels.get(c["code"])),
@@ -165,8 +168,8 @@ def routing(system: systems.System, metrics_dir: Path, target: float) -> dict:
     """The threshold a system codes without review at ``target`` precision, as stage score chose it on
     validation: {signal, threshold, target, system, validation_precision, source} (threshold None with a
     reason where there is none)."""
-    from . import deploy
-    from .io import read_json
+    from icdstudy.analysis import deploy
+    from icdstudy.core.io import read_json
 
     path = metrics_dir / f"{system.id}.json"
     k = deploy.key(target)
@@ -185,7 +188,7 @@ def routing(system: systems.System, metrics_dir: Path, target: float) -> dict:
 def route(raw: dict, rule: dict, first: str | None) -> str | None:
     """code or review for one prediction (evaluation's raw result), by ``rule`` (from ``routing``); None without
     a rule. Where validation reached no threshold, every encounter goes to review."""
-    from . import deploy
+    from icdstudy.analysis import deploy
 
     if "signal" not in rule:
         return None
@@ -203,8 +206,9 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
     ``first``, each text's TF-IDF retriever's first code (its retriever-agreement signal)."""
     from dataclasses import replace
 
-    from . import icd10, prompts
-    from .generation import GenerationSettings, run_generation
+    from icdstudy.core import icd10
+    from icdstudy.inference import prompts
+    from icdstudy.inference.generation import GenerationSettings, run_generation
 
     known = frozenset(labels)
     shortlists = shortlists or [None] * len(texts)
@@ -229,8 +233,8 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
 
 def _shortlists(texts: list[str], params: dict, data_dir: Path, n: int, flag: str = "--shortlist") -> list[list[dict]]:
     """Each text's ``n`` retrieved codes, from the retriever over the training split."""
-    from .io import read_jsonl
-    from .shortlist import LISTED, with_shortlists
+    from icdstudy.core.io import read_jsonl
+    from icdstudy.neighbours.shortlist import LISTED, with_shortlists
 
     train = data_dir / "train.jsonl"
     if not train.exists():
@@ -288,7 +292,7 @@ def main(argv=None) -> int:
             raise PredictError("--top-k must be at least 1")
         rows = _read_rows(args)
 
-        from .params import ParamError, load_params
+        from icdstudy.core.params import ParamError, load_params
 
         try:
             params = load_params(args.params)
@@ -299,7 +303,7 @@ def main(argv=None) -> int:
         input_kind = args.input_kind or params.get("data", {}).get("input", "dialogue")
         max_tokens = params.get("eval", {}).get("max_input_tokens")
 
-        from .modeling import ModelError, load_for_inference
+        from icdstudy.models.modeling import ModelError, load_for_inference
 
         try:
             tokenizer, model = load_for_inference(base, entry, adapter)
@@ -316,7 +320,8 @@ def main(argv=None) -> int:
     target = args.target or max((params.get("deploy") or {}).get("target_precision") or [0.95])
     rule = routing(system, Path(args.metrics), target)
     try:
-        listed = _shortlists(texts, params, Path(args.data), system.retrieved) if style(system.prompt).lists_codes else None
+        why = "--shortlist" if args.shortlist else f"{system.id} (its prompt lists codes)"
+        listed = _shortlists(texts, params, Path(args.data), system.retrieved, why) if style(system.prompt).lists_codes else None
         first = None
         if rule.get("signal") == "retriever_agreement":  # the retriever's first code, as knn-tfidf ranks it
             first = [c[0]["code"] if c else None for c in _shortlists(texts, params, Path(args.data), 1, "--target")]
@@ -331,7 +336,7 @@ def main(argv=None) -> int:
         lines += [json.dumps({"row": n, "error": "empty input"}) for n, t in rows if t is None]
         text = "\n".join(lines) + "\n"
         if args.output:
-            from .io import write_text_atomic
+            from icdstudy.core.io import write_text_atomic
 
             write_text_atomic(args.output, text)
             print(f"predict: {len(good)} encounters scored, {len(rows) - len(good)} skipped -> {args.output}", file=sys.stderr)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from . import systems
-from .params import yaml_load
+from icdstudy.core import systems
+from icdstudy.core.params import yaml_load
 
 
 SMOKE = Path("configs/smoke.yaml")
@@ -113,8 +113,8 @@ def resolved_params(name: str | None, sets: list[str], params_file: str = "param
 def data_stats(params: dict, root: Path = Path(".")):
     """Row counts and input lengths from data/processed when it was prepared with these data and
     split params (per dvc.lock); otherwise the published size of MedSynth."""
-    from .io import read_jsonl
-    from .plan import CHARS_PER_TOKEN, MEDSYNTH, DataStats
+    from icdstudy.core.io import read_jsonl
+    from icdstudy.planning.plan import CHARS_PER_TOKEN, MEDSYNTH, DataStats
 
     lock = root / "dvc.lock"
     processed = root / "data/processed"
@@ -139,9 +139,9 @@ def data_stats(params: dict, root: Path = Path(".")):
 def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
     """A plan for every stage the tables make: base@ per model, train@ per training run, predict@ per
     language-model system (floors and score run on CPU in seconds)."""
-    from .architectures import architecture
-    from .params import model_entry
-    from .plan import plan_base
+    from icdstudy.planning.architectures import architecture
+    from icdstudy.core.params import model_entry
+    from icdstudy.planning.plan import plan_base
 
     archs = {}
     for key in params["base_models"]:
@@ -157,23 +157,23 @@ def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
 
 
 def _seeds(params: dict, run: str) -> int:
-    from .params import train_config
+    from icdstudy.core.params import train_config
 
     return len(train_config(params, run)["seeds"])
 
 
 def _plan_run(params: dict, run: str, archs: dict, stats, hw):
     """train@<run>: its steps, and the validation decoding that keeps a checkpoint (paid at every evaluation)."""
-    from .params import train_config
-    from .plan import plan_eval, plan_train
-    from .prompt_styles import style
-    from .training import probe_settings
+    from icdstudy.core.params import train_config
+    from icdstudy.planning.plan import plan_eval, plan_train
+    from icdstudy.inference.prompt_styles import generation_settings, style
 
     spec, ecfg = systems.run_entry(params, run), params["eval"]
     arch, entry = archs[spec["model"]]
     tcfg = train_config(params, run)
     listed = style(spec["prompt"]).listed_tokens(spec.get("retrieved") or 0)
-    probe = {**ecfg, **vars(probe_settings(ecfg, tcfg)), "max_samples": tcfg.get("max_val_samples")}
+    decoded = generation_settings(ecfg, {}, spec["prompt"], spec.get("retrieved") or 0)  # as the train stage's probe
+    probe = {**ecfg, **vars(decoded), "max_samples": tcfg.get("max_val_samples")}
     train = plan_train(spec["model"], arch, entry, tcfg, ecfg["max_input_tokens"], stats, hw, listed, stage=f"train@{run}",
                        probe=plan_eval(f"train@{run} probe", spec["model"], arch, entry, probe, stats, hw, 0,
                                        extra_tokens=listed, splits=("val",)))
@@ -186,8 +186,8 @@ def _plan_run(params: dict, run: str, archs: dict, stats, hw):
 
 def _plan_predict(params: dict, s, archs: dict, stats, hw):
     """predict@<system>: its prompts (shown examples, listed codes) at its own decoding settings."""
-    from .plan import plan_eval
-    from .prompt_styles import style
+    from icdstudy.planning.plan import plan_eval
+    from icdstudy.inference.prompt_styles import style
 
     arch, entry = archs[s.model]
     cfg = style(s.prompt).settings({**params["eval"], **s.decoding}, s.retrieved)
@@ -201,7 +201,7 @@ def _plan_predict(params: dict, s, archs: dict, stats, hw):
 
 
 def plan_main(argv) -> int:
-    from .plan import DEFAULT_MARGIN, DEFAULT_MFU, hardware, render, to_json
+    from icdstudy.planning.plan import DEFAULT_MARGIN, DEFAULT_MFU, hardware, render, to_json
 
     p = argparse.ArgumentParser(prog="python -m icdstudy.study plan", description=(
         "Predict peak GPU memory, fit and GPU hours of every stage the params select "
@@ -229,7 +229,7 @@ def plan_main(argv) -> int:
     if not 0 < args.mfu <= 1 or not 0 <= args.margin < 1:
         p.error("--mfu must be in (0, 1] and --margin in [0, 1)")
     params = resolved_params(args.name, args.sets, args.params)
-    from .schema import validate
+    from icdstudy.core.schema import validate
 
     try:
         validate(params, f"{args.params}{' + configs/' + args.name + '.yaml' if args.name else ''}{' + -S' if args.sets else ''}")
@@ -246,7 +246,7 @@ def plan_main(argv) -> int:
     result = to_json(stages, hw, args.usd_per_hour or params["deploy"]["usd_per_hour"])
     result["data"] = stats.source
     if args.measure:
-        from .measure import measure_plan
+        from icdstudy.planning.measure import measure_plan
 
         from fnmatch import fnmatch
 
@@ -309,7 +309,7 @@ def assign_hosts(stages: list, hosts: int, params: dict) -> list[dict]:
 
 
 def shard_main(argv) -> int:
-    from .plan import hardware
+    from icdstudy.planning.plan import hardware
 
     p = argparse.ArgumentParser(prog="python -m icdstudy.study shard", description=(
         "Print each host's commands to split the study over several GPU hosts: every host runs its models' "

@@ -10,10 +10,10 @@ import argparse
 import sys
 import time
 
-from icdstudy.io import write_json
-from icdstudy.materialize import materialize
-from icdstudy.modeling import ModelError
-from icdstudy.params import ParamError, load_params, model_entry
+from icdstudy.core.io import write_json
+from icdstudy.models.materialize import materialize
+from icdstudy.models.modeling import ModelError
+from icdstudy.core.params import ParamError, load_params, model_entry
 
 
 def main() -> int:

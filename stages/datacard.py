@@ -4,8 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from icdstudy.io import read_json, read_jsonl, write_text_atomic
-from icdstudy.params import ParamError, load_params, section
+from icdstudy.core.io import read_json, read_jsonl, write_text_atomic
+from icdstudy.core.params import ParamError, load_params, section
 
 
 def main() -> int:
@@ -23,7 +23,7 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from icdstudy.datacard import near_copy_rows, render
+    from icdstudy.reporting.datacard import near_copy_rows, render
 
     tokenizer = AutoTokenizer.from_pretrained(f"models/base/{key}")
     splits = {name: read_jsonl(Path(args.data) / f"{name}.jsonl") for name in ("train", "val", "test")}

@@ -15,13 +15,13 @@ import argparse
 import sys
 import time
 
-from icdstudy import metrics, systems
-from icdstudy.io import read_splits, write_json, write_jsonl
-from icdstudy.params import ParamError, load_params, section
+from icdstudy.core import metrics, systems
+from icdstudy.core.io import read_splits, write_json, write_jsonl
+from icdstudy.core.params import ParamError, load_params, section
 
 
 def knn_predict(retriever, rows: list[dict], neighbours: int, top_k: int) -> list[dict]:
-    from icdstudy.retrieval import knn_candidates
+    from icdstudy.neighbours.retrieval import knn_candidates
 
     predictions = []
     for row in rows:
@@ -39,7 +39,7 @@ def knn_predict(retriever, rows: list[dict], neighbours: int, top_k: int) -> lis
 
 def knn_tfidf(train_rows, scored, cfg: dict, params: dict, top_k: int):
     """(predictions per split, size, fit seconds, record extras)."""
-    from icdstudy.retrieval import Retriever
+    from icdstudy.neighbours.retrieval import Retriever
 
     t0 = time.time()
     retrieval = section(params, "retrieval")
@@ -50,7 +50,7 @@ def knn_tfidf(train_rows, scored, cfg: dict, params: dict, top_k: int):
 
 
 def tfidf_logreg(train_rows, scored, cfg: dict, params: dict, top_k: int):
-    from icdstudy.baseline import train_and_predict
+    from icdstudy.floors.baseline import train_and_predict
 
     predictions, n_params, fit_s = train_and_predict(train_rows, scored, cfg, top_k=top_k)
     return predictions, n_params, fit_s, {}
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
         ecfg = section(params, "eval")
         t0 = time.time()
         train_rows, *scored = read_splits(args.data, "train", *systems.SPLITS)
-    except (ParamError, KeyError, ValueError) as exc:
-        print(f"floor: error: {str(exc).strip(chr(39))}", file=sys.stderr)
+    except (ParamError, ValueError) as exc:
+        print(f"floor: error: {exc}", file=sys.stderr)
         return 1
     top_k = max(ecfg["top_k"], 5)
     scored = [rows[:ecfg["max_samples"] or None] for rows in scored]

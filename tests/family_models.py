@@ -98,7 +98,7 @@ def build_family_model(family: str, out: Path) -> Path:
 
 
 def random_model_folder(family: str, arch, out: Path, device: str = "cpu") -> Path:
-    """A model of ``arch`` (icdstudy.architectures.Architecture) with random bf16 weights and the family's
+    """A model of ``arch`` (icdstudy.planning.architectures.Architecture) with random bf16 weights and the family's
     real tokenizer and chat template, saved as an HF folder: the benchmarks' subject where no weights can
     be downloaded (the GPU check)."""
     import torch

@@ -1,5 +1,7 @@
 """The project modules a stage script imports, directly or through other project modules (any import
-statement, function-level ones included: a lazily imported module still decides what the stage computes)."""
+statement, function-level ones included: a lazily imported module still decides what the stage computes),
+and the dependencies dvc.yaml must list for them: a sub-package of icdstudy as its folder, a top-level module
+as its file."""
 from __future__ import annotations
 
 import ast
@@ -8,10 +10,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _module_path(name: str) -> str | None:
+    """Repo-relative file of a dotted project module (a package's ``__init__.py``), or None if not one."""
+    base = name.replace(".", "/")
+    for candidate in (f"{base}.py", f"{base}/__init__.py"):
+        if (ROOT / candidate).exists():
+            return candidate
+    return None
+
+
 def _imports(path: Path) -> set[str]:
-    """Project module names (``icdstudy.x``) that ``path`` imports."""
+    """Repo-relative files of the project modules that ``path`` imports."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = "icdstudy" if path.parent.name == "icdstudy" else None
+    package = ".".join(path.relative_to(ROOT).parent.parts)
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -19,23 +30,32 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(filter(None, [package, base]))
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(filter(None, [*parent, base]))
             if not base.startswith("icdstudy"):
                 continue
-            if base == "icdstudy":  # from icdstudy import systems, metrics
-                found |= {f"icdstudy.{a.name}" for a in node.names}
-            else:
-                found.add(base)
-    return {m for m in found if (ROOT / (m.replace(".", "/") + ".py")).exists()}
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # from icdstudy.core import systems: a module
+    # icdstudy/__init__.py is a docstring only (tests/test_registry.py checks), so no stage lists it
+    return {p for p in map(_module_path, found) if p and p != "icdstudy/__init__.py"}
 
 
 def closure(script: str | Path) -> set[str]:
     """Repo-relative paths of every project module ``script`` imports, transitively."""
     todo, seen = [ROOT / script], set()
     while todo:
-        for module in _imports(todo.pop()):
-            path = module.replace(".", "/") + ".py"
+        for path in _imports(todo.pop()):
             if path not in seen:
                 seen.add(path)
                 todo.append(ROOT / path)
     return seen
+
+
+def dependencies(script: str | Path) -> set[str]:
+    """What dvc.yaml lists for ``script``'s code: itself, each sub-package it reaches as a folder, each top-level
+    module as a file."""
+    deps = {str(script)}
+    for path in closure(script):
+        parts = Path(path).parts
+        deps.add("/".join(parts[:2]) if len(parts) > 2 else path)
+    return deps

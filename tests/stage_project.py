@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from icdstudy.io import write_json, write_jsonl
+from icdstudy.core.io import write_json, write_jsonl
 from tests.conftest import REPO
 
 ROWS = [{"id": f"r{i}", "code": c, "input": f"Patient {i}: " + "thirsty and tired. " * (1 + i % 5)}
@@ -121,8 +121,8 @@ def tables_for(zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), ca
 
 
 def system_for(system_id: str):
-    """The icdstudy.systems.System a demo-style id names (zeroshot-<m>, lora-shortlist-<m>, a floor ...)."""
-    from icdstudy import systems
+    """The icdstudy.core.systems.System a demo-style id names (zeroshot-<m>, lora-shortlist-<m>, a floor ...)."""
+    from icdstudy.core import systems
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for prefix in ("lora-shortlist-", "lora-", "zeroshot-", "fewshot-", "shortlist-"):

@@ -195,7 +195,7 @@ def test_out_of_memory_is_explained_and_the_rerun_resumes(project, monkeypatch, 
 
     import torch
 
-    from icdstudy import generation
+    from icdstudy.inference import generation
 
     params_file = project / "params.yaml"
     original = params_file.read_text()

@@ -20,10 +20,10 @@ def _tiny_dvc_project(path):
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_every_ratio(smollm2_dir, sample_csv, tmp_path):
+def test_quick_benchmark_writes_every_ratio(tiny_model_dir, sample_csv, tmp_path):
     project = _tiny_dvc_project(tmp_path / "project")
     out = tmp_path / "results"
-    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--model", str(smollm2_dir),
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--model", str(tiny_model_dir),
                           "--data", str(sample_csv), "--repo", str(project), "--out", str(out)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]

@@ -6,7 +6,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from icdstudy import data, icd10
+from icdstudy.corpus import data
+from icdstudy.core import icd10
 from tests.conftest import REPO
 
 
@@ -164,8 +165,8 @@ def test_prepare_refuses_the_sample_alone_and_runs_on_enough_rows(tmp_path, samp
 def test_a_near_copy_is_a_row_at_or_above_the_similarity_threshold(offset, counted):
     """Just below, at and just above the threshold: the data card and the report count a test row as a near copy
     when its most similar training row reaches datacard.near_copy_similarity."""
-    from icdstudy.datacard import near_copy_rows
-    from icdstudy.retrieval import Retriever
+    from icdstudy.reporting.datacard import near_copy_rows
+    from icdstudy.neighbours.retrieval import Retriever
 
     cfg = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True, "neighbours": 3}
     train = [{"id": "t0", "code": "E119", "input": "thirst polyuria metformin hba1c raised"},

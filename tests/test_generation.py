@@ -4,10 +4,11 @@ import sys
 
 import pytest
 
-from icdstudy import metrics, prompts
-from icdstudy.evaluation import evaluate
-from icdstudy.generation import GenerationSettings, build_trie
-from icdstudy.modeling import load_model, load_tokenizer
+from icdstudy.core import metrics
+from icdstudy.inference import prompts
+from icdstudy.inference.evaluation import evaluate
+from icdstudy.inference.generation import GenerationSettings, build_trie
+from icdstudy.models.modeling import load_model, load_tokenizer
 from tests.conftest import REPO
 
 LABELS = ["A047", "E119", "E784", "I10", "I4891", "M5450", "S83512A", "T814XXA", "Z23"]
@@ -79,7 +80,7 @@ def test_resume_gives_the_same_results_as_a_full_run(tiny, tmp_path):
 
     resume = tmp_path / "resume.jsonl"
     calls = {"n": 0}
-    import icdstudy.generation as gen
+    import icdstudy.inference.generation as gen
 
     original = gen.generate_batch
 
@@ -131,7 +132,7 @@ def test_the_trie_processor_renormalizes_over_the_allowed_tokens_exactly():
     and one off the trie. Each row's scores are the log-softmax over exactly the tokens the trie allows there."""
     import torch
 
-    from icdstudy.generation import LabelTrie, TrieLogitsProcessor
+    from icdstudy.inference.generation import LabelTrie, TrieLogitsProcessor
 
     eos, prompt = 9, [1, 2, 0]
     proc = TrieLogitsProcessor(LabelTrie({"A": [3, 4, eos], "B": [3, 5, eos], "C": [6, eos]}), len(prompt), eos)
@@ -157,7 +158,7 @@ def test_the_processor_gives_todays_candidates_and_scores(tiny):
     """Against the processor it replaced (benchmarks/run.py keeps it as the naive way): the same beams."""
     import importlib.util
 
-    from icdstudy import generation
+    from icdstudy.inference import generation
 
     spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "run.py")
     bench = importlib.util.module_from_spec(spec)
@@ -196,7 +197,7 @@ def test_beams_reading_the_prompt_once_rank_like_plain_beam_search(smollm2_dir):
     """prefill_once hands generate a cache of each prompt repeated per beam: same candidates, same scores."""
     from dataclasses import replace
 
-    from icdstudy.generation import generate_batch
+    from icdstudy.inference.generation import generate_batch
 
     model = load_model(smollm2_dir, {"key": "smollm2-135m", "dtype": "float32"})
     tok = load_tokenizer(smollm2_dir)

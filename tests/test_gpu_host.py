@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from icdstudy import icd10, plan, prompts
-from icdstudy.architectures import PUBLIC_CONFIGS
-from icdstudy.generation import build_trie
-from icdstudy.measure import build_model, eval_probe, saved_activation_bytes, scaled_down, synthetic_batch
-from icdstudy.training import IGNORE, build_example, fine_tune
+from icdstudy.core import icd10
+from icdstudy.planning import plan
+from icdstudy.inference import prompts
+from icdstudy.planning.architectures import PUBLIC_CONFIGS
+from icdstudy.inference.generation import build_trie
+from icdstudy.planning.measure import build_model, eval_probe, saved_activation_bytes, scaled_down, synthetic_batch
+from icdstudy.finetune.training import IGNORE, build_example, fine_tune
 from tests.conftest import REPO, dvc_env, requires_dvc
 from tests.family_models import FAMILIES, load_family_tokenizer
 from tests.test_plan import _plan_here
@@ -32,7 +34,7 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 @pytest.fixture(scope="module", params=[*FAMILIES, "chatml"])
 def family_tok(request, tmp_path_factory):
     if request.param == "chatml":  # SmolLM2's conventions: pad == eos, ChatML
-        from icdstudy.modeling import load_tokenizer
+        from icdstudy.models.modeling import load_tokenizer
 
         return request.param, load_tokenizer(build_tiny_model(tmp_path_factory.mktemp("chatml") / "m", pad_is_eos=True))
     return request.param, load_family_tokenizer(request.param, tmp_path_factory.mktemp(request.param))
@@ -96,7 +98,7 @@ def test_mistral_answers_start_with_the_spaced_piece_its_template_writes(tmp_pat
 
 
 def test_a_template_whose_answer_does_not_follow_its_prompt_is_refused(tmp_path):
-    from icdstudy.modeling import ModelError
+    from icdstudy.models.modeling import ModelError
 
     tok = load_family_tokenizer("qwen2", tmp_path)
     tok.chat_template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
@@ -149,7 +151,7 @@ def _index(files):
 
 
 def test_only_what_transformers_loads_is_fetched():
-    from icdstudy.materialize import files_to_fetch
+    from icdstudy.models.materialize import files_to_fetch
 
     mistral = files_to_fetch(MISTRAL_V03_FILES, _index(MISTRAL_V03_FILES))
     assert "consolidated.safetensors" not in mistral and "params.json" not in mistral  # 14.5 GB of duplicate weights
@@ -162,7 +164,7 @@ def test_only_what_transformers_loads_is_fetched():
 def test_a_hub_model_is_read_at_one_pinned_commit_and_the_commit_is_recorded(monkeypatch, tmp_path, tiny_model_dir):
     import huggingface_hub
 
-    from icdstudy import materialize
+    from icdstudy.models import materialize
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     files = sorted(p.name for p in tiny_model_dir.iterdir()) + ["consolidated.safetensors", "original/params.json"]
@@ -190,7 +192,7 @@ def test_a_hub_model_is_read_at_one_pinned_commit_and_the_commit_is_recorded(mon
 
 
 def test_data_source_revisions_are_parsed_and_local_files_hashed(tmp_path):
-    from icdstudy.data import load_source, parse_hub_source
+    from icdstudy.corpus.data import load_source, parse_hub_source
 
     assert parse_hub_source("Ahmad0067/MedSynth") == ("Ahmad0067/MedSynth", None, "train")
     assert parse_hub_source("Ahmad0067/MedSynth@3f2a9c1:train") == ("Ahmad0067/MedSynth", "3f2a9c1", "train")
@@ -248,7 +250,7 @@ def test_gradient_checkpointing_trains_with_the_same_losses(four_bit, tmp_path):
 
 
 def _train_stage(path: Path, tiny_model_dir: Path, **train) -> dict:
-    from icdstudy.io import read_json
+    from icdstudy.core.io import read_json
     from tests.stage_project import project, stage
 
     run = project(path, tiny_model_dir, num_epochs=1, **train)
@@ -272,7 +274,7 @@ def test_gradient_checkpointing_under_two_gloo_processes(tiny_model_dir, tmp_pat
 def test_each_process_loads_its_4bit_model_on_its_own_gpu(monkeypatch, tiny_model_dir):
     import transformers
 
-    from icdstudy import modeling
+    from icdstudy.models import modeling
 
     seen = {}
     monkeypatch.setattr(modeling, "cuda_available", lambda: True)
@@ -286,7 +288,7 @@ def test_each_process_loads_its_4bit_model_on_its_own_gpu(monkeypatch, tiny_mode
 
 
 def test_tf32_is_set_through_one_api_only(monkeypatch):
-    from icdstudy import modeling
+    from icdstudy.models import modeling
 
     def legacy(*_):
         raise AssertionError("the legacy allow_tf32 flag was set beside fp32_precision")
@@ -353,7 +355,8 @@ def test_plan_measure_covers_the_evaluation_stages():
     run = _plan("--json", "--measure", "--steps", "2")
     assert run.returncode == 0, run.stderr
     measured = {m["stage"]: m for m in json.loads(run.stdout)["measured"]}
-    assert {"train@lora-smollm2-135m", "predict@zeroshot-smollm2-135m", "predict@fewshot-smollm2-135m", "predict@lora-smollm2-135m"} <= set(measured)
+    assert {"train@lora-shortlist-smollm2-135m", "predict@zeroshot-smollm2-135m", "predict@fewshot-smollm2-135m",
+            "predict@lora-shortlist-smollm2-135m"} <= set(measured)
     for m in measured.values():
         assert abs(m["plan_error"]) < 0.12, m
     assert measured["predict@zeroshot-smollm2-135m"]["samples_per_s"] > 0

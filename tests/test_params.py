@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from icdstudy.params import load_params, train_config, yaml_load
+from icdstudy.core.params import load_params, train_config, yaml_load
 from tests.conftest import REPO
 from tests.stage_project import project, run_stage
 

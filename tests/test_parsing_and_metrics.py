@@ -1,7 +1,7 @@
 import pytest
 
-from icdstudy import metrics
-from icdstudy.generation import length_sorted_batches, parse_code
+from icdstudy.core import metrics
+from icdstudy.inference.generation import length_sorted_batches, parse_code
 
 
 @pytest.mark.parametrize("text,code", [

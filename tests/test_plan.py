@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from icdstudy import plan
-from icdstudy.architectures import PUBLIC_CONFIGS, architecture
+from icdstudy.planning import plan
+from icdstudy.planning.architectures import PUBLIC_CONFIGS, architecture
 from tests.conftest import REPO
 
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from icdstudy import plots
+from icdstudy.reporting import plots
 
 SYSTEMS = ([f"{k}-{m}" for k in ("lora", "lora-shortlist") for m in ("llama32-3b", "qwen25-3b")]
            + [f"{k}-{m}" for k in ("zeroshot", "fewshot", "shortlist")

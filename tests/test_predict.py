@@ -12,7 +12,7 @@ TEXT = "[doctor] What brings you in?\n[patient] I'm thirsty all the time. Assess
 
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tmp_path_factory):
-    from icdstudy.training import fine_tune
+    from icdstudy.finetune.training import fine_tune
     from tests.test_training import CFG, ROWS
 
     root = tmp_path_factory.mktemp("predict")
@@ -86,7 +86,7 @@ def test_errors_are_one_clear_line(setup, capsys, args, needle):
 
 
 def test_a_shortlist_prompt_lists_the_retrieved_codes(setup, capsys, tmp_path):
-    from icdstudy.io import write_jsonl
+    from icdstudy.core.io import write_jsonl
     from tests.test_training import ROWS
 
     data = tmp_path / "processed"
@@ -110,7 +110,7 @@ def test_all_labels_are_every_billable_code_of_the_table():
 
 
 def _thresholds(tmp_path, system: str, **keys) -> str:
-    from icdstudy.io import write_json
+    from icdstudy.core.io import write_json
 
     write_json(tmp_path / "val" / f"{system}.json", {"confidence_signal": "top1", "threshold_at_p90": 0.5,
                                                      "precision_at_p90": 0.91, "coverage_at_p90": 0.4, **keys})

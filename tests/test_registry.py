@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, copy_repo, dvc_env, requires_dvc
-from tests.stage_imports import closure
+from tests.stage_imports import closure, dependencies
 
 STYLES = {"plain", "examples", "candidates"}
 
@@ -28,18 +28,32 @@ def _stages(root: Path) -> dict:
 
 @requires_dvc
 def test_every_stage_depends_on_the_code_it_imports():
-    missing = {}
+    """Each stage lists its script and, for every project module the script reaches, that module's sub-package
+    folder: no fewer (an edit would serve stale results), no more (an edit would rerun what it cannot change)."""
+    wrong = {}
     for name, (cmd, deps, _) in _stages(REPO).items():
         script = next(p for p in cmd.split() if p.startswith("stages/"))
-        lacking = sorted((closure(script) | {script}) - set(deps))
-        if lacking:
-            missing[name] = lacking
-    assert missing == {}
-    assert "icdstudy/icd10.py" in closure("stages/predict.py") and "icdstudy/plan.py" not in closure("stages/predict.py")
+        listed = {d for d in deps if d.startswith(("stages/", "icdstudy"))}
+        if listed != dependencies(script):
+            wrong[name] = {"missing": sorted(dependencies(script) - listed), "extra": sorted(listed - dependencies(script))}
+    assert wrong == {}
+    assert "icdstudy/core/icd10.py" in closure("stages/predict.py")
+    assert "icdstudy/neighbours" in dependencies("stages/predict.py")
+
+
+def test_the_library_is_layered():
+    """core imports nothing else of the library; no stage and nothing in core reaches planning (the GPU kit's);
+    the top package holds only a docstring, so no stage needs it as a dependency."""
+    for module in (REPO / "icdstudy/core").glob("*.py"):
+        assert {p for p in closure(module.relative_to(REPO)) if not p.startswith("icdstudy/core/")} == set(), module
+    for script in (REPO / "stages").glob("*.py"):
+        assert not any(p.startswith("icdstudy/planning/") for p in closure(script.relative_to(REPO))), script
+    body = ast.parse((REPO / "icdstudy/__init__.py").read_text()).body
+    assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
 
 
 def test_no_source_file_switches_on_a_prompt_style_name():
-    """A style is one entry of icdstudy/prompt_styles.py: nothing else compares a value against its name."""
+    """A style is one entry of icdstudy/inference/prompt_styles.py: nothing else compares a value against its name."""
     found = []
     for path in [p for folder in ("icdstudy", "stages", "tools") for p in (REPO / folder).rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -87,9 +101,9 @@ def _edit_params(root: Path, edit) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-LLM = {f"predict@{s}" for s in ("lora-smollm2-135m", "lora-shortlist-smollm2-135m", "zeroshot-smollm2-135m",
+LLM = {f"predict@{s}" for s in ("lora-shortlist-smollm2-135m", "zeroshot-smollm2-135m",
                                 "fewshot-smollm2-135m", "shortlist-smollm2-135m")}
-TRAIN = {"train@lora-smollm2-135m", "train@lora-shortlist-smollm2-135m"}
+TRAIN = {"train@lora-shortlist-smollm2-135m"}
 FLOORS = {"floor@tfidf-logreg", "floor@knn-tfidf"}
 
 
@@ -97,8 +111,12 @@ def _set_decoding(p):
     p["systems"]["llm"]["zeroshot-smollm2-135m"]["decoding"] = {"top_k": 1}
 
 
+def _set_batch(p):
+    p["eval"]["batch_size"] = 4
+
+
 def _set_rank(p):
-    p["training"]["lora-smollm2-135m"]["recipe"]["lora_r"] = 8
+    p["training"]["lora-shortlist-smollm2-135m"]["recipe"]["lora_r"] = 8
 
 
 def _append(path: str, text: str):
@@ -109,14 +127,17 @@ def _append(path: str, text: str):
 
 
 EDITS = {  # what is edited -> the stages dvc status must list: no fewer (stale results), no more (wasted hours)
-    "a prompt template": (_append("icdstudy/prompts.py", "\n# edited\n"), TRAIN | LLM),
+    "a prompt template": (_append("icdstudy/inference/prompts.py", "\n# edited\n"), TRAIN | LLM),
     "one system's entry": (lambda root: _edit_params(root, _set_decoding),
                            {"predict@zeroshot-smollm2-135m", "score", "report"}),
-    "a recipe key": (lambda root: _edit_params(root, _set_rank), {"train@lora-smollm2-135m", "score", "report"}),
-    "the retriever's code": (_append("icdstudy/retrieval.py", "\n# edited\n"),
+    "a recipe key": (lambda root: _edit_params(root, _set_rank), TRAIN | {"score", "report"}),
+    "the retriever's code": (_append("icdstudy/neighbours/retrieval.py", "\n# edited\n"),
                              {"datacard"} | TRAIN | LLM | FLOORS | {"score", "report"}),
     "one training row": (_append("data/processed/train.jsonl", '{"id": "extra"}\n'),
                          {"prepare", "datacard"} | TRAIN | LLM | FLOORS | {"report"}),
+    "a decoding default": (lambda root: _edit_params(root, _set_batch), TRAIN | LLM | {"report"}),  # the probe's too
+    "the threshold code": (_append("icdstudy/analysis/deploy.py", "\n# edited\n"), {"score", "report"}),
+    "the GPU planner": (_append("icdstudy/planning/plan.py", "\n# edited\n"), set()),
     "one calibration row": (_append("data/processed/calibration.jsonl", '{"id": "extra"}\n'),
                             {"prepare", "datacard"} | LLM | FLOORS | {"score"}),  # retrains nothing
     "a floor's entry": (lambda root: _edit_params(root, lambda p: p["systems"]["floors"]["tfidf-logreg"].update(C=1.0)),
@@ -128,8 +149,9 @@ EDITS = {  # what is edited -> the stages dvc status must list: no fewer (stale 
 @pytest.mark.parametrize("what", list(EDITS))
 def test_an_edit_marks_exactly_the_stages_it_must_rerun(committed_project, what):
     root = committed_project
-    saved = {name: (root / name).read_bytes() for name in ("params.yaml", "icdstudy/prompts.py", "icdstudy/retrieval.py",
-                                                           "data/processed/train.jsonl", "data/processed/calibration.jsonl")}
+    saved = {name: (root / name).read_bytes() for name in (
+        "params.yaml", "icdstudy/inference/prompts.py", "icdstudy/neighbours/retrieval.py", "icdstudy/analysis/deploy.py",
+        "icdstudy/planning/plan.py", "data/processed/train.jsonl", "data/processed/calibration.jsonl")}
     edit, expected = EDITS[what]
     try:
         edit(root)
@@ -180,7 +202,16 @@ def test_a_variant_is_one_table_entry_and_runs_through_the_report(tmp_path, tiny
 def test_the_schema_allows_exactly_the_prompt_styles():
     from typing import get_args
 
-    from icdstudy.prompt_styles import STYLES
-    from icdstudy.schema import PromptStyle
+    from icdstudy.inference.prompt_styles import STYLES
+    from icdstudy.core.schema import PromptStyle
 
     assert set(get_args(PromptStyle)) == set(STYLES)
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for path in [p for folder in ("icdstudy", "stages") for p in (REPO / folder).rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert long == []

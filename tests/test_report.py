@@ -8,8 +8,8 @@ import sys
 import pytest
 import yaml
 
-from icdstudy import systems
-from icdstudy.io import write_json, write_jsonl
+from icdstudy.core import systems
+from icdstudy.core.io import write_json, write_jsonl
 from tests.conftest import REPO
 from tests.stage_project import run_stage, system_for, tables_for
 
@@ -125,7 +125,7 @@ def test_the_answer_leads_with_coverage_of_the_systems_chosen_on_validation(tmp_
 
 
 def test_every_paired_test_is_corrected_by_holm_and_significant_means_adjusted(tmp_path):
-    from icdstudy.stats import holm
+    from icdstudy.analysis.stats import holm
 
     params = study(tmp_path, zeroshot=["big"], finetune=["a"])
     write_system(tmp_path, "lora-a", 0.8, 0.8)
@@ -149,7 +149,7 @@ def test_every_paired_test_is_corrected_by_holm_and_significant_means_adjusted(t
 
 
 def test_holm_on_a_hand_built_family():
-    from icdstudy.stats import holm
+    from icdstudy.analysis.stats import holm
 
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert holm([0.5]) == [0.5] and holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
@@ -240,7 +240,7 @@ def test_seeds_say_in_how_many_the_direction_holds(tmp_path):
 
 
 def test_errors_are_split_by_where_they_land_with_examples(tmp_path):
-    from icdstudy.report import error_breakdown, error_kind
+    from icdstudy.reporting.report import error_breakdown, error_kind
 
     assert error_kind("E119", "E119") is None
     assert error_kind("E119", "E1165") == "right category, wrong code"  # a sibling

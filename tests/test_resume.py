@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from icdstudy.io import read_json
+from icdstudy.core.io import read_json
 from tests.conftest import REPO
 from tests.stage_project import project, run_stage, stage
 

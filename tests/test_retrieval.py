@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from icdstudy import prompts
-from icdstudy.evaluation import evaluate, few_shot_examples
-from icdstudy.generation import GenerationSettings
-from icdstudy.modeling import load_model, load_tokenizer
-from icdstudy.copies import copy_key
-from icdstudy.retrieval import Neighbour, Retriever, knn_candidates
+from icdstudy.inference import prompts
+from icdstudy.inference.evaluation import evaluate, few_shot_examples
+from icdstudy.inference.generation import GenerationSettings
+from icdstudy.models.modeling import load_model, load_tokenizer
+from icdstudy.core.copies import copy_key
+from icdstudy.neighbours.retrieval import Neighbour, Retriever, knn_candidates
 from tests.conftest import REPO
 
 TRAIN = [
@@ -91,7 +91,7 @@ def test_fewshot_evaluation_records_the_shown_examples(tiny_model_dir):
 
 
 def test_knn_stage_predicts_every_split_with_ranked_neighbours(tmp_path):
-    from icdstudy.io import read_json, read_jsonl, write_jsonl
+    from icdstudy.core.io import read_json, read_jsonl, write_jsonl
     from tests.stage_project import run_stage
 
     data = tmp_path / "data" / "processed"
@@ -116,7 +116,7 @@ def test_the_retriever_and_prepare_share_one_definition_of_a_copy():
     """Rows that differ only in case and whitespace: prepare keeps one of them, the retriever shows neither."""
     import pandas as pd
 
-    from icdstudy import data
+    from icdstudy.corpus import data
 
     texts = ["Thirst and polyuria, HbA1c 8.1.", "  thirst AND polyuria,\tHbA1c 8.1. ", "Thirst and polyuria, HbA1c 8.2."]
     frame = pd.DataFrame({"id": ["a", "b", "c"], "code": ["E119", "E119", "E119"], "dialogue": texts, "description": ""})

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from icdstudy import deploy, metrics, systems
-from icdstudy.io import read_json, read_jsonl, write_json, write_jsonl
-from icdstudy.scoring import ScoreError, check_rows, score_system
+from icdstudy.analysis import deploy
+from icdstudy.core import metrics, systems
+from icdstudy.core.io import read_json, read_jsonl, write_json, write_jsonl
+from icdstudy.analysis.scoring import ScoreError, check_rows, score_system
 from tests.conftest import REPO
 from tests.stage_project import system_for, tables_for
 from tests.stage_project import run_stage
@@ -74,9 +75,9 @@ def test_certification_keeps_the_lowest_threshold_that_holds_from_the_top_down()
 def test_rows_at_just_under_and_just_over_a_float_threshold_are_routed_alike_everywhere(tmp_path):
     """One threshold: score's coverage, the report's coded rows and predict's route apply the stored value with the
     same comparison, also for a threshold made by float arithmetic (0.3 - 0.1 = 0.19999999999999998)."""
-    from icdstudy.io import write_json
+    from icdstudy.core.io import write_json
     from icdstudy.predict import route, routing
-    from icdstudy.systems import System
+    from icdstudy.core.systems import System
 
     made = 0.3 - 0.1
     conf = [made] * 30 + [0.2] * 5 + [made - 1e-12, made + 1e-12, 0.1]
@@ -259,7 +260,7 @@ def test_a_missing_prediction_file_names_the_stage_to_run(tmp_path):
 
 def test_prices_and_targets_rerun_no_predicting_stage():
     """deploy is a param of stage score (and the report) only: a price or a target reruns no GPU stage."""
-    from icdstudy.params import yaml_load
+    from icdstudy.core.params import yaml_load
 
     stages = yaml_load((REPO / "dvc.yaml").read_text())["stages"]
     readers = sorted(name for name, st in stages.items()

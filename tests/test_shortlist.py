@@ -4,9 +4,10 @@ import random
 
 import pytest
 
-from icdstudy import icd10, prompts
-from icdstudy.retrieval import Retriever, knn_candidates
-from icdstudy.shortlist import LISTED, candidate_recall, code_descriptions, shortlist_metrics, with_shortlists
+from icdstudy.core import icd10
+from icdstudy.inference import prompts
+from icdstudy.neighbours.retrieval import Retriever, knn_candidates
+from icdstudy.neighbours.shortlist import LISTED, candidate_recall, code_descriptions, shortlist_metrics, with_shortlists
 
 CFG = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True, "neighbours": 3}
 TRAIN = [

@@ -1,6 +1,6 @@
 import pytest
 
-from icdstudy.stats import mcnemar_exact, paired_bootstrap_diff
+from icdstudy.analysis.stats import mcnemar_exact, paired_bootstrap_diff
 
 
 def test_mcnemar_against_a_hand_computed_table():

@@ -163,7 +163,13 @@ def test_every_dependency_is_carried_by_git_or_dvc(config, tmp_path):
             path = str(dep.def_path)
             inside_output = any(path == o or path.startswith(o + "/") for o in outputs)
             folder_of_outputs = [o for o in outputs if o.startswith(path + "/")]
-            assert path in tracked or inside_output or folder_of_outputs, f"{st.addressing}: {path} is carried by neither"
+            code_folder = (repo / path).is_dir() and any(f.startswith(path + "/") for f in tracked)
+            assert path in tracked or inside_output or folder_of_outputs or code_folder, \
+                f"{st.addressing}: {path} is carried by neither"
+            if code_folder and not folder_of_outputs:  # a sub-package: every file DVC hashes is one git carries
+                hashed = {str(f.relative_to(repo)) for f in (repo / path).rglob("*")
+                          if f.is_file() and "__pycache__" not in f.parts}
+                assert hashed <= tracked, f"{st.addressing}: {path} holds files git does not carry {sorted(hashed - tracked)[:3]}"
             if folder_of_outputs and path not in tracked:  # a folder of other stages' outputs, e.g. metrics/eval
                 stray = [f for f in tracked if f.startswith(path + "/") and not f.endswith(".gitignore")]
                 assert not stray, f"{st.addressing}: {path} also holds git files {stray[:3]}"

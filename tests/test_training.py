@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from icdstudy import prompts
-from icdstudy.modeling import load_tokenizer
-from icdstudy.training import (IGNORE, PreflightError, build_dataset, build_example, collator, fine_tune, preflight)
+from icdstudy.inference import prompts
+from icdstudy.models.modeling import load_tokenizer
+from icdstudy.finetune.training import (IGNORE, PreflightError, build_dataset, build_example, collator, fine_tune, preflight)
 from tests.conftest import REPO, requires_dvc
 from tests.stage_project import CFG, ROWS, project, run_stage, stage
 from tests.tiny_model import build_tiny_model
@@ -125,7 +125,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    import icdstudy.training as training
+    import icdstudy.finetune.training as training
 
     real_sanity = training.sanity_callback
 
@@ -161,7 +161,7 @@ def test_qlora_path_on_cpu(tmp_path):
 
 
 def test_a_loss_that_does_not_fall_stops_the_run(tiny_model_dir, tmp_path):
-    from icdstudy.training import TrainingSanityError
+    from icdstudy.finetune.training import TrainingSanityError
 
     with pytest.raises(TrainingSanityError, match="has not fallen"):
         _tiny_run(tiny_model_dir, tmp_path, {**CFG, "learning_rate": 0.0, "sanity_steps": 3})
@@ -171,38 +171,34 @@ def test_a_loss_that_does_not_fall_stops_the_run(tiny_model_dir, tmp_path):
 @requires_dvc  # the curve comes from DVCLive
 def test_smollm2_really_learns(smollm2_dir, tmp_path):
     """A short real run on the embedded model: validation loss falls well below where it started."""
-    from icdstudy import data
+    from icdstudy.corpus import data
 
     frame = data.canonicalize(data.load_source("demo"), "dialogue", "demo")
     rows = data.split_by_code(data.clean(frame, "dialogue").rows, 0.15, 0.15, 42)
-    from icdstudy.evaluation import evaluate
-    from icdstudy.modeling import load_for_inference
-    from icdstudy.training import probe_settings
+    from icdstudy.inference.evaluation import evaluate
+    from icdstudy.models.modeling import load_for_inference
+    from icdstudy.inference.evaluation import Decoding
+    from icdstudy.inference.generation import GenerationSettings
 
-    cfg = {**CFG, "lora_r": 8, "lora_alpha": 16, "learning_rate": 2e-3, "num_epochs": 1, "batch_size": 4,
-           "eval_steps": 12, "save_steps": 12, "warmup_steps": 2, "sanity_steps": 10, "logging_steps": 2,
+    cfg = {**CFG, "lora_r": 8, "lora_alpha": 16, "learning_rate": 3e-3, "num_epochs": 1, "batch_size": 4,
+           "eval_steps": 8, "save_steps": 8, "warmup_steps": 2, "sanity_steps": 8, "logging_steps": 2,
            "select_by": "exact_match"}
     labels = sorted({r["code"] for r in rows.train})
-    settings = probe_settings({"constrained": True, "top_k": 1, "num_beams": None, "max_new_tokens": 12,
-                               "max_input_tokens": 256, "repetition_penalty": 1.0}, {**cfg, "batch_size": 8})
-    val = rows.val[:16]
-    result = fine_tune(smollm2_dir, {"key": "smollm2-135m"}, rows.train[:96], val, cfg, "dialogue", 256,
+    decoding = Decoding(tuple(labels), GenerationSettings(constrained=True, top_k=1, max_new_tokens=12,
+                                                          max_input_tokens=256, batch_size=8))
+    val = rows.val[:12]
+    result = fine_tune(smollm2_dir, {"key": "smollm2-135m"}, rows.train[:64], val, cfg, "dialogue", 256,
                        adapter_dir=tmp_path / "a", work_dir=tmp_path / "w", live_dir=tmp_path / "live",
-                       labels=labels, generation=settings)
+                       decoding=decoding)
     losses = [float(l.split("\t")[1]) for l in (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()[1:]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert result["eval_loss"] < 0.4 * losses[0], (result, losses)  # held-out loss fell too, not just memorization
     # the kept checkpoint's validation exact match is what the evaluation stages' decoding gives its adapter
-    assert result["best_val_exact_match"] > 0 and result["best_step"] in (12, 24)
-    # Where the CPU has bf16, training decodes a bf16 copy with the adapter merged, as evaluate@ loads it:
-    # the same answers on every row. Elsewhere both decode float32 weights, merged only in evaluate@.
-    from icdstudy.modeling import resolve_dtype
-
+    assert result["best_val_exact_match"] > 0 and result["best_step"] in (8, 16)
+    # training scored the kept checkpoint on the weights evaluate@ decodes, through the same Decoding: the same answers
     tokenizer, model = load_for_inference(smollm2_dir, {"key": "smollm2-135m", "dtype": "auto"}, tmp_path / "a")
-    again = evaluate(model, tokenizer, val, labels, settings, "dialogue", progress=False)
-    rows_apart = 0 if resolve_dtype("auto") == torch.bfloat16 else 1
-    assert sum(p["pred"] == p["gold"] for p in again) / len(again) == pytest.approx(result["best_val_exact_match"],
-                                                                                    abs=rows_apart / len(val) + 1e-9)
+    again = decoding.run(model, tokenizer, val, "dialogue", progress=False)
+    assert round(sum(p["pred"] == p["gold"] for p in again) / len(again), 4) == result["best_val_exact_match"]
 
 
 @pytest.mark.slow
@@ -210,7 +206,7 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
                     reason="two data-parallel processes need two GPUs where CUDA is present (gloo on CPU otherwise)")
 def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_path):
     """train.num_processes: 2 runs the stage as two gloo processes on CPU; one writes the outputs."""
-    from icdstudy.io import read_json
+    from icdstudy.core.io import read_json
 
     tmp_path = project(tmp_path / "run", tiny_model_dir, num_processes=2, num_epochs=1)
     run = stage(tmp_path, REPO / "stages" / "train.py", "lora-tiny")
@@ -234,7 +230,7 @@ def test_a_finished_seed_is_kept_and_not_retrained(tiny_model_dir, tmp_path, cap
 def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tmp_path):
     """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/adapters/lora-tiny/seeds; predict@ predicts with
     both and score reports the spread."""
-    from icdstudy.io import read_json
+    from icdstudy.core.io import read_json
 
     tmp_path = project(tmp_path / "run", tiny_model_dir, test_rows=ROWS, eval_params={"batch_size": 6, "top_k": 2},
                        seeds=[0, 7], num_epochs=1)
@@ -266,7 +262,7 @@ class Evaluations:
         self.values, self.calls = list(values), 0
 
     def __call__(self, *args, **kwargs):
-        def probe(model, autocast=False):
+        def probe(model):
             self.calls += 1
             return self.values[self.calls - 1]
 
@@ -275,14 +271,14 @@ class Evaluations:
 
 @requires_dvc  # the curve comes from DVCLive
 def test_the_checkpoint_kept_is_the_one_with_the_highest_validation_exact_match(tiny_model_dir, tmp_path, monkeypatch):
-    import icdstudy.training as training
+    import icdstudy.finetune.training as training
+    from icdstudy.inference.evaluation import Decoding
+    from icdstudy.inference.generation import GenerationSettings
 
     script = Evaluations([0.25, 0.75, 0.5])  # evaluations at steps 2, 4 and 6
     monkeypatch.setattr(training, "exact_match_probe", script)
     result = _tiny_run(tiny_model_dir, tmp_path, {**CFG, "num_epochs": 1, "batch_size": 2, "select_by": "exact_match"},
-                       labels=["E119"], generation=training.probe_settings(
-                           {"constrained": True, "top_k": 2, "num_beams": None, "max_new_tokens": 12,
-                            "max_input_tokens": 64, "repetition_penalty": 1.0}, CFG))
+                       decoding=Decoding(("E119",), GenerationSettings(top_k=2, max_input_tokens=64)))
     assert script.calls == 3 and result["steps"] == 6
     assert (result["best_step"], result["best_val_exact_match"], result["select_by"]) == (4, 0.75, "exact_match")
     import csv
@@ -300,25 +296,43 @@ def test_exact_match_selection_needs_its_label_set(tiny_model_dir, tmp_path):
         _tiny_run(tiny_model_dir, tmp_path, {**CFG, "select_by": "exact_match"})
 
 
-def test_the_probe_decodes_the_adapter_as_evaluate_loads_it(tiny_model_dir, tmp_path):
-    """On a CPU with bf16 autocast, the checkpoint probe decodes a bf16 copy with the adapter merged: the
-    same logits as evaluate@'s load_for_inference over the saved adapter, and the training weights untouched."""
-    from peft import LoraConfig, get_peft_model
+@pytest.mark.parametrize("gpu_path", [False, True], ids=["cpu-path", "gpu-path"])
+def test_the_probe_decodes_what_predict_decodes(tiny_model_dir, tmp_path, gpu_path):
+    """The checkpoint probe scores the weights predict@ loads from the saved adapter, through the same Decoding:
+    equal logits and equal predictions, and the model being trained untouched. gpu-path builds the LoRA model
+    as training does on CUDA (bf16 weights, where the CPU path keeps float32 master weights); on a GPU host
+    (tools/gpu_check.sh runs this file without DVC) both run on the GPU."""
+    import copy
 
-    from icdstudy.modeling import load_for_inference, load_model, load_tokenizer
-    from icdstudy.training import merged_bf16_copy
+    from icdstudy.finetune.training import _lora_model, exact_match_probe
+    from icdstudy.inference.evaluation import Decoding
+    from icdstudy.inference.generation import GenerationSettings
+    from icdstudy.models.modeling import inference_form, load_for_inference, load_tokenizer
 
+    entry = {"key": "tiny", "dtype": "bfloat16"}
     torch.manual_seed(0)
-    model = get_peft_model(load_model(tiny_model_dir, {"key": "tiny"}, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model, _ = _lora_model(tiny_model_dir, entry, {**CFG, "lora_r": 4, "lora_alpha": 8}, False, cuda=gpu_path)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # a trained adapter, not the zero one LoRA starts from
+                p.normal_(0, 0.05)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" not in n} == {
+        torch.bfloat16 if gpu_path else torch.float32}
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    decoder = merged_bf16_copy(model)
+    tokenizer = load_tokenizer(tiny_model_dir, entry)
     model.save_pretrained(tmp_path / "adapter")
-    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "adapter")  # the train stage saves it beside the adapter
-    _, loaded = load_for_inference(tiny_model_dir, {"key": "tiny", "dtype": "bfloat16"}, tmp_path / "adapter")
-    ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    tokenizer.save_pretrained(tmp_path / "adapter")  # the train stage saves it beside the adapter
+    _, loaded = load_for_inference(tiny_model_dir, entry, tmp_path / "adapter")
+
+    decoder = inference_form(copy.deepcopy(model), entry)
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7]], device=loaded.device)
     with torch.no_grad():
         assert torch.equal(decoder(ids).logits, loaded(ids).logits)
         assert not torch.equal(decoder(ids).logits, model.get_base_model()(ids).logits.bfloat16())  # the adapter is in
-    assert {p.dtype for p in decoder.parameters()} == {torch.bfloat16}
-    assert all(torch.equal(p, before[name]) and p.dtype == torch.float32 for name, p in model.named_parameters())
+
+    labels = sorted({r["code"] for r in ROWS})
+    decoding = Decoding(tuple(labels), GenerationSettings(batch_size=3, top_k=2, max_new_tokens=12, max_input_tokens=64))
+    exact = exact_match_probe(tokenizer, ROWS, decoding, "dialogue", entry)(model)
+    predicted = decoding.run(loaded, tokenizer, ROWS, "dialogue", progress=False)
+    assert exact == round(sum(p["pred"] == p["gold"] for p in predicted) / len(ROWS), 4)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())

@@ -10,7 +10,7 @@ def build_tiny_model(out: Path, pad_is_eos: bool = False) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from icdstudy.demo_data import build_demo_frame
+    from icdstudy.corpus.demo_data import build_demo_frame
 
     frame = build_demo_frame(rows_per_code=3)
     lines = list(frame["Dialogue"]) + list(frame["Note"]) + ["A04.7 E11.9 I10 M54.50 S83.512A T81.4XXA"] * 20

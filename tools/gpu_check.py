@@ -127,8 +127,8 @@ def plan(args) -> dict:
 
 
 def benchmarks(args) -> dict:
-    from icdstudy.architectures import PUBLIC_CONFIGS
-    from icdstudy.measure import scaled_down
+    from icdstudy.planning.architectures import PUBLIC_CONFIGS
+    from icdstudy.planning.measure import scaled_down
     from tests.family_models import random_model_folder
 
     import torch
@@ -191,7 +191,7 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, out: Path) -> None:
-    from icdstudy.io import write_json, write_text_atomic
+    from icdstudy.core.io import write_json, write_text_atomic
 
     write_json(out / "gpu_check.json", report)
     write_text_atomic(out / "gpu_check.md", markdown(report))

@@ -143,8 +143,8 @@ def main(argv=None) -> int:
 
     figures = [systems_figure(read_at("reports/systems.json", args.base), read_at("reports/systems.json", args.head), out)
                if args.test else None]
-    from icdstudy.params import yaml_load  # noqa: E402 (params as DVC reads them)
-    from icdstudy.systems import training_runs  # noqa: E402 (the runs the head's params select)
+    from icdstudy.core.params import yaml_load  # noqa: E402 (params as DVC reads them)
+    from icdstudy.core.systems import training_runs  # noqa: E402 (the runs the head's params select)
 
     models = sorted(set(training_runs(yaml_load(read_at("params.yaml", args.head) or "{}") or {})))
     for model in models:
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     if figures:
         lines += ["### Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     lines.append("Made by `tools/pr_report.py` from `dvc metrics diff`, `dvc params diff` and both revisions' plot data.")
-    from icdstudy.io import write_text_atomic  # noqa: E402 (the project's atomic write)
+    from icdstudy.core.io import write_text_atomic  # noqa: E402 (the project's atomic write)
 
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     print(f"pr_report: {out / 'report.md'} with {len(figures)} figures")

@@ -1,0 +1,71 @@
+"""Reading params.yaml as DVC reads it, validated against icdstudy.core.schema, with errors that name the key at fault.
+
+DVC parses YAML 1.2 (ruamel.yaml): `learning_rate: 1e-4` is a number there, where a YAML 1.1 loader
+(PyYAML) reads the string '1e-4' and `on`/`yes` as booleans. Every params reader of the project goes
+through ``yaml_load`` so that a stage sees the values `dvc params diff` shows, and every stage gets
+the schema's typed values (``load_params``), never a string where a number was meant.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ParamError(Exception):
+    pass
+
+
+def yaml_load(text: str):
+    """YAML 1.2, as DVC parses params.yaml and dvc.yaml (ruamel.yaml's safe loader)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def load_params(path: str | Path = "params.yaml", validate: bool = True) -> dict:
+    """The params as a dict; with ``validate`` (the default) every key is checked and every value
+    comes back with the schema's type (a float stays a float, whatever spelling YAML allows)."""
+    from ruamel.yaml import YAMLError
+
+    try:
+        params = yaml_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: not found; run from the project folder or pass --params") from None
+    except YAMLError as exc:
+        raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not validate:
+        return params
+    from icdstudy.core.schema import validate as check
+
+    try:
+        return check(params, str(path)).model_dump()
+    except ValueError as exc:
+        raise ParamError(str(exc)) from None
+
+
+def section(params: dict, name: str) -> dict:
+    if name not in params:
+        raise ParamError(f"params.yaml: section {name!r} is missing")
+    return params[name]
+
+
+def model_entry(params: dict, key: str) -> dict:
+    models = section(params, "models")
+    if key not in models:
+        raise ParamError(f"params.yaml: model {key!r} is not registered under models (registered: {', '.join(models)})")
+    return {"key": key, **models[key]}
+
+
+def train_config(params: dict, run: str | None = None) -> dict:
+    """A training recipe, typed: section ``train`` with the keys of training run ``run``'s `recipe` replaced."""
+    from icdstudy.core.schema import Train
+
+    recipe = {}
+    if run is not None:
+        runs = params.get("training") or {}
+        if run not in runs:
+            raise ParamError(f"params.yaml: training.{run}: no such run (training: {', '.join(runs) or 'none'})")
+        recipe = runs[run].get("recipe") or {}
+    try:
+        return Train.model_validate({**section(params, "train"), **recipe}).model_dump()
+    except ValueError as exc:
+        raise ParamError(f"params.yaml: training.{run}.recipe: {str(exc).splitlines()[-1]}") from None

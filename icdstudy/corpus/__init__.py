@@ -1,0 +1,1 @@
+"""The records: MedSynth loaded and cleaned, the embedded demo set, splits per code (`prepare` only)."""

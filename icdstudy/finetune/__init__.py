@@ -1,0 +1,1 @@
+"""LoRA fine-tuning: preflight checks, the training loop, the checkpoint probe, resume (`train@` only)."""

@@ -1,0 +1,1 @@
+"""Classical floors: a TF-IDF classifier, trained and scored in seconds on a CPU (`floor@` only)."""

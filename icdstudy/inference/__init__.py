@@ -1,0 +1,1 @@
+"""Prompts, prompt styles, constrained decoding and batched evaluation of a language model."""

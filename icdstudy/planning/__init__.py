@@ -1,0 +1,2 @@
+"""GPU planning and measuring (memory, fit, hours; scaled-down measurements): used by `icdstudy.study`, the GPU
+check kit and the benchmarks; no pipeline stage imports it."""

@@ -1,0 +1,1 @@
+"""What people read: the report, its figures and the data card."""
