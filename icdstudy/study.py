@@ -191,7 +191,8 @@ def _plan_predict(params: dict, s, archs: dict, stats, hw):
 
     arch, entry = archs[s.model]
     cfg = style(s.prompt).settings({**params["eval"], **s.decoding}, s.retrieved)
-    batch_key = f"{s.params_key}.decoding.batch_size" if "batch_size" in s.decoding else "eval.batch_size"
+    # the system's own batch: eval.batch_size would also change the training probe's decoding, so retrain
+    batch_key = ("" if "batch_size" in s.decoding else "+") + f"{s.params_key}.decoding.batch_size"
     seeds = _seeds(params, s.run) if s.fine_tuned else 1
     predict = plan_eval(s.stage, s.model, arch, entry, cfg, stats, hw, cfg.get("few_shot", 0), batch_key,
                         extra_tokens=style(s.prompt).listed_tokens(s.retrieved), seeds=seeds)
