@@ -123,14 +123,11 @@ def train_tokens_per_s(model_dir, entry, examples, batches, collate, cfg, lora_d
     useful = sum(int(b["attention_mask"].sum()) for b in collated)
     slots = sum(b["attention_mask"].numel() for b in collated)
 
+    from icdstudy.planning.measure import train_step
+
     def epoch():
         for batch in collated:
-            batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-                loss = model(**batch).loss
-            loss.backward()
-            optim.step()
-            optim.zero_grad(set_to_none=True)
+            train_step(model, {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}, optim, device, bf16)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -175,7 +175,6 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
 
     frame = data.canonicalize(data.load_source("demo"), "dialogue", "demo")
     rows = data.split_by_code(data.clean(frame, "dialogue").rows, 0.15, 0.15, 42)
-    from icdstudy.inference.evaluation import evaluate
     from icdstudy.models.modeling import load_for_inference
     from icdstudy.inference.evaluation import Decoding
     from icdstudy.inference.generation import GenerationSettings

@@ -174,6 +174,18 @@ def build_model(arch: Architecture, dtype, device: str, tcfg: dict | None, weigh
 
 
 # --- probes --------------------------------------------------------------------------------
+def train_step(model, batch: dict, optimizer, device: str, bf16: bool = True):
+    """One optimizer step as the Trainer takes it (bf16 autocast where ``bf16``); the loss."""
+    import torch
+
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def train_probe(arch: Architecture, tcfg: dict, batch: int, seq: int, steps: int, device: str, weights_dir=None) -> dict:
     """A few AdamW steps at (batch, seq): peak memory, saved activations and tokens/s."""
     import torch
@@ -191,11 +203,7 @@ def train_probe(arch: Architecture, tcfg: dict, batch: int, seq: int, steps: int
     times = []
     for _ in range(max(2, steps)):
         t0 = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16):
-            loss = model(**data).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, data, opt, device)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

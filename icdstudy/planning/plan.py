@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 
 from icdstudy.core import systems
 from icdstudy.planning.architectures import Architecture
-from icdstudy.neighbours.shortlist import shortlist_tokens
 
 # Bytes autograd keeps per token per decoder layer (bf16 weights, bf16 autocast, LoRA on all 7
 # projections), from saved-tensor accounting on CPU: see the module docstring.
