@@ -1,13 +1,14 @@
 # Two entry points for a fresh machine (Python 3.11, no GPU, no model hub):
-#   make demo   set up .venv, then run the whole demo study (dvc repro)
-#   make test   set up .venv, then run the tests
+#   make demo        set up .venv, then run the whole demo study (dvc repro)
+#   make test        set up .venv, then run the tests
+#   make check-demo  after make demo: did your run reproduce the committed numbers? (tools/check_demo.py)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 # Stage commands call `python`: put the venv first on PATH.
 RUN := PATH="$(BIN):$$PATH" DVC_NO_ANALYTICS=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup demo test test-fast
+.PHONY: setup demo check-demo test test-fast
 
 setup: $(VENV)/.installed
 
@@ -31,6 +32,9 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 
 demo: setup
 	$(RUN) $(BIN)/dvc repro
+
+check-demo: setup
+	$(RUN) $(BIN)/python tools/check_demo.py
 
 # Two pytest workers (pytest-xdist), one core and one torch thread each: two torch processes with a thread per
 # core each busy-wait on one another (docs/team-workflow.md: Sweeps). Each test file runs on one worker, in file order, so its

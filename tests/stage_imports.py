@@ -36,8 +36,9 @@ def _imports(path: Path) -> set[str]:
                 continue
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}  # from icdstudy.core import systems: a module
-    # icdstudy/__init__.py is a docstring only (tests/test_registry.py checks), so no stage lists it
-    return {p for p in map(_module_path, found) if p and p != "icdstudy/__init__.py"}
+    # a module's parent packages run on import: icdstudy/__init__.py (it pins the CPU kernels) and each sub-package's
+    found |= {".".join(name.split(".")[:i]) for name in list(found) for i in range(1, name.count(".") + 1)}
+    return {p for p in map(_module_path, found) if p}
 
 
 def closure(script: str | Path) -> set[str]:

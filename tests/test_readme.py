@@ -3,23 +3,26 @@
 - README.md has at most 400 lines;
 - every relative link in README.md and docs/*.md points at a file or folder in the repository (and, for a
   link into a Markdown file with an anchor, at one of its headings);
-- every number in the README's demo results table equals the cell of reports/report.md for the same system
-  and the same column header, so a rerun of the demo that changes the report fails here until the README's
-  table is refreshed.
+- every number in the README's demo results table equals the cell of the committed reports/report.md (git's
+  index: the version last committed or staged) for the same system and the same column header. A newcomer's
+  own `make demo` rewrites reports/report.md in the working tree and changes nothing here: `make check-demo`
+  compares their run with ours and says what differs.
 
-Plain text parsing only: no project import, no model, no DVC.
+Plain text parsing only (icdstudy.reporting.markdown_tables): no model, no DVC.
 """
 from __future__ import annotations
 
 import re
+import subprocess
 import unicodedata
 from pathlib import Path
 
 import pytest
 
+from icdstudy.reporting.markdown_tables import cells_by_system, norm_header, numbers, plain, split_row, system_id, tables
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-REPORT = ROOT / "reports" / "report.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 MAX_README_LINES = 400
 # The README's demo table is the first table after this marker (an HTML comment, invisible on the web).
@@ -44,73 +47,6 @@ def _without_code(text: str) -> str:
             continue
         out.append(re.sub(r"(`+)(?:(?!\1).)+?\1", "", line))
     return "\n".join(out)
-
-
-def _split_row(line: str) -> list[str]:
-    """The cells of one Markdown table row (a `|` inside a code span does not split)."""
-    line = line.strip()
-    if line.startswith("|"):
-        line = line[1:]
-    if line.endswith("|") and not line.endswith("\\|"):
-        line = line[:-1]
-    cells, cell, in_code = [], "", False
-    for ch in line:
-        if ch == "`":
-            in_code = not in_code
-        if ch == "|" and not in_code and not cell.endswith("\\"):
-            cells.append(cell.strip())
-            cell = ""
-        else:
-            cell += ch
-    cells.append(cell.strip())
-    return cells
-
-
-def _is_separator(line: str) -> bool:
-    cells = _split_row(line)
-    return bool(cells) and all(re.fullmatch(r":?-{3,}:?", c) for c in cells)
-
-
-def _tables(lines: list[str]) -> list[tuple[int, list[str], list[list[str]]]]:
-    """Every pipe table in `lines` as (line index of its header, header cells, rows of cells)."""
-    tables, i, fence = [], 0, False
-    while i < len(lines):
-        stripped = lines[i].lstrip()
-        if stripped.startswith("```") or stripped.startswith("~~~"):
-            fence = not fence
-        if (not fence and stripped.startswith("|") and i + 1 < len(lines)
-                and _is_separator(lines[i + 1])):
-            header = _split_row(lines[i])
-            rows, j = [], i + 2
-            while j < len(lines) and lines[j].lstrip().startswith("|"):
-                rows.append(_split_row(lines[j]))
-                j += 1
-            tables.append((i, header, rows))
-            i = j
-            continue
-        i += 1
-    return tables
-
-
-def _norm_header(cell: str) -> str:
-    return re.sub(r"\s+", " ", cell.replace("*", "").replace("`", "")).strip().lower()
-
-
-def _system_id(cell: str) -> str:
-    """A table's system cell: its first code span (`lora-smollm2-135m`: what it is), else the whole cell."""
-    code = re.search(r"`([^`]+)`", cell)
-    return (code.group(1) if code else cell.replace("*", "")).strip()
-
-
-_NUMBER = re.compile(r"(?:(?<![\d.])[-+\u2212])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-+]?\d+)?", re.I)
-
-
-def _numbers(cell: str) -> list[float]:
-    return [float(m.replace(",", "").replace("\u2212", "-")) for m in _NUMBER.findall(cell)]
-
-
-def _text(cell: str) -> str:
-    return re.sub(r"\s+", " ", cell.replace("*", "").replace("`", "")).strip().lower()
 
 
 # --- (a) length ------------------------------------------------------------------------------------------
@@ -204,34 +140,45 @@ def _readme_demo_table() -> tuple[list[str], list[list[str]]]:
     lines = README.read_text(encoding="utf-8").splitlines()
     marks = [i for i, line in enumerate(lines) if line.strip().startswith(DEMO_TABLE_MARKER)]
     assert marks, f"README.md has no {DEMO_TABLE_MARKER} ... --> marker before its demo results table"
-    after = [t for t in _tables(lines) if t[0] > marks[0]]
+    after = [t for t in tables(lines) if t[0] > marks[0]]
     assert after, "README.md: no table after the demo-results marker"
     _, header, rows = after[0]
-    assert _norm_header(header[0]) == "system", f"README demo table: first column is {header[0]!r}, not system"
+    assert norm_header(header[0]) == "system", f"README demo table: first column is {header[0]!r}, not system"
     return header, rows
 
 
+def committed_report(root: Path = ROOT) -> str:
+    """reports/report.md as committed (or staged): git's index version; the file itself outside a git checkout."""
+    try:
+        return subprocess.run(["git", "show", ":reports/report.md"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return (root / "reports" / "report.md").read_text(encoding="utf-8")
+
+
 def _report_cells() -> tuple[list[str], dict[tuple[str, str], str]]:
-    """The report's systems in its first (main) table, and every (system, column header) cell of every table
-    keyed by system; where two tables share a header, the first table's cell is kept."""
-    lines = REPORT.read_text(encoding="utf-8").splitlines()
-    tables = [t for t in _tables(lines) if t[1] and _norm_header(t[1][0]) == "system"]
-    assert tables, "reports/report.md has no table keyed by system"
-    main_systems = [_system_id(r[0]) for r in tables[0][2]]
-    cells: dict[tuple[str, str], str] = {}
-    for _, header, rows in tables:
-        names = [_norm_header(h) for h in header]
-        for row in rows:
-            system = _system_id(row[0])
-            for name, cell in zip(names[1:], row[1:]):
-                cells.setdefault((system, name), cell)
+    main_systems, cells = cells_by_system(committed_report())
+    assert main_systems, "reports/report.md has no table keyed by system"
     return main_systems, cells
+
+
+def test_a_newcomers_rerun_changes_no_readme_check(tmp_path):
+    """The README is held to the committed report: a rewritten reports/report.md in the working tree (a newcomer's
+    own `make demo`, on another CPU) is not what it is compared with."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "report.md").write_text("| system | exact % |\n|---|---:|\n| `a` | 50.0 |\n")
+    git("add", "reports/report.md")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ours")
+    (tmp_path / "reports" / "report.md").write_text("| system | exact % |\n|---|---:|\n| `a` | 47.6 |\n")
+    assert cells_by_system(committed_report(tmp_path))[1][("a", "exact %")] == "50.0"
 
 
 def test_demo_table_has_the_reports_systems():
     _, rows = _readme_demo_table()
     main_systems, _ = _report_cells()
-    readme_systems = [_system_id(r[0]) for r in rows]
+    readme_systems = [system_id(r[0]) for r in rows]
     assert len(readme_systems) == len(set(readme_systems)), f"a system twice in README's table: {readme_systems}"
     assert set(readme_systems) == set(main_systems), (
         f"README demo table systems {sorted(readme_systems)} differ from reports/report.md's "
@@ -241,7 +188,7 @@ def test_demo_table_has_the_reports_systems():
 def test_demo_table_numbers_equal_the_report():
     header, rows = _readme_demo_table()
     _, cells = _report_cells()
-    columns = [_norm_header(h) for h in header]
+    columns = [norm_header(h) for h in header]
     report_headers = {name for (_, name) in cells}
     unknown = [h for h in columns[1:] if h not in report_headers]
     assert not unknown, f"README demo table columns not in reports/report.md: {unknown}"
@@ -249,12 +196,12 @@ def test_demo_table_numbers_equal_the_report():
     compared, wrong = 0, []
     for row in rows:
         assert len(row) == len(columns), f"README demo table row has {len(row)} cells, header {len(columns)}: {row}"
-        system = _system_id(row[0])
+        system = system_id(row[0])
         for name, cell in zip(columns[1:], row[1:]):
             key = (system, name)
             assert key in cells, f"reports/report.md has no {name!r} for {system}"
-            ours, theirs = _numbers(cell), _numbers(cells[key])
-            if ours != theirs or (not ours and _text(cell) != _text(cells[key])):
+            ours, theirs = numbers(cell), numbers(cells[key])
+            if ours != theirs or (not ours and plain(cell) != plain(cells[key])):
                 wrong.append(f"{system} / {name}: README {cell!r}, report {cells[key]!r}")
             compared += len(ours) or 1
     assert not wrong, "README demo table differs from reports/report.md:\n  " + "\n  ".join(wrong)
@@ -264,11 +211,11 @@ def test_demo_table_numbers_equal_the_report():
 # --- the parsers themselves: a changed number must fail --------------------------------------------------
 
 def test_number_parsing_sees_a_changed_digit():
-    assert _numbers("23.3 (11.6–37.2)") == [23.3, 11.6, 37.2]
-    assert _numbers("$0.015") == [0.015]
-    assert _numbers("1,390") == [1390.0]
-    assert _numbers("-16.3 to +0.0") == [-16.3, 0.0]
-    assert _numbers("none") == []
-    assert _numbers("23.3 (11.6–37.2)") != _numbers("23.3 (11.6–37.3)")
-    assert _system_id("**`lora-shortlist-smollm2-135m`**: LoRA on shortlists (5 codes)") == "lora-shortlist-smollm2-135m"
-    assert _split_row("| `a|b` | 1 |") == ["`a|b`", "1"]
+    assert numbers("23.3 (11.6–37.2)") == [23.3, 11.6, 37.2]
+    assert numbers("$0.015") == [0.015]
+    assert numbers("1,390") == [1390.0]
+    assert numbers("-16.3 to +0.0") == [-16.3, 0.0]
+    assert numbers("none") == []
+    assert numbers("23.3 (11.6–37.2)") != numbers("23.3 (11.6–37.3)")
+    assert system_id("**`lora-shortlist-smollm2-135m`**: LoRA on shortlists (5 codes)") == "lora-shortlist-smollm2-135m"
+    assert split_row("| `a|b` | 1 |") == ["`a|b`", "1"]

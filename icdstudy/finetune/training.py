@@ -456,9 +456,21 @@ def _save_adapter(model, tokenizer, adapter_dir: Path) -> None:
     adapter_tmp.rename(adapter_dir)
 
 
+def loss_spike(log_history: list[dict], warmup_steps: int) -> float | None:
+    """The largest ratio of a logged training loss after warmup to the lowest logged before it: above 2, the run
+    diverged for a while (the demo's recipe is held below it on every CPU kind). None with too few points."""
+    logged = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    ratios = [loss / min(x for _, x in logged[:i]) for i, (step, loss) in enumerate(logged)
+              if i and step > warmup_steps and min(x for _, x in logged[:i]) > 0]
+    return round(max(ratios), 3) if ratios else None
+
+
 def _run_metrics(trainer, output, kept: dict, cfg: dict, start: dict, train_ds, trainable: int, quantized,
                  t0: float) -> dict:
     """The run's metrics from the Trainer's state and ``output`` (what trainer.train returned)."""
+    import torch
+
+    from icdstudy import cpu_kernels
     from icdstudy.core.metrics import peak_memory_mb
 
     state = trainer.state
@@ -481,6 +493,8 @@ def _run_metrics(trainer, output, kept: dict, cfg: dict, start: dict, train_ds, 
         "peak_mem_mb": peak_memory_mb(),
         "quantized_4bit": bool(quantized),
         "num_processes": trainer.args.world_size,
+        "loss_spike": loss_spike(state.log_history, cfg["warmup_steps"]),
+        "cpu_kernels": None if torch.cuda.is_available() else cpu_kernels.describe(),
         "seed": cfg["seed"],
         "wall_s": round(time.time() - t0, 1),
     }

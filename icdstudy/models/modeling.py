@@ -15,8 +15,13 @@ def cuda_available() -> bool:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX). There bf16 runs about
-    twice as fast as float32 (docs/benchmarks.md); elsewhere it is emulated and slower."""
+    """Whether this process multiplies bf16 in hardware (AVX512-BF16 or AMX, with the kernels not pinned to AVX2).
+    There bf16 runs about twice as fast as float32 (docs/benchmarks.md); elsewhere it is emulated and slower. With
+    the kernels pinned (icdstudy.cpu_kernels, the default) no CPU has it: every CPU computes alike, in float32."""
+    import os
+
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" or os.environ.get("ATEN_CPU_CAPABILITY") == "avx2":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -25,7 +30,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(name: str):
-    """'auto' is bf16 on CUDA (where supported) and on CPUs with native bf16, float32 elsewhere."""
+    """'auto' is bf16 on CUDA (where supported) and on CPUs with native bf16 and unpinned kernels, float32 elsewhere."""
     import torch
 
     if name in (None, "auto"):
