@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    "threshold certified for it on the calibration rows, else review (default: the highest deploy.target_precision)")
     p.add_argument("--metrics", default="metrics/val", help="where stage score wrote each system's validation metrics "
                    "(thresholds)")
-    p.add_argument("--top-k", type=int, default=5, help="candidates to return (default 5)")
+    p.add_argument("--top-k", type=int, default=None, help="candidates to return (default: the system's own top-k, "
+                   "params eval.top_k or its `decoding`; a wider one is not what its thresholds were certified on)")
     p.add_argument("--labels", default="train", help="candidate codes: train (the training label set, default), "
                    "all (every billable ICD-10-CM code; slower), or a labels.json / text file of codes")
     p.add_argument("--min-confidence", type=float, default=0.0, help="abstain when the top score is below this")
@@ -185,6 +186,33 @@ def routing(system: systems.System, metrics_dir: Path, target: float) -> dict:
             "source": str(path), **({"reason": m[f"threshold_at_{k}_reason"]} if m.get(f"threshold_at_{k}_reason") else {})}
 
 
+def uncertified_because(system: systems.System, params: dict, adapter: Path | None, labels, data_dir: Path,
+                        top_k: int, input_kind: str) -> str | None:
+    """Why a system's stored thresholds do not hold for this decoding (None where they do). A threshold was certified
+    on the confidences of the system's own predict@ stage: its adapter, the training label set, its top-k beams and
+    the study's input field. Another adapter, label set, a wider top-k or another input makes other confidences."""
+    if system.id not in systems.by_id(params):
+        return f"{system.id} is no system of params.yaml, so nothing was certified for it"
+    own = Path(system.adapter) if system.adapter else None
+    if (adapter and adapter.resolve()) != (own and own.resolve()):
+        return (f"the adapter {adapter or 'none (the base model)'} is not {system.id}'s own "
+                f"({own or 'none: the base model'})")
+    certified = data_dir / "labels.json"
+    if not certified.exists() or set(labels) != set(json.loads(certified.read_text())):
+        return f"these {len(labels):,} candidate codes are not the {certified} label set the thresholds were certified on"
+    own_top_k = max(systems_top_k(system, params), 2)
+    if top_k > own_top_k:
+        return f"--top-k {top_k} searches more beams than {system.id}'s {own_top_k}, which rank other confidences"
+    if input_kind != params["data"]["input"]:
+        return f"--input-kind {input_kind} is not the study's data.input ({params['data']['input']})"
+    return None
+
+
+def systems_top_k(system: systems.System, params: dict) -> int:
+    """The top-k a system's predict@ stage decodes with: params eval's, then its own `decoding`."""
+    return {**params["eval"], **system.decoding}["top_k"]
+
+
 def route(raw: dict, rule: dict, first: str | None) -> str | None:
     """code or review for one prediction (evaluation's raw result), by ``rule`` (from ``routing``); None without
     a rule. Where validation reached no threshold, every encounter goes to review."""
@@ -254,6 +282,8 @@ def _print_human(result: dict) -> None:
 def _route_line(decision: str | None, rule: dict) -> str:
     if decision is None:
         return f"Route: none ({rule.get('reason')})"
+    if rule.get("uncertified"):
+        return f"Route: REVIEW (every encounter): {rule['reason']}"
     if rule["threshold"] is None:
         return (f"Route: REVIEW: {rule['system']} has no threshold certified for {100 * rule['target']:g}% precision "
                 f"({rule.get('reason')})")
@@ -288,7 +318,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     args = _parser().parse_args(argv)
     try:
-        if args.top_k < 1:
+        if args.top_k is not None and args.top_k < 1:
             raise PredictError("--top-k must be at least 1")
         rows = _read_rows(args)
 
@@ -299,6 +329,7 @@ def main(argv=None) -> int:
         except ParamError as exc:
             raise PredictError(str(exc)) from None
         base, entry, adapter, system = _resolve_model(args, params)
+        args.top_k = args.top_k or systems_top_k(system, params)
         labels = _label_set(args.labels, Path(args.data))
         input_kind = args.input_kind or params.get("data", {}).get("input", "dialogue")
         max_tokens = params.get("eval", {}).get("max_input_tokens")
@@ -319,6 +350,9 @@ def main(argv=None) -> int:
     texts = [t for _, t in good]
     target = args.target or max((params.get("deploy") or {}).get("target_precision") or [0.95])
     rule = routing(system, Path(args.metrics), target)
+    why = uncertified_because(system, params, adapter, labels, Path(args.data), args.top_k, input_kind)
+    if why and rule.get("threshold") is not None:  # every encounter goes to a coder, and the output says why
+        rule = {**rule, "threshold": None, "uncertified": why, "reason": f"uncertified routing: {why}"}
     try:
         why = "--shortlist" if args.shortlist else f"{system.id} (its prompt lists codes)"
         listed = _shortlists(texts, params, Path(args.data), system.retrieved, why) if style(system.prompt).lists_codes else None

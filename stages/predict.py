@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from icdstudy import cpu_kernels
 from icdstudy.core import systems
 from icdstudy.core.io import read_json, read_jsonl, write_json, write_jsonl
 from icdstudy.core.params import ParamError, load_params, model_entry, section
@@ -94,7 +95,7 @@ def predict(system: systems.System, name: str, adapter, split_names, inputs: dic
                                                "or eval.max_input_tokens")) from None
     out["record"] = {"params_total": count_parameters(model), "peak_mem_mb": metrics.peak_memory_mb(),
                      "load_s": round(load_s, 2), "wall_s": round(time.time() - t_start, 2),
-                     "device": "cuda" if torch.cuda.is_available() else "cpu"}
+                     "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_kernels": cpu_kernels.describe()}
     return out
 
 

@@ -3,7 +3,8 @@
 Reads each system's predictions (predictions/{val,calibration}/<system>.jsonl, predictions/<system>.jsonl,
 the other training seeds' in predictions/seeds/<system>/) and its run record
 (predictions/runs/<system>.json), checks them against data/processed/{val,calibration,test}.jsonl, and
-writes metrics/val/<system>.json and metrics/eval/<system>.json with the same keys (icdstudy.analysis.scoring):
+writes metrics/val/<system>.json and metrics/eval/<system>.json with the same keys (icdstudy.analysis.scoring),
+and reports/validation.json (every system's validation exact match, the bar chart a sweep compares):
 quality, speed, memory, and the deployment view (params `deploy`: the confidence signal chosen on
 validation, each target precision's threshold certified on the calibration rows with its counts, the
 coverage and precision reached at it, dollars per 1,000 encounters with and without the review of the
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
     for s, by_split in scored.values():  # metrics/val and metrics/eval; calibration rows only certify thresholds
         for split, m in by_split.items():
             write_json(root / s.metrics(split), m)
+    write_json(root / "reports/validation.json", [  # the validation bar chart sweeps compare (`dvc plots diff`)
+        {"system": sid, **{k: m["val"][k] for k in ("exact_match", "category_match", "chapter_match")}}
+        for sid, (_, m) in scored.items()])
     width = max(len(i) for i in scored)
     for sid, (s, m) in scored.items():  # validation only: the test split is read by the report
         v = m["val"]

@@ -109,6 +109,35 @@ def test_split_properties():
     assert len(ids) == len(set(ids))
 
 
+def _with_copies(rows: list[dict], field: str) -> list[dict]:
+    """``rows`` (canonical columns) plus a second copy of every tenth one with a ``field`` text: the same text up to
+    case and spacing, under a new id."""
+    extra = [{**r, "id": r["id"] + "-copy", field: "  " + r[field].upper() + " "}
+             for r in rows[::10] if isinstance(r[field], str) and r[field].strip()]
+    return rows + extra
+
+
+@pytest.mark.parametrize("source", ["demo", "sample"])
+def test_calibration_is_disjoint_from_train_validation_and_test_by_id_and_by_text(source, request):
+    """The rows that certify thresholds are seen by no other split: no id and no text (up to case and whitespace,
+    icdstudy.core.copies) in two parts, also where the source holds copies (prepare keeps one of each)."""
+    import pandas as pd
+
+    from icdstudy.core.copies import copy_key
+
+    field = "dialogue" if source == "demo" else "note"  # the sample's dialogues are mostly empty
+    path = "demo" if source == "demo" else str(request.getfixturevalue("sample_x3_csv"))
+    records = _with_copies(data.canonicalize(data.load_source(path), field, source).to_dict("records"), field)
+    cleaned = data.clean(pd.DataFrame(records), field)
+    assert cleaned.dropped.get("duplicate_input", 0) >= len(records) // 12  # the copies were counted and dropped
+    parts = data.split_by_code(cleaned.rows, 0.15, 0.15, seed=42, calibration=0.15)
+    named = {"train": parts.train, "val": parts.val, "calibration": parts.calibration, "test": parts.test}
+    assert len(parts.calibration) >= 0.1 * len(cleaned.rows)
+    for other in ("train", "val", "test"):
+        assert not {r["id"] for r in parts.calibration} & {r["id"] for r in named[other]}, other
+        assert not {copy_key(r["input"]) for r in parts.calibration} & {copy_key(r["input"]) for r in named[other]}, other
+
+
 def test_rare_codes_go_to_train_only():
     rows = [{"id": f"{c}{i}", "code": c, "input": f"{c} {i}"} for c, k in (("E119", 5), ("I10", 2)) for i in range(k)]
     s = data.split_by_code(rows, 0.2, 0.2, seed=1, min_rows_per_code=3)

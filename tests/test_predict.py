@@ -117,25 +117,58 @@ def _thresholds(tmp_path, system: str, **keys) -> str:
     return str(tmp_path / "val")
 
 
-def test_each_encounter_is_routed_by_the_threshold_chosen_on_validation(setup, capsys, tmp_path):
-    system = "lora-" + setup["model"].rstrip("/").split("/")[-1]
-    assert _run(setup, "--adapter", setup["adapter"], "--json", "--text", TEXT, "--target", "0.9",
-                "--metrics", _thresholds(tmp_path, system)) == 0
-    first = json.loads(capsys.readouterr().out)
+@pytest.fixture
+def table_project(setup, tiny_model_dir, tmp_path, monkeypatch):
+    """A project whose table holds lora-tiny (eval.top_k 3) with the trained adapter as its own, run from its root."""
+    import shutil
+
+    from tests.stage_project import project
+
+    root = project(tmp_path / "project", tiny_model_dir)
+    shutil.copytree(setup["adapter"], root / "models/adapters/lora-tiny")
+    monkeypatch.chdir(root)
+    return root
+
+
+def _route(capsys, root, *args, **thresholds) -> dict:
+    assert main(["--system", "lora-tiny", "--json", "--text", TEXT, "--target", "0.9",
+                 "--metrics", _thresholds(root, "lora-tiny", **thresholds), *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_each_encounter_is_routed_by_the_threshold_certified_for_its_system(table_project, capsys):
+    first = _route(capsys, table_project)
     rule = first["routing"]
-    assert (rule["system"], rule["target"], rule["threshold"], rule["validation_precision"]) == (system, 0.9, 0.5, 0.91)
-    assert rule["source"].endswith(f"val/{system}.json") and rule["signal"] == "top1"
+    assert (rule["system"], rule["target"], rule["threshold"], rule["validation_precision"]) == ("lora-tiny", 0.9, 0.5, 0.91)
+    assert rule["source"].endswith("val/lora-tiny.json") and rule["signal"] == "top1" and "uncertified" not in rule
     assert first["route"] == ("code" if first["top_score"] >= 0.5 else "review")
     # the same encounter against a threshold just above and just below its confidence
     for threshold, route in ((first["top_score"] + 1e-6, "review"), (first["top_score"], "code")):
-        assert _run(setup, "--adapter", setup["adapter"], "--json", "--text", TEXT, "--target", "0.9", "--metrics",
-                    _thresholds(tmp_path, system, threshold_at_p90=threshold)) == 0
-        assert json.loads(capsys.readouterr().out)["route"] == route
-    # validation reached no threshold: every encounter goes to a coder, and the output says why
-    assert _run(setup, "--adapter", setup["adapter"], "--text", TEXT, "--target", "0.9", "--metrics",
-                _thresholds(tmp_path, system, threshold_at_p90=None,
-                            threshold_at_p90_reason="validation precision never reaches 90%")) == 0
+        assert _route(capsys, table_project, threshold_at_p90=threshold)["route"] == route
+    assert _route(capsys, table_project, "--top-k", "2", threshold_at_p90=first["top_score"])["route"] == "code"
+    # calibration certified no threshold: every encounter goes to a coder, and the output says why
+    assert main(["--system", "lora-tiny", "--text", TEXT, "--target", "0.9", "--metrics", _thresholds(
+        table_project, "lora-tiny", threshold_at_p90=None, threshold_at_p90_reason="no threshold certifies 90%")]) == 0
     assert "Route: REVIEW" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, why", [
+    (["--adapter", "ADAPTER"], "is not lora-tiny's own"),
+    (["--no-adapter"], "is not lora-tiny's own"),
+    (["--labels", "LABELS"], "label set the thresholds were certified on"),
+    (["--top-k", "5"], "searches more beams than lora-tiny's 3"),
+    (["--input-kind", "note"], "is not the study's data.input"),
+])
+def test_a_threshold_applies_only_to_the_decoding_it_was_certified_on(table_project, setup, capsys, change, why):
+    """Another adapter, label set, wider top-k or input field ranks other confidences: the certified threshold (here
+    one every encounter reaches) does not route them, every encounter goes to review with the reason."""
+    import shutil
+
+    shutil.copytree(setup["adapter"], table_project / "other-adapter")
+    args = [{"ADAPTER": "other-adapter", "LABELS": setup["labels"]}.get(a, a) for a in change]
+    out = _route(capsys, table_project, *args, threshold_at_p90=0.0)
+    assert out["route"] == "review" and why in out["routing"]["uncertified"]
+    assert out["routing"]["reason"].startswith("uncertified routing: ")
 
 
 def test_without_scores_there_is_no_route_and_the_output_says_what_to_run(setup, capsys, tmp_path):

@@ -22,11 +22,12 @@ def _rows(split: str, n: int = 60, codes=CODES) -> list[dict]:
 
 
 def write_system(root, system: str, val: float, test: float, seed: int = 0, latency: float = 0.5, mem: float = 1000.0,
-                 params: float = 1e8, codes=CODES, seeds=None, device: str = "cpu"):
-    """Predictions of ``system`` on both splits, right at the given rates; a right answer is surer than a wrong one
-    (confidence 0.9 against 0.5), so the deployment view has thresholds to find."""
+                 params: float = 1e8, codes=CODES, seeds=None, device: str = "cpu", calibration: float | None = None):
+    """Predictions of ``system`` on the three splits, right at the given rates (calibration's: validation's unless
+    given); a right answer is surer than a wrong one (confidence 0.9 against 0.5), so the deployment view has
+    thresholds to find."""
     s = system_for(system)
-    for split, rate in (("val", val), ("calibration", val), ("test", test)):
+    for split, rate in (("val", val), ("calibration", val if calibration is None else calibration), ("test", test)):
         rng = random.Random(f"{system}-{split}-{seed}")
         out = []
         for r in _rows(split, codes=codes):
@@ -106,21 +107,27 @@ def test_the_answer_leads_with_coverage_of_the_systems_chosen_on_validation(tmp_
     write_train(tmp_path, "lora-b")
     text = report(tmp_path, params)
     lines = [l for l in answer_of(text).splitlines() if l.startswith("- ")]
-    assert lines[0].startswith("- **At 95% precision, certified with δ = 0.1 on 60 calibration rows: `lora-a` "
+    assert lines[0].startswith("- **At 95% precision** (certified with δ = 0.1 on 60 calibration rows): `lora-a` "
                                "(fine-tuned a) codes ")
-    assert "`zeroshot-big` (zero-shot big), the best large system, is not certified" in lines[0]
+    assert lines[1].startswith("- **At 90% precision**")
+    cert = json.loads((tmp_path / "metrics/eval/zeroshot-big.json").read_text())["certified_at_p95"]
+    assert (f"`zeroshot-big` (zero-shot big), the best large system, is not certified (its first test accepts "
+            f"{cert['accepted']} calibration rows with {cert['errors']} errors" in lines[0])
+    assert "`tfidf-logreg` (the TF-IDF baseline), the best floor," in lines[0]
     m = json.loads((tmp_path / "metrics/eval/lora-a.json").read_text())
     lo, hi = m["precision_ci_at_p95"]
     assert (f"codes {100 * m['coverage_at_p95']:.1f}% of test encounters without review (95% CI " in lines[0]
             and f"at {100 * m['precision_at_p95']:.1f}% precision on test (95% CI {100 * lo:.1f}–{100 * hi:.1f})" in lines[0])
-    assert lines[1].startswith("- `lora-a` against `zeroshot-big`: exact match ") and "Holm-adjusted" in lines[1]
-    assert "Coverage:" not in lines[1]  # one of the two is not certified: coverage is not compared
-    assert "With a coder reviewing every encounter" in lines[2] and "CPU time" in lines[2]
-    assert any(l.startswith("- **Fine-tuning a** (`lora-a` vs `zeroshot-a`)") for l in lines)
+    assert lines[2].startswith("- Against the best large prompted system: `lora-a` against `zeroshot-big`, exact match ")
+    assert "at its Holm step" in lines[2] and "Holm-adjusted" in lines[2]
+    assert "Coverage:" not in lines[2]  # one of the two is not certified at 95%: coverage is not compared
+    assert lines[3].startswith("- Against the best floor: `lora-a` against `tfidf-logreg`")
+    assert "With a coder reviewing every encounter" in lines[4] and "CPU time" in lines[4]
+    assert any(l.startswith("- **Fine-tuning a**: `lora-a` against `zeroshot-a`") for l in lines)
     assert "b (`lora-b` vs" not in answer_of(text)  # no adds line without the base system
     tally = next(l for l in lines if "primary tests are significant" in l)
-    assert tally.startswith("- ") and "within the primary family" in tally
-    assert len(lines) <= 8  # read in a minute: every other pairing is in the table
+    assert tally.startswith("- 3 of 3 ") and "within the primary family" in tally
+    assert len(lines) <= 10  # read in a minute: every other pairing is in the table
     assert "## Paired comparisons" in text and "| exploratory | lora-b | fewshot-big |" in text
 
 
@@ -137,15 +144,40 @@ def test_every_paired_test_is_corrected_by_holm_and_significant_means_adjusted(t
     table = text.split("## Paired comparisons")[1].split("\n\n")[1].splitlines()[2:]
     cells = [[c.strip() for c in row.strip("|").split("|")] for row in table]
     assert {c[0] for c in cells} == {"primary", "exploratory"}
-    for family in ("primary", "exploratory"):  # Holm within each family, never across
-        rows = [c for c in cells if c[0] == family]
-        raw = [float(c[6]) for c in rows] + [float(c[10]) for c in rows if c[10]]
-        adjusted = [float(c[7].strip("*")) for c in rows] + [float(c[11].strip("*")) for c in rows if c[11]]
+    # Holm within each family, never across: the primary family is the primary pairs' exact-match tests; every
+    # coverage test is exploratory (it exists only where calibration certified both systems)
+    families = {"primary": ([float(c[6]) for c in cells if c[0] == "primary"],
+                            [float(c[7].strip("*")) for c in cells if c[0] == "primary"]),
+                "exploratory": ([float(c[6]) for c in cells if c[0] == "exploratory"] + [float(c[10]) for c in cells if c[10]],
+                                [float(c[7].strip("*")) for c in cells if c[0] == "exploratory"]
+                                + [float(c[11].strip("*")) for c in cells if c[11]])}
+    for raw, adjusted in families.values():
         assert adjusted == pytest.approx([float(f"{p:.2g}") for p in holm(raw)], rel=0.1)
         assert all(a >= r for a, r in zip(adjusted, raw))
     for c in cells:  # bold where, and only where, the adjusted p is below 0.05
         assert c[4].startswith("**") == (float(c[7].strip("*")) < 0.05)
     assert "Holm p is adjusted within each family" in text
+
+
+def test_the_primary_family_is_fixed_before_any_calibration_draw():
+    """Coverage tests exist only where calibration certified both systems: they join the exploratory family, so the
+    primary family (and every adjusted p and CI in it) is the declared pairs' exact-match tests, whatever certifies."""
+    from icdstudy.analysis.comparisons import adjust, paired
+
+    def pair(with_coverage):
+        c = paired([True] * 30 + [False] * 10, [True] * 20 + [False] * 20)
+        c["coverage"] = paired([True] * 25 + [False] * 15, [False] * 40) if with_coverage else None
+        return c
+
+    for certified in (True, False):
+        comparisons = {("a", "b"): pair(certified), ("a", "c"): pair(False)}
+        adjust(comparisons, {("a", "b")})
+        assert comparisons[("a", "b")]["family"] == "primary"
+        assert comparisons[("a", "b")]["p_holm"] == pytest.approx(comparisons[("a", "b")]["mcnemar"]["p_value"])  # alone
+        assert comparisons[("a", "b")]["ci_level"] == pytest.approx(0.95)
+        if certified:  # exploratory: ("a", "c")'s exact test and ("a", "b")'s coverage test, two tests, Holm over both
+            cov = comparisons[("a", "b")]["coverage"]
+            assert {cov["ci_level"], comparisons[("a", "c")]["ci_level"]} == {1 - 0.05 / 2, 0.95}
 
 
 def test_holm_on_a_hand_built_family():
@@ -294,3 +326,49 @@ def test_the_report_stage_imports_no_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(params)], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_shuffled_calibration_gold_changes_no_choice_and_no_sentence_but_the_certified_numbers(tmp_path):
+    """The calibration rows certify the thresholds of systems already chosen and nothing else: in a copy whose
+    calibration gold codes are shuffled, score and report rerun and the Answer leads with the same systems, says the
+    same of every comparison, and differs only where it reports what was certified."""
+    import re
+    import shutil
+
+    from icdstudy.core.io import read_jsonl
+
+    (tmp_path / "a").mkdir()
+    study(tmp_path / "a", zeroshot=["big", "a"], finetune=["a", "b"])
+    # lora-a leads on validation, lora-b on calibration: a choice that read calibration rows would flip to lora-b
+    # here and back to lora-a once shuffled gold codes certify nothing
+    for s, val, test, cal in (("lora-a", 0.92, 0.7, 0.5), ("lora-b", 0.85, 0.95, 1.0), ("zeroshot-big", 0.5, 0.3, None),
+                              ("fewshot-big", 0.3, 0.6, None), ("zeroshot-a", 0.1, 0.1, None),
+                              ("fewshot-a", 0.2, 0.2, None)):
+        write_system(tmp_path / "a", s, val, test, calibration=cal)
+    floors(tmp_path / "a")
+    for run in ("lora-a", "lora-b"):
+        write_train(tmp_path / "a", run)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    rows = read_jsonl(tmp_path / "b/data/processed/calibration.jsonl")
+    codes = [r["code"] for r in rows]
+    random.Random(1).shuffle(codes)
+    gold = {r["id"]: c for r, c in zip(rows, codes)}
+    write_jsonl(tmp_path / "b/data/processed/calibration.jsonl", [{**r, "code": gold[r["id"]]} for r in rows])
+    for f in (tmp_path / "b/predictions/calibration").glob("*.jsonl"):
+        write_jsonl(f, [{**p, "gold": gold[p["id"]]} for p in read_jsonl(f)])
+
+    texts = {x: report(tmp_path / x, tmp_path / x / "params.yaml") for x in ("a", "b")}
+    assert texts["a"] != texts["b"]  # the certificates did change
+    chosen = {x: re.search(r"the systems that lead the answer \(([^)]*)\)", t).group(1) for x, t in texts.items()}
+    assert chosen["a"] == chosen["b"] == "fine-tuned `lora-a`, large prompted `zeroshot-big`, floor `tfidf-logreg`"
+
+    def sentences(text):
+        """The Answer without what calibration certified: the lines of coverage at each target and of the cost
+        with review, and each comparison's coverage test."""
+        lines = [l for l in answer_of(text).splitlines() if l.startswith("- ")]
+        named = [re.findall(r"`([^`]+)`", l) for l in lines if l.startswith(("- **At ", "- **With a coder"))]
+        kept = [l.split(" Coverage (exploratory family):")[0] for l in lines
+                if not l.startswith(("- **At ", "- **With a coder"))]
+        return named, kept
+
+    assert sentences(texts["a"]) == sentences(texts["b"])

@@ -2,6 +2,7 @@
 target precision, thresholds certified on calibration only, risk-coverage area, cost with review), and the checks that keep
 predictions of other data out."""
 import json
+import math
 import random
 
 import pytest
@@ -166,7 +167,8 @@ def test_validation_and_test_get_the_same_keys_and_their_own_split():
         cert = out["test"][f"certified_at_{k}"]
         assert cert["delta"] == 0.1 and cert["calibration_rows"] == 40
     assert out["test"]["usd_per_1k_with_review"] > out["test"]["usd_per_1k"] > 0
-    assert set(out["val"]) == set(out["test"])
+    fitted = {f"val_fitted_{x}_at_{k}" for x in ("threshold", "coverage") for k in ("p90", "p95")}
+    assert set(out["val"]) == set(out["test"]) | fitted  # validation adds what choices rank by (fitted on its rows)
     assert (out["val"]["split"], out["test"]["split"]) == ("val", "test")
     assert out["val"]["split_fingerprint"] != out["test"]["split_fingerprint"]
     assert out["val"]["exact_match"] == metrics.quality(preds["val"])["exact_match"]
@@ -268,31 +270,79 @@ def test_prices_and_targets_rerun_no_predicting_stage():
     assert readers == ["report", "score"]
 
 
-def test_certification_agrees_with_mapie_where_its_rounding_does_not_arise():
-    """MAPIE's BinaryClassificationController (precision, fixed_sequence) runs the same Learn-then-Test; its p-value
-    is the binomial tail of ceil(accepted * error rate) errors, which float rounding can lift by one error. Where
-    that does not happen (error counts 0), both keep the same threshold."""
+def _mapie_rounds(accepted: int, errors: int) -> bool:
+    """Whether MAPIE's error count, ceil(n x (1 - precision)) in floating point, is not the true count."""
+    return math.ceil(accepted * (1 - (accepted - errors) / accepted)) != errors
+
+
+def test_certification_agrees_with_mapie_in_both_directions_where_its_rounding_does_not_arise():
+    """MAPIE's BinaryClassificationController (precision, fixed_sequence) runs the same Learn-then-Test over the same
+    fixed sequence; its p-value is never below the exact binomial tail (it counts ceil(n x error rate) errors, which
+    float rounding can lift by one). So up to the first threshold where that rounding arises both must stop at the
+    same test, keeping the same threshold (an anti-conservative certify would stop later, a timid one earlier);
+    after it MAPIE may stop earlier, never later. MAPIE walks the sequence in the direction its empirical risk
+    mostly rises; draws where it would walk from the lowest threshold up (another procedure) are left out."""
     import warnings
 
     import numpy as np
     from mapie.risk_control import BinaryClassificationController
+    from mapie.risk_control.methods import _check_risk_monotonicity
 
-    rng = random.Random(5)
-    same = 0
-    for trial in range(5):
-        conf = np.array([round(rng.random(), 3) for _ in range(300)])
-        right = np.array([rng.random() < 0.99 if c > 0.5 else rng.random() < 0.3 for c in conf])
-        ours = deploy.certify(conf, right, 0.95, 0.1)
-        need = deploy.error_free_rows_needed(0.95, 0.1)
-        grid = np.unique(np.sort(conf)[::-1][need - 1:])[::-1]
-        mapie = BinaryClassificationController(lambda x: np.column_stack([1 - x, x]), risk="precision", target_level=0.95,
-                                               confidence_level=0.9, list_predict_params=grid, fwer_method="fixed_sequence")
+    rng = np.random.default_rng(11)
+    decided = with_errors = failures = 0
+    for trial in range(300):
+        n, target = int(rng.integers(40, 400)), float(rng.choice([0.8, 0.9, 0.95]))
+        conf = np.round(rng.random(n), 2)  # ties included
+        right = rng.random(n) < np.clip(rng.uniform(0.4, 0.8) + rng.uniform(0.2, 0.6) * conf, 0, 1)
+        ours = deploy.certify(conf, right, target, 0.1)
+        need = deploy.error_free_rows_needed(target, 0.1)
+        grid = np.unique(np.sort(conf)[::-1][need - 1:])[::-1]  # certify's fixed sequence, highest first
+        counts = [(int((conf >= t).sum()), int(((conf >= t) & ~right).sum())) for t in grid]
+        risk = np.array([1 - (a - e) / a for a, e in counts])
+        if grid.size < 2:  # MAPIE needs a sequence
+            continue
+        direction = _check_risk_monotonicity(risk)
+        if direction == "decreasing" or (direction == "none" and np.mean(np.diff(risk)) <= 0):
+            continue
+        mapie = BinaryClassificationController(lambda x: np.column_stack([1 - x, x]), risk="precision",
+                                               target_level=target, confidence_level=0.9, list_predict_params=grid,
+                                               fwer_method="fixed_sequence")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mapie.calibrate(conf, right.astype(int))
-        if mapie.best_predict_param is not None and ours["errors"] == 0:
-            assert ours["threshold"] == mapie.best_predict_param
-            same += 1
-        if mapie.best_predict_param is not None:  # MAPIE is never less conservative: what it certifies, we certify
-            assert ours["threshold"] is not None and ours["threshold"] <= mapie.best_predict_param
-    assert same >= 1  # the comparison ran
+        stop_of = lambda t: 0 if t is None else int(np.flatnonzero(grid == t)[0]) + 1  # noqa: E731  tests passed
+        ours_stop, mapie_stop = stop_of(ours["threshold"]), stop_of(mapie.best_predict_param)
+        rounding = next((i for i, (a, e) in enumerate(counts) if _mapie_rounds(a, e)), len(grid))
+        # the same decision at every test before the first rounding, in both directions; MAPIE never stops later
+        assert min(ours_stop, rounding) <= mapie_stop <= ours_stop, (trial, ours_stop, mapie_stop, rounding)
+        same = min(ours_stop + 1, rounding, len(grid))  # tests both decided alike (the failed one included)
+        decided += same
+        with_errors += sum(e > 0 for _, e in counts[:same])
+        failures += ours_stop < min(rounding, len(grid))
+    assert decided >= 3000 and with_errors >= 200 and failures >= 80, (decided, with_errors, failures)
+
+
+def test_the_next_lower_threshold_fails_whenever_the_sequence_stopped():
+    from scipy.stats import binom
+
+    rng = random.Random(8)
+    stopped = 0
+    for _ in range(200):
+        conf = [round(rng.random(), 2) for _ in range(rng.randint(30, 300))]
+        right = [rng.random() < 0.5 + 0.5 * c for c in conf]
+        got = deploy.certify(conf, right, 0.9, 0.1)
+        lower = sorted({c for c in conf if (got["threshold"] is None or c < got["threshold"])
+                        and sum(x >= c for x in conf) >= got["error_free_rows_needed"]}, reverse=True)
+        if got["stopped_at"] is None:  # every threshold held: there is no lower one to test
+            assert not lower
+            continue
+        stopped += 1
+        nxt = got["stopped_at"]
+        assert nxt["threshold"] == lower[0]  # the test right after the kept threshold (or the first one, on a refusal)
+        k = [c >= nxt["threshold"] for c in conf]
+        errors = sum(a and not r for a, r in zip(k, right))
+        assert (nxt["accepted"], nxt["errors"]) == (sum(k), errors)
+        assert nxt["p_value"] == pytest.approx(binom.cdf(errors, sum(k), 0.1)) and nxt["p_value"] > 0.1
+        if got["threshold"] is None:  # a refusal stores the failed test's counts, never nulls
+            assert (got["accepted"], got["errors"], got["p_value"]) == (nxt["accepted"], nxt["errors"], nxt["p_value"])
+    assert stopped >= 100

@@ -1,6 +1,6 @@
 import pytest
 
-from icdstudy.analysis.stats import mcnemar_exact, paired_bootstrap_diff
+from icdstudy.analysis.stats import bootstrap_ci, holm_levels, mcnemar_exact, paired_bootstrap_diff
 
 
 def test_mcnemar_against_a_hand_computed_table():
@@ -30,6 +30,15 @@ def test_paired_bootstrap_diff_matches_the_point_estimate_and_is_seeded():
     assert r["diff"] == pytest.approx(0.5)
     lo, hi = r["ci95"]
     assert lo < 0.5 < hi and lo > 0.25 and hi < 0.75
-    assert paired_bootstrap_diff(a, b, seed=3) == r
+    again = paired_bootstrap_diff(a, b, seed=3)
+    assert again["ci95"] == r["ci95"] and (again["draws"] == r["draws"]).all()
+    wider = bootstrap_ci(r["draws"], 0.05 / 3)  # the same draws read at a Holm step's level: a wider interval
+    assert wider[0] <= lo and wider[1] >= hi
     same = paired_bootstrap_diff(a, a)
     assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0]  # identical predictions: no uncertainty
+
+
+def test_holm_levels_follow_the_step_each_test_is_judged_at():
+    # p-values sorted 0.005 < 0.01 < 0.03 < 0.04: judged at 0.05/4, 0.05/3, 0.05/2, 0.05/1
+    assert holm_levels([0.01, 0.04, 0.03, 0.005]) == pytest.approx([1 - 0.05 / 3, 0.95, 1 - 0.05 / 2, 1 - 0.05 / 4])
+    assert holm_levels([0.2]) == pytest.approx([0.95])

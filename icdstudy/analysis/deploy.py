@@ -7,9 +7,10 @@ Learn-then-Test with fixed-sequence testing from the highest threshold down: wit
 1 - delta, the encounters coded without review (confidence >= threshold) are at least that precise, for
 encounters exchangeable with the calibration rows. Its p-value at each threshold is the exact binomial
 tail P(X <= errors), X ~ Bin(accepted, 1 - target). MAPIE's BinaryClassificationController (risk
-`precision`, fixed_sequence) implements the same procedure, but its p-value rounds accepted x (errors /
-accepted) up through floating point (ceil(70 * (2 / 70)) = 3 errors: p 0.068 instead of 0.024), which
-stops the sequence early and reports p-values the counts do not give; tests/test_scoring.py holds this
+`precision`, fixed_sequence) implements the same procedure, but its p-value counts ceil(accepted x error rate)
+errors, with the error rate computed as 1 - precision in floating point: 70 x (1 - 68/70) = 2.000000000000001
+errors become 3, and at 90% precision its p-value is 0.068 instead of the exact 0.024, which can stop the
+sequence early and reports p-values the counts do not give; tests/test_scoring.py holds this
 implementation to MAPIE's decisions wherever that rounding does not arise. Where nothing certifies, the threshold is None and every encounter goes to review. The
 test split is then scored at that threshold: the share coded without review (coverage), the precision
 reached, and what coding 1,000 encounters costs with the review of the rest. Test labels never move a
@@ -92,37 +93,54 @@ def error_free_rows_needed(target: float, delta: float) -> int:
     return math.ceil(math.log(delta) / math.log(target))
 
 
+CERTIFICATE = ("delta", "calibration_rows", "accepted", "errors", "p_value", "error_free_rows_needed", "stopped_at")
+
+
 def certify(conf, correct, target: float, delta: float) -> dict:
     """The lowest threshold certified at ``target`` precision on these (calibration) rows by Learn-then-Test with
     fixed-sequence testing: thresholds are tested from the highest down, each by the exact binomial p-value
     P(X <= errors), X ~ Bin(accepted, 1 - target), and the sequence stops at the first that fails; the last one
     that held is kept (the most coverage with the guarantee). Only thresholds accepting at least
     ``error_free_rows_needed`` rows are tested (fewer can never certify), which depends on the confidences alone,
-    never on the labels. Returns the counts that let anyone check it: {threshold, delta, calibration_rows,
-    accepted, errors, p_value, error_free_rows_needed} (threshold None, with `reason`, where nothing certifies)."""
+    never on the labels.
+
+    Returns the counts that let anyone check it: threshold, delta, calibration_rows, error_free_rows_needed;
+    accepted, errors and p_value of the certified threshold, or, where nothing certifies (threshold None, with a
+    `reason`), of the test that failed: the first one tested, or, with too few rows to test any, of coding every
+    row that has a confidence; and ``stopped_at``, the test that ended the sequence (threshold, accepted, errors,
+    p_value; None where every threshold held)."""
     from scipy.stats import binom
 
     conf, correct = np.asarray(conf, float), np.asarray(correct, bool)
     need = error_free_rows_needed(target, delta)
-    out = {"threshold": None, "delta": delta, "calibration_rows": int(conf.size), "accepted": None, "errors": None,
-           "p_value": None, "error_free_rows_needed": need}
     order = np.argsort(-conf, kind="stable")
     ranked, wrong = conf[order], np.cumsum(~correct[order])
     finite = int(np.isfinite(ranked).sum())
+    out = {"threshold": None, "delta": delta, "calibration_rows": int(conf.size), "error_free_rows_needed": need}
     if finite < need:
-        return {**out, "reason": f"{finite} calibration rows with a confidence: {100 * target:g}% precision needs at "
-                                 f"least {need} accepted rows, all right, to certify at delta {delta:g}"}
-    for threshold in np.unique(ranked[need - 1:finite])[::-1]:
-        accepted = int(np.searchsorted(-ranked, -threshold, side="right"))  # rows with confidence >= threshold
-        errors = int(wrong[accepted - 1])
-        p_value = float(binom.cdf(errors, accepted, 1 - target))
-        if p_value > delta:
-            break
-        out.update(threshold=float(threshold), accepted=accepted, errors=errors, p_value=p_value)
-    if out["threshold"] is None:
-        return {**out, "reason": f"no threshold certifies {100 * target:g}% precision at delta {delta:g} on "
-                                 f"{conf.size} calibration rows; the highest tested accepts {need}"}
-    return out
+        errors = int(wrong[finite - 1]) if finite else 0
+        return {**out, "accepted": finite, "errors": errors, "p_value": float(binom.cdf(errors, finite, 1 - target)) if finite else 1.0,
+                "stopped_at": None,
+                "reason": f"{finite} calibration rows with a confidence: {100 * target:g}% precision needs at least "
+                          f"{need} accepted rows, all right, to certify at delta {delta:g}"}
+    tested = np.unique(ranked[need - 1:finite])[::-1]                       # the fixed sequence, highest first
+    accepted = np.searchsorted(-ranked, -tested, side="right")             # rows with confidence >= threshold
+    errors = wrong[accepted - 1]
+    p_values = binom.cdf(errors, accepted, 1 - target)
+    failed = np.flatnonzero(p_values > delta)
+    stop = int(failed[0]) if failed.size else len(tested)
+
+    def test(i: int) -> dict:
+        return {"threshold": float(tested[i]), "accepted": int(accepted[i]), "errors": int(errors[i]),
+                "p_value": float(p_values[i])}
+
+    stopped = test(stop) if stop < len(tested) else None
+    if stop == 0:
+        return {**out, **{k: v for k, v in stopped.items() if k != "threshold"}, "stopped_at": stopped,
+                "reason": f"no threshold certifies {100 * target:g}% precision at delta {delta:g} on {conf.size} "
+                          f"calibration rows: the first tested accepts {stopped['accepted']} with {stopped['errors']} "
+                          f"errors (p = {stopped['p_value']:.3g})"}
+    return {**out, **test(stop - 1), "stopped_at": stopped}
 
 
 def wilson(k: int, n: int) -> list[float] | None:
@@ -160,11 +178,14 @@ def usd_per_1k(samples_per_s: float | None, usd_per_hour: float) -> float | None
 
 def with_review(inference_usd_per_1k: float | None, coverage: float | None, review_usd_per_chart: float) -> dict:
     """What coding 1,000 encounters costs when every one not coded automatically is reviewed by a coder, and the
-    saving against reviewing all 1,000."""
+    saving against reviewing all 1,000. Both keep the inference cost to 3 significant figures, however small
+    beside the review: a floor's $0.0000227 stays in its total (2010.0000227) and in its saving (-0.0000227)."""
     if inference_usd_per_1k is None:
         return {"usd_per_1k_with_review": None, "review_saving_usd_per_1k": None}
     total = inference_usd_per_1k + (1 - (coverage or 0.0)) * 1000 * review_usd_per_chart
-    return {"usd_per_1k_with_review": round(total, 4), "review_saving_usd_per_1k": round(1000 * review_usd_per_chart - total, 4)}
+    digits = max(4, 2 - math.floor(math.log10(inference_usd_per_1k))) if inference_usd_per_1k > 0 else 4
+    return {"usd_per_1k_with_review": round(total, digits),
+            "review_saving_usd_per_1k": round(1000 * review_usd_per_chart - total, digits)}
 
 
 def price(device: str, cfg: dict) -> float:
@@ -172,12 +193,19 @@ def price(device: str, cfg: dict) -> float:
 
 
 def thresholds(val: list[dict], calibration: list[dict], first: dict[str, str | None], targets, delta: float) -> dict:
-    """The signal chosen on validation (its AURC per signal), and one certified threshold per target on the
-    calibration rows (``first``: every row's retriever first code, both splits)."""
+    """The signal chosen on validation (its AURC per signal), one certified threshold per target on the
+    calibration rows (``first``: every row's retriever first code, both splits), and, per target, the
+    threshold the same procedure fits on the validation rows with the share of them it codes: what choices
+    rank systems by (icdstudy.analysis.selection), so no choice reads a calibration row."""
     signal, areas = choose_signal(val, first)
     conf, correct = confidences(calibration, signal, first), correctness(calibration)
+    val_conf, val_correct = confidences(val, signal, first), correctness(val)
+    fitted = {}
+    for t in targets:
+        threshold = certify(val_conf, val_correct, t, delta)["threshold"]
+        fitted[t] = {"threshold": threshold, "coverage": at_threshold(val_conf, val_correct, threshold)["coverage"] or 0.0}
     return {"signal": signal, "signal_aurc_val": areas, "delta": delta,
-            "certified": {t: certify(conf, correct, t, delta) for t in targets}}
+            "certified": {t: certify(conf, correct, t, delta) for t in targets}, "fitted_on_val": fitted}
 
 
 def view(predictions: list[dict], first: dict[str, str | None], chosen: dict, samples_per_s: float | None,
@@ -191,8 +219,7 @@ def view(predictions: list[dict], first: dict[str, str | None], chosen: dict, sa
         k, threshold = key(target), cert["threshold"]
         at = at_threshold(conf, correct, threshold)
         out[f"threshold_at_{k}"] = threshold  # exact: score, the report and predict apply this very value
-        out[f"certified_at_{k}"] = {name: cert[name] for name in ("delta", "calibration_rows", "accepted", "errors",
-                                                                    "p_value", "error_free_rows_needed")}
+        out[f"certified_at_{k}"] = {name: cert[name] for name in CERTIFICATE}
         coverage = at["coverage"] or 0.0  # nothing certified: every encounter is reviewed
         out[f"coverage_at_{k}"], out[f"coverage_at_{k}_ci95"] = at["coverage"], at["coverage_ci95"]
         out[f"precision_at_{k}"], out[f"precision_at_{k}_ci95"] = at["precision"], at["precision_ci95"]

@@ -13,8 +13,8 @@ from icdstudy.core import metrics
 from icdstudy.neighbours.shortlist import LISTED, shortlist_metrics
 
 # What the predicting stage measured or set, copied beside the scores (predictions/runs/<system>.json).
-RECORD_KEYS = ("system", "model", "prompt", "retrieved", "run", "method", "params_total", "peak_mem_mb", "load_s", "wall_s", "device", "constrained",
-               "top_k", "few_shot", "few_shot_strategy", "neighbours")
+RECORD_KEYS = ("system", "model", "prompt", "retrieved", "run", "method", "params_total", "peak_mem_mb", "load_s", "wall_s",
+               "device", "cpu_kernels", "constrained", "top_k", "few_shot", "few_shot_strategy", "neighbours")
 
 
 class ScoreError(ValueError):
@@ -64,6 +64,10 @@ def score_system(predictions: dict[str, list[dict]], rows: dict[str, list[dict]]
                              deploy_cfg))
         m["signal_aurc_val"] = chosen["signal_aurc_val"]
         m["calibration_fingerprint"] = calibration_fingerprint
+    for target, fit in chosen["fitted_on_val"].items():  # what choices rank by: validation rows alone
+        k = deploy.key(target)
+        out["val"][f"val_fitted_threshold_at_{k}"] = fit["threshold"]
+        out["val"][f"val_fitted_coverage_at_{k}"] = fit["coverage"]
     if seed_runs:
         by_seed = {record["seeds"][0]: out["test"]}
         for (name, rows_), seed in zip(seed_runs.items(), record["seeds"][1:]):

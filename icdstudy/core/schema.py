@@ -211,9 +211,11 @@ class Systems(_Section):
 
 
 class Comparisons(_Section):
-    primary: list[Literal["headline", "adds"]] = Field(
-        description="the report's primary family: headline (best fine-tuned vs best large, chosen on validation), "
-                    "adds (each system vs the one it changes by one thing)")
+    primary: list[Literal["headline", "floor", "adds"]] = Field(
+        min_length=1,
+        description="the report's primary family, at least one of: headline (best fine-tuned vs best large prompted), "
+                    "floor (best fine-tuned vs best floor), both chosen on validation; adds (each system vs the one it "
+                    "changes by one thing)")
 
 
 class Params(_Section):
