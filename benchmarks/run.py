@@ -8,7 +8,7 @@ times after a warm-up, medians compared:
 
   train_padding_speedup  useful (non-pad) training tokens/s. Ours: the pipeline's collator
                          (dynamic left padding, logits only at answer positions), length-grouped
-                         batches, train.lora_dropout. Naive (the seed notebooks): every example
+                         batches, recipe.lora_dropout. Naive (the seed notebooks): every example
                          padded to 512 tokens, logits at every position, LoRA dropout 0.1.
                          Same model, precision, LoRA rank, batch size, examples (capped to fit 512).
   eval_batching_speedup  test samples/s. Ours: run_generation with the params' eval settings
@@ -94,7 +94,7 @@ def load_rows(source: str, input_kind: str, n: int) -> list[dict]:
 def capped_examples(tokenizer, rows, input_kind: str, max_length: int) -> list[dict]:
     """Training examples cut (input head and tail, as the pipeline cuts) to fit ``max_length`` tokens,
     so both collations train on exactly the same tokens."""
-    from icdstudy.finetune.training import build_example
+    from icdstudy.finetune.examples import build_example
 
     overhead = len(build_example(tokenizer, {"input": "", "code": "Z00.00"}, input_kind, None)["input_ids"]) + 8
     examples = [build_example(tokenizer, r, input_kind, max_length - overhead) for r in rows]
@@ -107,7 +107,7 @@ def train_tokens_per_s(model_dir, entry, examples, batches, collate, cfg, lora_d
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from icdstudy.core.metrics import peak_memory_mb
+    from icdstudy.core.machine import peak_memory_mb
     from icdstudy.models.modeling import load_model, resolve_dtype
 
     cuda = torch.cuda.is_available()
@@ -152,7 +152,7 @@ def bench_train(args, entry, tokenizer, rows, cfg) -> dict:
     from transformers import DataCollatorForSeq2Seq
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from icdstudy.finetune.training import IGNORE, collator
+    from icdstudy.finetune.examples import IGNORE, collator
 
     examples = capped_examples(tokenizer, rows, args.input, NOTEBOOK_MAX_LENGTH)
     bs = cfg["batch_size"]
@@ -251,7 +251,7 @@ def code_trie(shapes: dict, vocab: int):
     answers; a random trie of the same size where that tokenizer is not installed."""
     import random
 
-    from icdstudy.core import icd10
+    from icdstudy import icd10
     from icdstudy.inference.generation import build_trie
     from icdstudy.planning.measure import random_label_trie
 
@@ -427,7 +427,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from icdstudy.core.metrics import peak_memory_mb
+    from icdstudy.core.machine import peak_memory_mb
     from icdstudy.models.modeling import load_for_inference, load_tokenizer
     from icdstudy.core.params import model_entry
 
@@ -436,7 +436,7 @@ def main(argv=None) -> int:
         details["constrained_full"] = bench_constrained_full(args)
     params = load_params(args.params)
     entry = model_entry(params, args.model_key)
-    train_cfg, eval_cfg = dict(section(params, "train")), dict(section(params, "eval"))
+    train_cfg, eval_cfg = dict(section(params, "recipe")), dict(section(params, "decoding"))
     if args.quick:
         args.samples, args.train_examples, args.repeats = 4, 4, 1
         eval_cfg.update(max_input_tokens=64, batch_size=2, top_k=2, max_new_tokens=4)

@@ -3,7 +3,7 @@
     python -m icdstudy.predict --text "<dialogue or note>"          one encounter (or --file F, or stdin)
     python -m icdstudy.predict --input batch.csv --output out.jsonl  a batch (column `input`, `dialogue` or `note`)
 
-Uses the prompts, model loading, decoding settings (params `eval`) and constrained ranking of the
+Uses the prompts, model loading, decoding settings (params `decoding`) and constrained ranking of the
 predict@ stages. Scores are probabilities under the model restricted to the candidate codes (they sum
 to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
 certified on the calibration rows for the target precision (--target, default the highest of
@@ -12,17 +12,25 @@ output says which threshold, from which system and with what validation precisio
 --min-confidence p, a result whose top score is below p is marked abstained.
 Suggestions support, and do not replace, a qualified medical coder.
 """
+# pandas is imported where used: only a batch file (--input) needs it.
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
-from icdstudy.core import systems
-from icdstudy.core.params import ParamError
+from icdstudy import icd10, systems
+from icdstudy.analysis import thresholds
+from icdstudy.core.io import read_json, read_jsonl, write_text_atomic
+from icdstudy.core.params import ParamError, load_params, model_entry
+from icdstudy.inference import prompts
+from icdstudy.inference.generation import GenerationSettings, run_generation
 from icdstudy.inference.prompt_styles import style
-from icdstudy.neighbours.shortlist import LISTED
+from icdstudy.models.modeling import ModelError, load_for_inference
+from icdstudy.neighbours.shortlist import SHORTLIST, with_shortlists
 
 DISCLAIMER = "Suggestions support, and do not replace, a qualified medical coder."
 DEFAULT_MODEL = "smollm2-135m"
@@ -53,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="metrics/val", help="where stage score wrote each system's validation metrics "
                    "(thresholds)")
     p.add_argument("--top-k", type=int, default=None, help="candidates to return (default: the system's own top-k, "
-                   "params eval.top_k or its `decoding`; a wider one is not what its thresholds were certified on)")
+                   "params decoding.top_k or its `decoding`; a wider one is not what its thresholds were certified on)")
     p.add_argument("--labels", default="train", help="candidate codes: train (the training label set, default), "
                    "all (every billable ICD-10-CM code; slower), or a labels.json / text file of codes")
     p.add_argument("--min-confidence", type=float, default=0.0, help="abstain when the top score is below this")
@@ -66,7 +74,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _label_set(spec: str, data_dir: Path) -> dict[str, str | None]:
     """code -> description for the candidate set."""
-    from icdstudy.core import icd10
 
     if spec == "train":
         path = data_dir / "labels.json"
@@ -105,7 +112,6 @@ def _read_batch(path: Path) -> list[tuple[int, str | None]]:
 def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems.System]:
     """The base model, its registry entry, the adapter (or None) and the system they make (of the table, or
     named as the demo names its systems)."""
-    from icdstudy.core.params import model_entry
 
     key = args.model or (systems.get(params, args.system).model if args.system in systems.by_id(params) else DEFAULT_MODEL)
     if Path(key).is_dir():
@@ -136,10 +142,10 @@ def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.Sy
             raise PredictError(f"--system {chosen.id}: {chosen.adapter} not found; run `dvc repro {chosen.train_stage}`")
     else:
         options = [s for s in systems.selected(params) if s.model == model and not s.floor
-                   and not style(s.prompt).shows_examples and (style(s.prompt).lists_codes or not args.shortlist)]
+                   and not style(s.prompt).shows_examples and (style(s.prompt).shows_shortlist or not args.shortlist)]
         # a fine-tuned system whatever its prompt (--shortlist: one that lists codes); untrained, the prompt asked for
         tuned = [s for s in options if s.fine_tuned and (s.adapter / "adapter_config.json").exists()]
-        untrained = [s for s in options if not s.fine_tuned and style(s.prompt).lists_codes == args.shortlist]
+        untrained = [s for s in options if not s.fine_tuned and style(s.prompt).shows_shortlist == args.shortlist]
         chosen = next(iter((tuned if not args.no_adapter else []) + untrained), None)
     if chosen is None or (args.adapter and not args.system and not chosen.fine_tuned):
         chosen = _ad_hoc(model, bool(args.adapter) and not args.no_adapter, args.shortlist)
@@ -151,12 +157,10 @@ def _ad_hoc(model: str, tuned: bool, listed: bool) -> systems.System:
     """A model or adapter outside the table, named as the demo names its systems (its thresholds, if stage
     score wrote any under that name, route it)."""
     name = ("lora-" + ("shortlist-" if listed else "") if tuned else ("shortlist-" if listed else "zeroshot-")) + model
-    return systems.System(name, model=model, prompt="candidates" if listed else "plain", retrieved=5 if listed else 0)
+    return systems.System(name, model=model, prompt="shortlist" if listed else "plain", retrieved=5 if listed else 0)
 
 
 def _result(res: dict, labels: dict, min_conf: float) -> dict:
-    from icdstudy.core import icd10
-
     candidates = [{"code": icd10.dotted(c["code"]),
                    "description": icd10.coder_description(c["code"], labels.get(c["code"])),
                    "score": c["score"],
@@ -169,11 +173,9 @@ def routing(system: systems.System, metrics_dir: Path, target: float) -> dict:
     """The threshold a system codes without review at ``target`` precision, as stage score chose it on
     validation: {signal, threshold, target, system, validation_precision, source} (threshold None with a
     reason where there is none)."""
-    from icdstudy.analysis import deploy
-    from icdstudy.core.io import read_json
 
     path = metrics_dir / f"{system.id}.json"
-    k = deploy.key(target)
+    k = thresholds.key(target)
     if not path.exists():
         return {"system": system.id, "target": target, "threshold": None,
                 "reason": f"{path} not found: run `dvc repro score` for the thresholds certified on the calibration rows"}
@@ -210,19 +212,18 @@ def uncertified_because(system: systems.System, params: dict, adapter: Path | No
 
 def systems_top_k(system: systems.System, params: dict) -> int:
     """The top-k a system's predict@ stage decodes with: params eval's, then its own `decoding`."""
-    return {**params["eval"], **system.decoding}["top_k"]
+    return {**params["decoding"], **system.decoding}["top_k"]
 
 
 def route(raw: dict, rule: dict, first: str | None) -> str | None:
     """code or review for one prediction (evaluation's raw result), by ``rule`` (from ``routing``); None without
     a rule. Where validation reached no threshold, every encounter goes to review."""
-    from icdstudy.analysis import deploy
 
     if "signal" not in rule:
         return None
     if rule["threshold"] is None:
         return "review"
-    return "code" if deploy.coded([{"id": "x", **raw}], {"x": first}, rule["signal"], rule["threshold"])[0] else "review"
+    return "code" if thresholds.coded([{"id": "x", **raw}], {"x": first}, rule["signal"], rule["threshold"])[0] else "review"
 
 
 def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_kind: str,
@@ -230,13 +231,9 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
             shortlists: list[list[dict]] | None = None, ecfg: dict | None = None, rule: dict | None = None,
             first: list[str | None] | None = None) -> list[dict]:
     """``shortlists``: each text's candidate shortlist for the prompt (shortlist systems), or None; ``ecfg``:
-    params `eval` (the predict@ stages' decoding); ``rule``: the routing threshold (``routing``), with
+    params `decoding` (the predict@ stages' decoding); ``rule``: the routing threshold (``routing``), with
     ``first``, each text's TF-IDF retriever's first code (its retriever-agreement signal)."""
-    from dataclasses import replace
 
-    from icdstudy.core import icd10
-    from icdstudy.inference import prompts
-    from icdstudy.inference.generation import GenerationSettings, run_generation
 
     known = frozenset(labels)
     shortlists = shortlists or [None] * len(texts)
@@ -252,7 +249,7 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
         r = _result(out[i], labels, min_confidence)
         r["candidates"] = r["candidates"][:top_k]
         if shortlists[i]:
-            r[LISTED] = [icd10.dotted(c["code"]) for c in shortlists[i]]
+            r[SHORTLIST] = [icd10.dotted(c["code"]) for c in shortlists[i]]
         if rule:
             r["route"] = route(out[i], rule, (first or [None] * len(texts))[i])
         results.append(r)
@@ -261,14 +258,12 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
 
 def _shortlists(texts: list[str], params: dict, data_dir: Path, n: int, flag: str = "--shortlist") -> list[list[dict]]:
     """Each text's ``n`` retrieved codes, from the retriever over the training split."""
-    from icdstudy.core.io import read_jsonl
-    from icdstudy.neighbours.shortlist import LISTED, with_shortlists
 
     train = data_dir / "train.jsonl"
     if not train.exists():
         raise PredictError(f"{flag}: {train} not found: run `dvc repro prepare` (the retriever searches it)")
     rows = [{"id": f"input-{i}", "input": t} for i, t in enumerate(texts)]
-    return [r[LISTED] for r in with_shortlists(read_jsonl(train), rows, n, params["retrieval"])]
+    return [r[SHORTLIST] for r in with_shortlists(read_jsonl(train), rows, n, params["retrieval"])]
 
 
 def _print_human(result: dict) -> None:
@@ -313,8 +308,6 @@ def _read_rows(args) -> list[tuple[int, str | None]]:
 
 
 def main(argv=None) -> int:
-    import warnings
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     args = _parser().parse_args(argv)
     try:
@@ -322,7 +315,6 @@ def main(argv=None) -> int:
             raise PredictError("--top-k must be at least 1")
         rows = _read_rows(args)
 
-        from icdstudy.core.params import ParamError, load_params
 
         try:
             params = load_params(args.params)
@@ -332,9 +324,8 @@ def main(argv=None) -> int:
         args.top_k = args.top_k or systems_top_k(system, params)
         labels = _label_set(args.labels, Path(args.data))
         input_kind = args.input_kind or params.get("data", {}).get("input", "dialogue")
-        max_tokens = params.get("eval", {}).get("max_input_tokens")
+        max_tokens = params.get("decoding", {}).get("max_input_tokens")
 
-        from icdstudy.models.modeling import ModelError, load_for_inference
 
         try:
             tokenizer, model = load_for_inference(base, entry, adapter)
@@ -355,12 +346,12 @@ def main(argv=None) -> int:
         rule = {**rule, "threshold": None, "uncertified": why, "reason": f"uncertified routing: {why}"}
     try:
         why = "--shortlist" if args.shortlist else f"{system.id} (its prompt lists codes)"
-        listed = _shortlists(texts, params, Path(args.data), system.retrieved, why) if style(system.prompt).lists_codes else None
+        listed = _shortlists(texts, params, Path(args.data), system.retrieved, why) if style(system.prompt).shows_shortlist else None
         first = None
         if rule.get("signal") == "retriever_agreement":  # the retriever's first code, as knn-tfidf ranks it
             first = [c[0]["code"] if c else None for c in _shortlists(texts, params, Path(args.data), 1, "--target")]
         results = predict(texts, tokenizer, model, labels, args.top_k, input_kind, max_tokens, args.min_confidence,
-                          progress=bool(args.input), shortlists=listed, ecfg={**params["eval"], **system.decoding}, rule=rule, first=first)
+                          progress=bool(args.input), shortlists=listed, ecfg={**params["decoding"], **system.decoding}, rule=rule, first=first)
     except (ModelError, PredictError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2
@@ -370,8 +361,6 @@ def main(argv=None) -> int:
         lines += [json.dumps({"row": n, "error": "empty input"}) for n, t in rows if t is None]
         text = "\n".join(lines) + "\n"
         if args.output:
-            from icdstudy.core.io import write_text_atomic
-
             write_text_atomic(args.output, text)
             print(f"predict: {len(good)} encounters scored, {len(rows) - len(good)} skipped -> {args.output}", file=sys.stderr)
         else:
@@ -383,8 +372,8 @@ def main(argv=None) -> int:
         print(json.dumps({"system": system, **result, "routing": rule, "note": DISCLAIMER}, indent=2))
     else:
         print(f"Top {args.top_k} ICD-10-CM suggestions ({system}):")
-        if result.get(LISTED):
-            print(f"(codes listed to the model: {', '.join(result[LISTED])})")
+        if result.get(SHORTLIST):
+            print(f"(codes listed to the model: {', '.join(result[SHORTLIST])})")
         _print_human(result)
         print(_route_line(result.get("route"), rule))
         print(DISCLAIMER)

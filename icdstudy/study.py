@@ -15,6 +15,7 @@
         prints each host's commands to split the study's GPU stages over N hosts through DVC's
         run cache, balanced by the plan's GPU hours, and the commands that gather the results.
 """
+# dvc and the plan's measurement (torch) are imported where used: `study plan` and `--help` run without them.
 from __future__ import annotations
 
 import argparse
@@ -24,12 +25,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 
 import yaml
 
-from icdstudy.core import systems
+from icdstudy import systems
 from icdstudy.core.params import yaml_load
+from icdstudy.core.schema import validate
+from icdstudy.planning.plan import DEFAULT_MARGIN, DEFAULT_MFU, hardware, render, render_markdown, to_json
+from icdstudy.planning.study_plan import data_stats, plan_stages
 
 
 SMOKE = Path("configs/smoke.yaml")
@@ -110,106 +115,13 @@ def resolved_params(name: str | None, sets: list[str], params_file: str = "param
         return yaml_load(path.read_text())
 
 
-def data_stats(params: dict, root: Path = Path(".")):
-    """Row counts and input lengths from data/processed when it was prepared with these data and
-    split params (per dvc.lock); otherwise the published size of MedSynth."""
-    from icdstudy.core.io import read_jsonl
-    from icdstudy.planning.plan import CHARS_PER_TOKEN, MEDSYNTH, DataStats
-
-    lock = root / "dvc.lock"
-    processed = root / "data/processed"
-    if lock.exists() and (processed / "train.jsonl").exists():
-        prep = (yaml_load(lock.read_text()) or {}).get("stages", {}).get("prepare", {})
-        locked = prep.get("params", {}).get("params.yaml", {})
-        if locked.get("data") == params["data"] and locked.get("split") == params["split"]:
-            parts = {n: read_jsonl(processed / f"{n}.jsonl") for n in ("train", "val", "calibration", "test")
-                     if (processed / f"{n}.jsonl").exists()}
-            lengths = [len(r["input"]) / CHARS_PER_TOKEN for rows in parts.values() for r in rows]
-            return DataStats(len(parts["train"]), len(parts["val"]), len(parts["test"]),
-                             sum(lengths) / len(lengths), int(max(lengths)), "data/processed",
-                             len(parts.get("calibration", [])))
-    rows = MEDSYNTH["rows"]
-    val, cal, test = params["split"]["val"], params["split"]["calibration"], params["split"]["test"]
-    mean = MEDSYNTH["mean_input_tokens"].get(params["data"]["input"], 930)
-    return DataStats(round(rows * (1 - val - cal - test)), round(rows * val), round(rows * test), mean, None,
-                     f"MedSynth's published size ({rows:,} rows, mean {mean} input tokens); longest = eval.max_input_tokens",
-                     round(rows * cal))
-
-
-def plan_stages(params: dict, stats, hw, use_hub: bool = True) -> list:
-    """A plan for every stage the tables make: base@ per model, train@ per training run, predict@ per
-    language-model system (floors and score run on CPU in seconds)."""
-    from icdstudy.planning.architectures import architecture
-    from icdstudy.core.params import model_entry
-    from icdstudy.planning.plan import plan_base
-
-    archs = {}
-    for key in params["base_models"]:
-        entry = model_entry(params, key)
-        archs[key] = (architecture(entry, Path("models/base") / key, use_hub=use_hub), entry)
-    stages = [plan_base(k, a) for k, (a, _) in archs.items()]
-    trains = {run: _plan_run(params, run, archs, stats, hw) for run in systems.training_runs(params)}
-    stages += trains.values()
-    for s in systems.selected(params):
-        if not s.floor:
-            stages.append(_plan_predict(params, s, archs, stats, hw))
-    return stages
-
-
-def _seeds(params: dict, run: str) -> int:
-    from icdstudy.core.params import train_config
-
-    return len(train_config(params, run)["seeds"])
-
-
-def _plan_run(params: dict, run: str, archs: dict, stats, hw):
-    """train@<run>: its steps, and the validation decoding that keeps a checkpoint (paid at every evaluation)."""
-    from icdstudy.core.params import train_config
-    from icdstudy.planning.plan import plan_eval, plan_train
-    from icdstudy.inference.prompt_styles import generation_settings, style
-
-    spec, ecfg = systems.run_entry(params, run), params["eval"]
-    arch, entry = archs[spec["model"]]
-    tcfg = train_config(params, run)
-    listed = style(spec["prompt"]).listed_tokens(spec.get("retrieved") or 0)
-    decoded = generation_settings(ecfg, {}, spec["prompt"], spec.get("retrieved") or 0)  # as the train stage's probe
-    probe = {**ecfg, **vars(decoded), "max_samples": tcfg.get("max_val_samples")}
-    train = plan_train(spec["model"], arch, entry, tcfg, ecfg["max_input_tokens"], stats, hw, listed, stage=f"train@{run}",
-                       probe=plan_eval(f"train@{run} probe", spec["model"], arch, entry, probe, stats, hw, 0,
-                                       extra_tokens=listed, splits=("val",)))
-    seeds = len(tcfg["seeds"])
-    if seeds > 1:
-        train.est_hours = round(train.est_hours * seeds, 2)
-        train.detail["seeds"] = seeds
-    return train
-
-
-def _plan_predict(params: dict, s, archs: dict, stats, hw):
-    """predict@<system>: its prompts (shown examples, listed codes) at its own decoding settings."""
-    from icdstudy.planning.plan import plan_eval
-    from icdstudy.inference.prompt_styles import style
-
-    arch, entry = archs[s.model]
-    cfg = style(s.prompt).settings({**params["eval"], **s.decoding}, s.retrieved)
-    # the system's own batch: eval.batch_size would also change the training probe's decoding, so retrain
-    batch_key = ("" if "batch_size" in s.decoding else "+") + f"{s.params_key}.decoding.batch_size"
-    seeds = _seeds(params, s.run) if s.fine_tuned else 1
-    predict = plan_eval(s.stage, s.model, arch, entry, cfg, stats, hw, cfg.get("few_shot", 0), batch_key,
-                        extra_tokens=style(s.prompt).listed_tokens(s.retrieved), seeds=seeds)
-    if seeds > 1:
-        predict.detail["seeds"] = seeds
-    return predict
-
-
 def plan_main(argv) -> int:
-    from icdstudy.planning.plan import DEFAULT_MARGIN, DEFAULT_MFU, hardware, render, to_json
-
     p = argparse.ArgumentParser(prog="python -m icdstudy.study plan", description=(
         "Predict peak GPU memory, fit and GPU hours of every stage the params select "
         "(params.yaml, then configs/NAME.yaml, then -S overrides). Exits 1 if a stage does not fit."))
     p.add_argument("name", nargs="?", help="a file configs/<name>.yaml, e.g. full-study (default: params.yaml as is)")
     p.add_argument("-S", "--set-param", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a param with DVC's syntax, e.g. -S train.batch_size=8 (repeatable)")
+                   help="override a param with DVC's syntax, e.g. -S recipe.batch_size=8 (repeatable)")
     p.add_argument("--gpu-mem-gb", type=float, help="GPU memory to plan for (default: the detected GPU's, else 80)")
     p.add_argument("--gpu", help="GPU name for FLOP/s and bandwidth: H100, H200, A100, L40S, L4, A10 (default: detected, else H100)")
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU, help=f"assumed model FLOPs utilization (default {DEFAULT_MFU})")
@@ -217,6 +129,8 @@ def plan_main(argv) -> int:
     p.add_argument("--usd-per-hour", type=float, help="GPU price, for the study's cost and each predicting stage's "
                    "dollars per 1,000 encounters (default: deploy.usd_per_hour)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--markdown", action="store_true", help="the plan as a Markdown table (docs/gpu-host.md holds the "
+                   "full study's, kept equal to this output by tests/test_plan.py)")
     p.add_argument("--measure", action="store_true", help="also run a few real steps per model and report the plan's error "
                    "(full size on CUDA; a scaled-down architecture on CPU)")
     p.add_argument("--weights", choices=["random", "real"], default="random",
@@ -230,7 +144,6 @@ def plan_main(argv) -> int:
     if not 0 < args.mfu <= 1 or not 0 <= args.margin < 1:
         p.error("--mfu must be in (0, 1] and --margin in [0, 1)")
     params = resolved_params(args.name, args.sets, args.params)
-    from icdstudy.core.schema import validate
 
     try:
         validate(params, f"{args.params}{' + configs/' + args.name + '.yaml' if args.name else ''}{' + -S' if args.sets else ''}")
@@ -247,9 +160,7 @@ def plan_main(argv) -> int:
     result = to_json(stages, hw, args.usd_per_hour or params["deploy"]["usd_per_hour"])
     result["data"] = stats.source
     if args.measure:
-        from icdstudy.planning.measure import measure_plan
-
-        from fnmatch import fnmatch
+        from icdstudy.planning.measure import measure_plan  # slow (torch, datasets): only --measure runs models
 
         chosen = [s for s in stages if not args.only or any(fnmatch(s.stage, pat) for pat in args.only)]
         if args.only and not chosen:
@@ -259,6 +170,8 @@ def plan_main(argv) -> int:
         result["measured"] = measure_plan(params, chosen, hw, args.weights, args.steps)
     if args.json:
         print(json.dumps(result, indent=2))
+    elif args.markdown:
+        print(render_markdown(result))
     else:
         print(render(result))
         print(f"data: {stats.source}")
@@ -310,8 +223,6 @@ def assign_hosts(stages: list, hosts: int, params: dict) -> list[dict]:
 
 
 def shard_main(argv) -> int:
-    from icdstudy.planning.plan import hardware
-
     p = argparse.ArgumentParser(prog="python -m icdstudy.study shard", description=(
         "Print each host's commands to split the study over several GPU hosts: every host runs its models' "
         "stages and pushes DVC's run cache; then any one host restores them all and writes the report."))
@@ -348,7 +259,7 @@ def shard_main(argv) -> int:
 
 
 def _dotted(params: dict, key: str, default=None):
-    """params[key] for a dotted key such as train.max_steps; ``default`` where it is absent."""
+    """params[key] for a dotted key such as recipe.max_steps; ``default`` where it is absent."""
     node = params
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:

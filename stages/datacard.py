@@ -4,8 +4,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
 from icdstudy.core.io import read_json, read_jsonl, write_text_atomic
 from icdstudy.core.params import ParamError, load_params, section
+from icdstudy.reporting.datacard import near_copy_rows, render
 
 
 def main() -> int:
@@ -21,9 +24,7 @@ def main() -> int:
         return 1
     key = section(params, "datacard")["tokenizer"]
 
-    from transformers import AutoTokenizer
 
-    from icdstudy.reporting.datacard import near_copy_rows, render
 
     tokenizer = AutoTokenizer.from_pretrained(f"models/base/{key}")
     splits = {name: read_jsonl(Path(args.data) / f"{name}.jsonl") for name in ("train", "val", "test")}

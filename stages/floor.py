@@ -2,12 +2,11 @@
 
     python stages/floor.py SYSTEM        e.g. `knn-tfidf`
 
-method tfidf-logreg: TF-IDF + logistic regression (the entry's hyperparameters), fitted on the training
-split. method knn-tfidf: each input gets the codes of its retrieval.neighbours nearest training inputs (TF-IDF
-cosine, params `retrieval`: the retriever that picks the few-shot examples and the shortlists' codes),
-ranked by summed similarity; each row keeps its neighbours, and its first candidate is stage `score`'s
-retriever-agreement signal. Both read eval.top_k and eval.max_samples, predict the validation, calibration
-and test splits (their first eval.max_samples rows, as every system does) and write
+The entry's `method` names its floor (icdstudy/floors): tfidf-logreg, TF-IDF + logistic regression with the
+entry's hyperparameters, fitted on the training split; knn-tfidf, the codes of each input's retrieval.neighbours
+nearest training inputs (params `retrieval`), whose first candidate is stage `score`'s retriever-agreement
+signal. Both read decoding.top_k and decoding.max_samples, predict the validation, calibration
+and test splits (their first decoding.max_samples rows, as every system does) and write
 predictions/{val,calibration}/<system>.jsonl, predictions/<system>.jsonl and predictions/runs/<system>.json.
 What an LLM scores above them, it adds beyond classical text classification and retrieval.
 """
@@ -15,48 +14,11 @@ import argparse
 import sys
 import time
 
-from icdstudy.core import metrics, systems
+from icdstudy import systems
+from icdstudy.core import machine
 from icdstudy.core.io import read_splits, write_json, write_jsonl
 from icdstudy.core.params import ParamError, load_params, section
-
-
-def knn_predict(retriever, rows: list[dict], neighbours: int, top_k: int) -> list[dict]:
-    from icdstudy.neighbours.retrieval import knn_candidates
-
-    predictions = []
-    for row in rows:
-        t = time.perf_counter()
-        found = retriever.search([row], neighbours)[0]
-        candidates = knn_candidates(found, top_k)
-        latency = time.perf_counter() - t
-        predictions.append({"id": row["id"], "gold": row["code"], "raw": candidates[0]["code"],
-                            "pred": candidates[0]["code"], "valid": True, "candidates": candidates,
-                            "confidence": candidates[0]["score"], "latency_s": round(latency, 6),
-                            "input_truncated": False,
-                            "neighbours": [{"id": n.id, "code": n.code, "score": n.score} for n in found]})
-    return predictions
-
-
-def knn_tfidf(train_rows, scored, cfg: dict, params: dict, top_k: int):
-    """(predictions per split, size, fit seconds, record extras)."""
-    from icdstudy.neighbours.retrieval import Retriever
-
-    t0 = time.time()
-    retrieval = section(params, "retrieval")
-    retriever = Retriever.from_params(train_rows, retrieval)
-    fit_s = time.time() - t0
-    predictions = [knn_predict(retriever, rows, retrieval["neighbours"], top_k) for rows in scored]
-    return predictions, int(retriever.matrix.nnz), fit_s, {"neighbours": retrieval["neighbours"]}
-
-
-def tfidf_logreg(train_rows, scored, cfg: dict, params: dict, top_k: int):
-    from icdstudy.floors.baseline import train_and_predict
-
-    predictions, n_params, fit_s = train_and_predict(train_rows, scored, cfg, top_k=top_k)
-    return predictions, n_params, fit_s, {}
-
-
-METHODS = {"knn-tfidf": knn_tfidf, "tfidf-logreg": tfidf_logreg}
+from icdstudy.floors.methods import METHODS
 
 
 def main(argv=None) -> int:
@@ -70,7 +32,7 @@ def main(argv=None) -> int:
         system = systems.get(params, args.system)
         if not system.floor:
             raise ValueError(f"{system.id} is no floor: its stage is {system.stage}")
-        ecfg = section(params, "eval")
+        ecfg = section(params, "decoding")
         t0 = time.time()
         train_rows, *scored = read_splits(args.data, "train", *systems.SPLITS)
     except (ParamError, ValueError) as exc:
@@ -78,11 +40,12 @@ def main(argv=None) -> int:
         return 1
     top_k = max(ecfg["top_k"], 5)
     scored = [rows[:ecfg["max_samples"] or None] for rows in scored]
-    predictions, size, fit_s, extra = METHODS[system.method](train_rows, scored, system.settings, params, top_k)
+    predictions, size, fit_s, extra = METHODS[system.method](train_rows, scored, system.settings,
+                                                             section(params, "retrieval"), top_k)
     for split, rows in zip(systems.SPLITS, predictions):
         write_jsonl(system.predictions(split), rows)
     write_json(system.run_record, {"system": system.id, "method": system.method, "model": system.id,
-                                   "params_total": size, "peak_mem_mb": metrics.peak_memory_mb(),
+                                   "params_total": size, "peak_mem_mb": machine.peak_memory_mb(),
                                    "load_s": round(fit_s, 2), "wall_s": round(time.time() - t0, 2), "device": "cpu",
                                    "constrained": True, "top_k": top_k, "few_shot": 0, **extra})
     val = predictions[0]

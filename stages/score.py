@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from icdstudy.core import systems
+from icdstudy import systems
 from icdstudy.core.io import read_json, read_jsonl, write_json
 from icdstudy.core.params import ParamError, load_params, section
 from icdstudy.analysis.scoring import ScoreError, check_rows, score_system
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     root = Path(args.root)
     try:
         params = load_params(args.params)
-        deploy_cfg, max_samples = section(params, "deploy"), section(params, "eval")["max_samples"]
+        deploy_cfg, max_samples = section(params, "deploy"), section(params, "decoding")["max_samples"]
         rows = {split: read_jsonl(Path(args.data) / f"{split}.jsonl")[:max_samples or None] for split in systems.SPLITS}
         retriever = systems.retriever_floor(params)  # its first candidate: the retriever-agreement signal
         first = {split: {p["id"]: p["pred"] for p in read_jsonl(need(root / retriever.predictions(split), retriever))}

@@ -2,6 +2,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,23 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
 
 
-def dvc_env() -> dict:
-    """The environment for DVC subprocesses: no analytics, this venv's python first on PATH (stage commands call `python`)."""
-    import sys
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+def dvc_env() -> dict:
+    """The environment for DVC subprocesses: no analytics, this venv's python first on PATH (stage commands call
+    `python`), a git identity (experiments commit)."""
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **GIT_ENV}
+
+
+def dvc(cwd: Path, *args, check: bool = True) -> str:
+    """`dvc ARGS` in ``cwd`` as a user runs it; its output (stdout, then stderr). Asserts it succeeded unless
+    ``check`` is False."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env=dvc_env(), timeout=900)
+    if check:
+        assert proc.returncode == 0, f"dvc {' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
 
 
 def _installed(module: str) -> bool:
@@ -122,3 +135,14 @@ def sample_x3_csv(sample_csv, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample") / "medsynth_sample_x3.csv"
     pd.concat(copies, ignore_index=True).to_csv(out, index=False)
     return out
+
+
+def decoding_settings(**overrides):
+    """GenerationSettings from params.yaml's `decoding` with ``overrides`` replaced: the library keeps no defaults
+    of its own (params and its schema hold them)."""
+    import yaml
+
+    from icdstudy.inference.generation import GenerationSettings
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return GenerationSettings.from_params({**params["decoding"], **overrides})

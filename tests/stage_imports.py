@@ -1,7 +1,7 @@
 """The project modules a stage script imports, directly or through other project modules (any import
-statement, function-level ones included: a lazily imported module still decides what the stage computes),
-and the dependencies dvc.yaml must list for them: a sub-package of icdstudy as its folder, a top-level module
-as its file."""
+statement, function-level ones included: a lazily imported module still decides what the stage computes; and
+the parent packages, which run on import), and the dependencies dvc.yaml must list for them: exactly those
+modules, a sub-package named by its folder where the script reaches all of it."""
 from __future__ import annotations
 
 import ast
@@ -35,7 +35,7 @@ def _imports(path: Path) -> set[str]:
             if not base.startswith("icdstudy"):
                 continue
             found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # from icdstudy.core import systems: a module
+            found |= {f"{base}.{a.name}" for a in node.names}  # from icdstudy import systems: a module
     # a module's parent packages run on import: icdstudy/__init__.py (it pins the CPU kernels) and each sub-package's
     found |= {".".join(name.split(".")[:i]) for name in list(found) for i in range(1, name.count(".") + 1)}
     return {p for p in map(_module_path, found) if p}
@@ -53,10 +53,20 @@ def closure(script: str | Path) -> set[str]:
 
 
 def dependencies(script: str | Path) -> set[str]:
-    """What dvc.yaml lists for ``script``'s code: itself, each sub-package it reaches as a folder, each top-level
-    module as a file."""
-    deps = {str(script)}
-    for path in closure(script):
+    """What dvc.yaml lists for ``script``'s code: itself, and the modules it reaches, each as its file, or as its
+    sub-package's folder where the script reaches every module of it (the folder is shorter and no edit there can
+    rerun the stage for a module it does not import)."""
+    deps, used = {str(script)}, closure(script)
+    for path in used:
         parts = Path(path).parts
-        deps.add("/".join(parts[:2]) if len(parts) > 2 else path)
+        folder = "/".join(parts[:2]) if len(parts) > 2 else None
+        whole = folder and {str(p.relative_to(ROOT)) for p in (ROOT / folder).glob("*.py")} <= used
+        if whole or not inert(path):
+            deps.add(folder if whole else path)
     return deps
+
+
+def inert(path: str) -> bool:
+    """A module of a docstring alone (a sub-package's __init__.py) computes nothing: no stage needs it listed."""
+    body = ast.parse((ROOT / path).read_text(encoding="utf-8")).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)

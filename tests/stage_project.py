@@ -33,10 +33,10 @@ def project(path: Path, tiny_model_dir: Path, test_rows: list[dict] | None = Non
     """A folder laid out like the pipeline's, with a tiny model and data, for running stages directly."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["models"]["tiny"] = {"path": "models/base/tiny", "dtype": "float32", "load_in_4bit": False}
-    params["train"].update({**{k: v for k, v in CFG.items() if k not in ("seed", "select_by")}, "seeds": [0],
+    params["recipe"].update({**{k: v for k, v in CFG.items() if k not in ("seed", "select_by")}, "seeds": [0],
                             "num_epochs": 2, "save_steps": 2, "eval_steps": 2, "logging_steps": 1, "learning_rate": 2e-3,
                             **train})
-    params["eval"].update({"max_input_tokens": 64, "batch_size": 2, "top_k": 3, **(eval_params or {})})
+    params["decoding"].update({"max_input_tokens": 64, "batch_size": 2, "top_k": 3, **(eval_params or {})})
     params["base_models"] = [*params["base_models"], "tiny"]
     params["training"], params["systems"]["llm"] = tiny_tables()  # the shortlist run trains as long as the plain one
     path.mkdir(parents=True)
@@ -54,16 +54,16 @@ def project(path: Path, tiny_model_dir: Path, test_rows: list[dict] | None = Non
 def tiny_tables(model: str = "tiny", candidates: int = 5) -> tuple[dict, dict]:
     """The demo's training runs and language-model systems, on ``model``: (training, systems.llm)."""
     training = {f"lora-{model}": {"model": model, "prompt": "plain", "recipe": {}},
-                f"lora-shortlist-{model}": {"model": model, "prompt": "candidates", "retrieved": candidates, "recipe": {}}}
+                f"lora-shortlist-{model}": {"model": model, "prompt": "shortlist", "retrieved": candidates, "recipe": {}}}
     base = {"model": model, "weights": f"models/base/{model}"}
     llm = {f"lora-{model}": {"model": model, "weights": f"models/adapters/lora-{model}", "prompt": "plain",
-                             "train": f"lora-{model}", "adds": {"to": f"zeroshot-{model}", "what": f"Fine-tuning {model}"}},
+                             "run": f"lora-{model}", "adds": {"to": f"zeroshot-{model}", "what": f"Fine-tuning {model}"}},
            f"lora-shortlist-{model}": {"model": model, "weights": f"models/adapters/lora-shortlist-{model}",
-                                       "prompt": "candidates", "retrieved": candidates, "train": f"lora-shortlist-{model}",
+                                       "prompt": "shortlist", "retrieved": candidates, "run": f"lora-shortlist-{model}",
                                        "adds": {"to": f"lora-{model}", "what": f"Shortlists for fine-tuned {model}"}},
            f"zeroshot-{model}": {**base, "prompt": "plain"},
            f"fewshot-{model}": {**base, "prompt": "examples", "retrieved": 3},
-           f"shortlist-{model}": {**base, "prompt": "candidates", "retrieved": candidates}}
+           f"shortlist-{model}": {**base, "prompt": "shortlist", "retrieved": candidates}}
     return training, llm
 
 
@@ -121,8 +121,8 @@ def tables_for(zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), ca
 
 
 def system_for(system_id: str):
-    """The icdstudy.core.systems.System a demo-style id names (zeroshot-<m>, lora-shortlist-<m>, a floor ...)."""
-    from icdstudy.core import systems
+    """The icdstudy.systems.System a demo-style id names (zeroshot-<m>, lora-shortlist-<m>, a floor ...)."""
+    from icdstudy import systems
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for prefix in ("lora-shortlist-", "lora-", "zeroshot-", "fewshot-", "shortlist-"):

@@ -2,28 +2,19 @@
 random model registered in params (every stage runs in seconds), pushed to a bare git remote and a DVC remote
 folder, and clones of it."""
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.conftest import copy_repo, dvc, dvc_env
 from tests.stage_project import tiny_tables
-
-from tests.conftest import copy_repo, dvc_env
-
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
 def sh(cwd: Path, *args, check: bool = True) -> str:
-    proc = subprocess.run(list(map(str, args)), cwd=cwd, capture_output=True, text=True, env={**dvc_env(), **GIT_ENV},
-                          timeout=900)
+    proc = subprocess.run(list(map(str, args)), cwd=cwd, capture_output=True, text=True, env=dvc_env(), timeout=900)
     if check:
         assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
-
-
-def dvc(cwd: Path, *args, check: bool = True) -> str:
-    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check)
 
 
 def small_study(params_file: Path, model_dir: Path, key: str = "tiny") -> None:
@@ -36,9 +27,9 @@ def small_study(params_file: Path, model_dir: Path, key: str = "tiny") -> None:
     params["training"] = {f"lora-{key}": training[f"lora-{key}"]}
     params["systems"]["llm"] = {s: llm[s] for s in (f"lora-{key}", f"zeroshot-{key}", f"fewshot-{key}")}
     params["datacard"]["tokenizer"] = key
-    params["train"].update(num_epochs=1, eval_steps=10, save_steps=10, logging_steps=5, sanity_steps=0, lora_r=4,
+    params["recipe"].update(num_epochs=1, eval_steps=10, save_steps=10, logging_steps=5, sanity_steps=0, lora_r=4,
                            lora_alpha=8)
-    params["eval"].update(max_samples=6, batch_size=6, top_k=2, max_input_tokens=96, max_shot_tokens=48)
+    params["decoding"].update(max_samples=6, batch_size=6, top_k=2, max_input_tokens=96, max_shot_tokens=48)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -76,32 +76,38 @@ def _case(id, argv, expect, params=None, files=None, rc=1):
 
 STAGE = [sys.executable]
 CASES = [
-    _case("top_k-not-a-number", ["stages/predict.py", "zeroshot-tiny"], "eval.top_k = 'five'", {"eval.top_k": "five"}),
-    _case("unknown-key-typo", ["stages/predict.py", "zeroshot-tiny"], "eval.topk is not a known key", {"eval.topk": 5}),
-    _case("lora-rank-zero", ["stages/train.py", "lora-tiny"], "train.lora_r = 0", {"train.lora_r": 0}),
-    _case("dropout-above-one", ["stages/train.py", "lora-tiny"], "train.lora_dropout = 1.5", {"train.lora_dropout": 1.5}),
-    _case("unknown-projection", ["stages/train.py", "lora-tiny"], "train.target_modules", {"train.target_modules": ["qproj"]}),
-    _case("save-not-eval-steps", ["stages/train.py", "lora-tiny"], "train.save_steps (100) must equal train.eval_steps (50) "
-          "with select_by: exact_match", {"train.save_steps": 100}),
-    _case("save-not-multiple-of-eval", ["stages/train.py", "lora-tiny"], "multiple of train.eval_steps",
-          {"train.save_steps": 7, "train.select_by": "loss"}),
-    _case("bad-scheduler", ["stages/train.py", "lora-tiny"], "train.lr_scheduler", {"train.lr_scheduler": "zigzag"}),
+    _case("top_k-not-a-number", ["stages/predict.py", "zeroshot-tiny"], "decoding.top_k = 'five'", {"decoding.top_k": "five"}),
+    _case("unknown-key-typo", ["stages/predict.py", "zeroshot-tiny"], "decoding.topk is not a known key", {"decoding.topk": 5}),
+    _case("old-section-name", ["stages/predict.py", "zeroshot-tiny"], "eval: `eval` is now `decoding`", {"eval": {"top_k": 5}}),
+    _case("old-recipe-name", ["stages/train.py", "lora-tiny"], "train: `train` is now `recipe`", {"train": {"lora_r": 4}}),
+    _case("old-run-key", ["stages/predict.py", "zeroshot-tiny"], "systems.llm.lora-tiny.train: renamed `run`",
+          {"systems.llm.lora-tiny.train": "lora-tiny"}),
+    _case("old-few-shot-key", ["stages/predict.py", "fewshot-tiny"], "decoding.few_shot: gone: a system shows its nearest "
+          "training examples with `prompt: examples`", {"decoding.few_shot": 2}),
+    _case("old-style-name", ["stages/predict.py", "zeroshot-tiny"], "`candidates` is now `shortlist`",
+          {"systems.llm.shortlist-tiny.prompt": "candidates"}),
+    _case("lora-rank-zero", ["stages/train.py", "lora-tiny"], "recipe.lora_r = 0", {"recipe.lora_r": 0}),
+    _case("dropout-above-one", ["stages/train.py", "lora-tiny"], "recipe.lora_dropout = 1.5", {"recipe.lora_dropout": 1.5}),
+    _case("unknown-projection", ["stages/train.py", "lora-tiny"], "recipe.target_modules", {"recipe.target_modules": ["qproj"]}),
+    _case("save-not-eval-steps", ["stages/train.py", "lora-tiny"], "recipe.save_steps (100) must equal recipe.eval_steps (40) "
+          "with select_by: exact_match", {"recipe.save_steps": 100}),
+    _case("save-not-multiple-of-eval", ["stages/train.py", "lora-tiny"], "multiple of recipe.eval_steps",
+          {"recipe.save_steps": 7, "recipe.select_by": "loss"}),
+    _case("bad-scheduler", ["stages/train.py", "lora-tiny"], "recipe.lr_scheduler", {"recipe.lr_scheduler": "zigzag"}),
     _case("bad-input-field", ["stages/prepare.py"], "data.input = 'summary'", {"data.input": "summary"}),
     _case("split-over-one", ["stages/prepare.py"], "split.val + split.calibration + split.test", {"split.val": 0.6, "split.test": 0.5}),
     _case("bad-dtype", ["stages/predict.py", "zeroshot-tiny"], "dtype = 'float8'", {"models.tiny.dtype": "float8"}),
     _case("unregistered-model", ["stages/predict.py", "zeroshot-tiny"], "systems.llm.zeroshot-tiny.model: 'nope' is not in "
           "base_models", {"systems.llm.zeroshot-tiny.model": "nope"}),
-    _case("negative-batch", ["stages/predict.py", "zeroshot-tiny"], "eval.batch_size = -1", {"eval.batch_size": -1}),
+    _case("negative-batch", ["stages/predict.py", "zeroshot-tiny"], "decoding.batch_size = -1", {"decoding.batch_size": -1}),
     _case("baseline-C-zero", ["stages/floor.py", "tfidf-logreg"], "systems.floors.tfidf-logreg.tfidf-logreg.C = 0",
           {"systems.floors.tfidf-logreg.C": 0}),
-    _case("beams-below-k", ["stages/predict.py", "zeroshot-tiny"], "eval.num_beams (2) must be at least", {"eval.num_beams": 2}),
-    _case("bad-few-shot-strategy", ["stages/predict.py", "fewshot-tiny"], "eval.few_shot_strategy = 'closest'",
-          {"eval.few_shot_strategy": "closest"}),
+    _case("beams-below-k", ["stages/predict.py", "zeroshot-tiny"], "decoding.num_beams (2) must be at least", {"decoding.num_beams": 2}),
     _case("retrieved-zero", ["stages/predict.py", "fewshot-tiny"], "prompt examples needs retrieved >= 1",
           {"systems.llm.fewshot-tiny.retrieved": 0}),
-    _case("repeated-seed", ["stages/train.py", "lora-tiny"], "train.seeds [1, 1] repeats a seed", {"train.seeds": [1, 1]}),
-    _case("no-seeds", ["stages/train.py", "lora-tiny"], "train.seeds = []", {"train.seeds": []}),
-    _case("old-seed-key", ["stages/train.py", "lora-tiny"], "train.seed is not a known key", {"train.seed": 42}),
+    _case("repeated-seed", ["stages/train.py", "lora-tiny"], "recipe.seeds [1, 1] repeats a seed", {"recipe.seeds": [1, 1]}),
+    _case("no-seeds", ["stages/train.py", "lora-tiny"], "recipe.seeds = []", {"recipe.seeds": []}),
+    _case("old-seed-key", ["stages/train.py", "lora-tiny"], "recipe.seed is not a known key", {"recipe.seed": 42}),
     _case("knn-no-neighbours", ["stages/floor.py", "knn-tfidf"], "retrieval.neighbours = 0", {"retrieval.neighbours": 0}),
     _case("missing-source-file", ["stages/prepare.py"], "file not found", {"data.source": "nowhere.csv"}),
     _case("unknown-scheme", ["stages/prepare.py"], "unknown source scheme", {"data.source": "ftp://host/x.csv"}),
@@ -130,17 +136,17 @@ CASES = [
     _case("plain-with-retrieved", ["stages/predict.py", "zeroshot-tiny"], "retrieved = 2 with prompt plain",
           {"systems.llm.zeroshot-tiny.retrieved": 2}),
     _case("run-unknown-key", ["stages/train.py", "lora-shortlist-tiny"],
-          "training.lora-shortlist-tiny.recipe.epochs: not a train key", {"training.lora-shortlist-tiny.recipe": {"epochs": 1}}),
+          "training.lora-shortlist-tiny.recipe.epochs: not a recipe key", {"training.lora-shortlist-tiny.recipe": {"epochs": 1}}),
     _case("run-bad-value", ["stages/train.py", "lora-shortlist-tiny"], "training.lora-shortlist-tiny.recipe: ",
           {"training.lora-shortlist-tiny.recipe": {"learning_rate": 5}}),
     _case("weights-of-another-run", ["stages/predict.py", "zeroshot-tiny"],
           "systems.llm.lora-tiny.weights: 'models/adapters/other'", {"systems.llm.lora-tiny.weights": "models/adapters/other"}),
     _case("prompt-unlike-its-run", ["stages/predict.py", "zeroshot-tiny"], "a fine-tuned system is shown the prompts it "
-          "was trained on", {"systems.llm.lora-tiny.prompt": "candidates", "systems.llm.lora-tiny.retrieved": 5}),
+          "was trained on", {"systems.llm.lora-tiny.prompt": "shortlist", "systems.llm.lora-tiny.retrieved": 5}),
     _case("run-no-system-uses", ["stages/train.py", "lora-tiny"], "training.spare-tiny: no system uses this run",
           {"training.spare-tiny": {"model": "tiny", "prompt": "plain"}}),
     _case("decoding-unknown-key", ["stages/predict.py", "zeroshot-tiny"],
-          "systems.llm.zeroshot-tiny.decoding.beams: not a eval key", {"systems.llm.zeroshot-tiny.decoding": {"beams": 1}}),
+          "systems.llm.zeroshot-tiny.decoding.beams: not a decoding key", {"systems.llm.zeroshot-tiny.decoding": {"beams": 1}}),
     _case("system-unknown", ["stages/predict.py", "lora-fewshot-tiny"], "'lora-fewshot-tiny' is not a system of params.yaml"),
 ]
 
@@ -200,7 +206,7 @@ def test_out_of_memory_is_explained_and_the_rerun_resumes(project, monkeypatch, 
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["eval"]["batch_size"] = 1
+    params["decoding"]["batch_size"] = 1
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(project)
     monkeypatch.setattr(sys, "argv", ["predict.py", "zeroshot-tiny"])

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from icdstudy.corpus import data
-from icdstudy.core import icd10
+from icdstudy import icd10
 from tests.conftest import REPO
 
 
@@ -120,10 +120,10 @@ def _with_copies(rows: list[dict], field: str) -> list[dict]:
 @pytest.mark.parametrize("source", ["demo", "sample"])
 def test_calibration_is_disjoint_from_train_validation_and_test_by_id_and_by_text(source, request):
     """The rows that certify thresholds are seen by no other split: no id and no text (up to case and whitespace,
-    icdstudy.core.copies) in two parts, also where the source holds copies (prepare keeps one of each)."""
+    icdstudy.neighbours.copies) in two parts, also where the source holds copies (prepare keeps one of each)."""
     import pandas as pd
 
-    from icdstudy.core.copies import copy_key
+    from icdstudy.neighbours.copies import copy_key
 
     field = "dialogue" if source == "demo" else "note"  # the sample's dialogues are mostly empty
     path = "demo" if source == "demo" else str(request.getfixturevalue("sample_x3_csv"))

@@ -29,11 +29,11 @@ SELECTED = ["systems.llm={" + ", ".join([
     f"lora-llama32-3b: {_entry('llama32-3b', run='lora-llama32-3b')}",
     f"lora-shortlist-qwen25-3b: {_entry('qwen25-3b', 'candidates', 5, run='lora-shortlist-qwen25-3b')}"]) + "}",
     "training={lora-llama32-3b: {model: llama32-3b, prompt: plain}, "
-    "lora-shortlist-qwen25-3b: {model: qwen25-3b, prompt: candidates, retrieved: 5}}"]
-TINY_SMOKE = ["eval.max_samples=6", "eval.batch_size=6", "eval.max_input_tokens=96",
-              "eval.max_shot_tokens=48", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2",
-              "train.eval_steps=2", "train.save_steps=2", "train.max_val_samples=4", "train.lora_r=4",
-              "train.lora_alpha=8", "train.lora_dropout=0.0", "train.learning_rate=0.001", "train.warmup_steps=0"]
+    "lora-shortlist-qwen25-3b: {model: qwen25-3b, prompt: shortlist, retrieved: 5}}"]
+TINY_SMOKE = ["decoding.max_samples=6", "decoding.batch_size=6", "decoding.max_input_tokens=96",
+              "decoding.max_shot_tokens=48", "recipe.batch_size=2", "recipe.grad_accum=1", "recipe.max_steps=2",
+              "recipe.eval_steps=2", "recipe.save_steps=2", "recipe.max_val_samples=4", "recipe.lora_r=4",
+              "recipe.lora_alpha=8", "recipe.lora_dropout=0.0", "recipe.learning_rate=0.001", "recipe.warmup_steps=0"]
 
 
 def test_the_full_study_after_the_demo_reports_exactly_its_own_systems(team, tmp_path, sample_x3_csv):

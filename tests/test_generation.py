@@ -4,12 +4,12 @@ import sys
 
 import pytest
 
-from icdstudy.core import metrics
+from icdstudy.analysis import metrics
 from icdstudy.inference import prompts
 from icdstudy.inference.evaluation import evaluate
-from icdstudy.inference.generation import GenerationSettings, build_trie
+from icdstudy.inference.generation import build_trie
 from icdstudy.models.modeling import load_model, load_tokenizer
-from tests.conftest import REPO
+from tests.conftest import REPO, decoding_settings
 
 LABELS = ["A047", "E119", "E784", "I10", "I4891", "M5450", "S83512A", "T814XXA", "Z23"]
 ROWS = [{"id": f"r{i}", "code": LABELS[i % len(LABELS)],
@@ -52,7 +52,7 @@ def test_answer_ids_end_with_eos_and_decode_to_the_dotted_code(smol):
 @pytest.mark.parametrize("which", ["tiny", "smol"])
 def test_constrained_decoding_never_emits_a_non_label(which, request):
     model, tok = request.getfixturevalue(which)
-    settings = GenerationSettings(batch_size=4, top_k=3, max_input_tokens=64)
+    settings = decoding_settings(batch_size=4, top_k=3, max_input_tokens=64)
     preds = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
     q = metrics.quality(preds)
     assert q["valid_rate"] == 1.0
@@ -66,7 +66,7 @@ def test_constrained_decoding_never_emits_a_non_label(which, request):
 
 def test_free_text_mode_parses_and_reports_no_ranking(tiny):
     model, tok = tiny
-    settings = GenerationSettings(batch_size=4, constrained=False, max_new_tokens=6, max_input_tokens=64)
+    settings = decoding_settings(batch_size=4, constrained=False, max_new_tokens=6, max_input_tokens=64)
     preds = evaluate(model, tok, ROWS[:4], LABELS, settings, "dialogue", progress=False)
     q = metrics.quality(preds)
     assert q["top3_match"] is None and q["ece"] is None
@@ -75,7 +75,7 @@ def test_free_text_mode_parses_and_reports_no_ranking(tiny):
 
 def test_resume_gives_the_same_results_as_a_full_run(tiny, tmp_path):
     model, tok = tiny
-    settings = GenerationSettings(batch_size=3, top_k=2, max_input_tokens=64)
+    settings = decoding_settings(batch_size=3, top_k=2, max_input_tokens=64)
     full = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
 
     resume = tmp_path / "resume.jsonl"
@@ -114,7 +114,7 @@ def test_resume_gives_the_same_results_as_a_full_run(tiny, tmp_path):
     assert strip(resumed) == strip(full)
 
     # other settings: the old resume file is not reused
-    other = GenerationSettings(batch_size=3, top_k=1, max_input_tokens=64)
+    other = decoding_settings(batch_size=3, top_k=1, max_input_tokens=64)
     evaluate(model, tok, ROWS[:3], LABELS, other, "dialogue", resume_file=resume, progress=False)
     assert len(resume.read_text().splitlines()) == 1 + 3
 
@@ -164,7 +164,7 @@ def test_the_processor_gives_todays_candidates_and_scores(tiny):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     model, tok = tiny
-    settings = GenerationSettings(batch_size=4, top_k=3, max_input_tokens=64)
+    settings = decoding_settings(batch_size=4, top_k=3, max_input_tokens=64)
     now = evaluate(model, tok, ROWS, LABELS, settings, "dialogue", progress=False)
     real = generation.TrieLogitsProcessor
     generation.TrieLogitsProcessor = bench.RowByRowTrieProcessor
@@ -203,7 +203,7 @@ def test_beams_reading_the_prompt_once_rank_like_plain_beam_search(smollm2_dir):
     tok = load_tokenizer(smollm2_dir)
     texts = [prompts.prompt_for(tok, r["input"], "dialogue")[0] for r in ROWS[:4]]  # different lengths: left padding
     trie = build_trie(tok, LABELS)
-    settings = GenerationSettings(top_k=3, max_new_tokens=8)
+    settings = decoding_settings(top_k=3, max_new_tokens=8)
     shared = generate_batch(model, tok, texts, settings, trie, frozenset(LABELS))
     plain = generate_batch(model, tok, texts, replace(settings, share_prefill=False), trie, frozenset(LABELS))
     for a, b in zip(shared, plain):

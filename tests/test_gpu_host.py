@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 from icdstudy.planning import plan
 from icdstudy.inference import prompts
 from icdstudy.planning.architectures import PUBLIC_CONFIGS
 from icdstudy.inference.generation import build_trie
 from icdstudy.planning.measure import build_model, eval_probe, saved_activation_bytes, scaled_down, synthetic_batch
-from icdstudy.finetune.training import IGNORE, build_example, fine_tune
+from icdstudy.finetune.examples import IGNORE, build_example
+from icdstudy.finetune.training import fine_tune
 from tests.conftest import REPO, dvc_env, requires_dvc
 from tests.family_models import FAMILIES, load_family_tokenizer
-from tests.test_plan import _plan_here
+from tests.plan_runs import plan_here
 from tests.test_training import CFG, ROWS
 from tests.tiny_model import build_tiny_model
 
@@ -76,7 +77,7 @@ def test_a_shortlist_prompt_goes_through_each_template_and_keeps_the_templates_a
     family, tok = family_tok
     shortlist = [{"code": c, "description": icd10.description(c) or "Retired code", "score": s}
                  for c, s in zip(CODES, (0.41, 0.3, 0.17, 0.08, 0.04))]
-    row = {"input": "Thirsty, tired, HbA1c 7.2 on metformin.", "code": "E119", "candidate_list": shortlist}
+    row = {"input": "Thirsty, tired, HbA1c 7.2 on metformin.", "code": "E119", "shortlist": shortlist}
     ex = build_example(tok, row, "dialogue", 64)
     messages = prompts.build_messages(row["input"], "dialogue", candidates=shortlist)
     fixed = {"date_string": "26 Jul 2024"}
@@ -333,26 +334,22 @@ def test_eval_peak_matches_a_measured_generation_run(hub_id, four_bit, hidden, v
     assert measured["weights_gb"] == pytest.approx(plan.weight_bytes(arch, four_bit) / 2**30, rel=0.02)
 
 
-def _plan(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "icdstudy.study", "plan", *args], cwd=REPO, capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
 def test_the_full_study_plan_fits_80gb_and_names_its_decode_terms():
-    run = _plan("full-study", "--gpu-mem-gb", "80", "--json")
-    assert run.returncode == 0, run.stderr
+    run = plan_here("full-study", "--gpu-mem-gb", "80", "--json")
+    assert run.returncode == 0, run.stdout
     result = json.loads(run.stdout)
     assert result["fits"] and all(s["fits"] for s in result["stages"])
     zeroshot = next(s for s in result["stages"] if s["stage"] == "predict@zeroshot-llama31-8b")
     assert {"decode:kv_cache", "decode:output_scores", "decode:logits", "decode:cache_concat",
             "decode:gqa_repeat_kv"} <= set(zeroshot["detail"]["parts_gb"])
-    text = _plan_here("full-study", "--gpu-mem-gb", "80").stdout  # the table, in this process
+    text = plan_here("full-study", "--gpu-mem-gb", "80").stdout
     line = text.splitlines()[text.splitlines().index(next(l for l in text.splitlines() if l.startswith("predict@zeroshot-llama31-8b"))) + 1]
     assert "decode GB: weights" in line and "kv cache" in line and "output scores" in line
 
 
 def test_plan_measure_covers_the_evaluation_stages():
-    run = _plan("--json", "--measure", "--steps", "2")
+    run = subprocess.run([sys.executable, "-m", "icdstudy.study", "plan", "--json", "--measure", "--steps", "2"],
+                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0, run.stderr
     measured = {m["stage"]: m for m in json.loads(run.stdout)["measured"]}
     assert {"train@lora-shortlist-smollm2-135m", "predict@zeroshot-smollm2-135m", "predict@fewshot-smollm2-135m",

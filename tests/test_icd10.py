@@ -1,6 +1,6 @@
 import pytest
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 
 
 @pytest.mark.parametrize("raw,expected", [
@@ -70,7 +70,7 @@ def test_the_code_table_is_cached_once_and_rebuilt_when_unreadable(tmp_path):
     import sys
 
     env = {**__import__("os").environ, "ICDSTUDY_CACHE": str(tmp_path)}
-    ask = "from icdstudy.core import icd10; print(icd10.is_billable('B20'), icd10.chapter('T814XXA'), icd10.description('E119'))"
+    ask = "from icdstudy import icd10; print(icd10.is_billable('B20'), icd10.chapter('T814XXA'), icd10.description('E119'))"
     first = subprocess.run([sys.executable, "-c", ask], env=env, capture_output=True, text=True, check=True).stdout
     (cached,) = tmp_path.glob("icd10cm-table-*.json")
     assert first.split() == ["True", "19", "Type", "2", "diabetes", "mellitus", "without", "complications"]

@@ -5,11 +5,13 @@ import json
 
 import pytest
 
+from tests.conftest import decoding_settings
+
 from icdstudy.inference import prompts
 from icdstudy.inference.evaluation import evaluate
-from icdstudy.inference.generation import GenerationSettings
 from icdstudy.models.modeling import load_for_inference, load_tokenizer
-from icdstudy.finetune.training import build_dataset, collator, fine_tune, preflight
+from icdstudy.finetune.examples import build_dataset, collator, preflight
+from icdstudy.finetune.training import fine_tune
 from tests.family_models import FAMILIES, build_family_model
 from tests.test_training import CFG, ROWS
 
@@ -50,11 +52,11 @@ def test_preflight_lora_evaluation_and_predict(family_dir, tmp_path, monkeypatch
     ds = build_dataset(tok, ROWS[:4], "dialogue", 64)
     preflight(collator(tok)([ds[i] for i in range(4)]), [r["code"] for r in ROWS[:4]], tok, ds.column_names)
 
-    from icdstudy.core.metrics import quality
+    from icdstudy.analysis.metrics import quality
     from icdstudy.inference.evaluation import Decoding
 
     cfg = {**CFG, "num_epochs": 1, "select_by": "exact_match"}  # the family's template through the validation decoding
-    settings = GenerationSettings(batch_size=4, top_k=3, max_new_tokens=10, max_input_tokens=64)
+    settings = decoding_settings(batch_size=4, top_k=3, max_new_tokens=10, max_input_tokens=64)
     result = fine_tune(base, entry, ROWS, ROWS[:4], cfg, "dialogue", 64, adapter_dir=tmp_path / "adapter",
                        work_dir=tmp_path / "work", decoding=Decoding(tuple(CODES), settings))
     assert result["steps"] == 3 and result["trainable_params"] > 0 and (tmp_path / "adapter/adapter_config.json").exists()

@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from icdstudy.core.params import load_params, train_config, yaml_load
+from icdstudy.core.params import load_params, run_recipe, yaml_load
 from tests.conftest import REPO
 from tests.stage_project import project, run_stage
 
@@ -25,14 +25,14 @@ def test_the_loader_reads_params_yaml_as_dvc_does():
 def test_a_hand_typed_exponent_is_a_number_in_every_stage(tmp_path):
     path = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text()
-    path.write_text(text.replace("  learning_rate: 2.0e-3 ", "  learning_rate: 1e-4 ", 1)
-                    .replace("      learning_rate: 4.0e-3 ", "      learning_rate: 3e-3 ", 1))  # a run's own recipe
+    path.write_text(text.replace("  learning_rate: 1.0e-3 ", "  learning_rate: 1e-4 ", 1)
+                    .replace("    recipe: {}  ", "    recipe: {learning_rate: 3e-3}  ", 1))  # a run's own recipe
     assert "learning_rate: 1e-4" in path.read_text() and "learning_rate: 3e-3" in path.read_text()
     params = load_params(path)
-    assert params["train"]["learning_rate"] == 1e-4 and isinstance(params["train"]["learning_rate"], float)
-    recipe = train_config(params, "lora-shortlist-smollm2-135m")
+    assert params["recipe"]["learning_rate"] == 1e-4 and isinstance(params["recipe"]["learning_rate"], float)
+    recipe = run_recipe(params, "lora-shortlist-smollm2-135m")
     assert recipe["learning_rate"] == 3e-3 and isinstance(recipe["learning_rate"], float)
-    assert recipe["weight_decay"] == params["train"]["weight_decay"]  # the keys it does not replace are train's
+    assert recipe["weight_decay"] == params["recipe"]["weight_decay"]  # the keys it does not replace are `recipe`'s
 
 
 def test_the_train_stage_trains_with_a_hand_typed_exponent(tiny_model_dir, tmp_path):
@@ -47,13 +47,13 @@ def test_the_train_stage_trains_with_a_hand_typed_exponent(tiny_model_dir, tmp_p
 
 def test_study_overrides_carry_numbers(tmp_path):
     dry = subprocess.run([sys.executable, "-m", "icdstudy.study", "full-study", "--dry-run", "-S",
-                          "train.learning_rate=1e-3"], cwd=REPO, capture_output=True, text=True)
+                          "recipe.learning_rate=1e-3"], cwd=REPO, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
-    assert "train.learning_rate=0.001" in dry.stdout and '"1e-3"' not in dry.stdout
+    assert "recipe.learning_rate=0.001" in dry.stdout and '"1e-3"' not in dry.stdout
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text())
-    applied = subprocess.run([sys.executable, "-m", "icdstudy.study", "apply", "-S", "train.learning_rate=1e-3",
+    applied = subprocess.run([sys.executable, "-m", "icdstudy.study", "apply", "-S", "recipe.learning_rate=1e-3",
                               "--params", str(params)], cwd=REPO, capture_output=True, text=True)
     assert applied.returncode == 0, applied.stderr
-    assert load_params(params)["train"]["learning_rate"] == 1e-3
-    assert yaml_load(params.read_text())["train"]["learning_rate"] == 1e-3  # a number in the file, as DVC reads it
+    assert load_params(params)["recipe"]["learning_rate"] == 1e-3
+    assert yaml_load(params.read_text())["recipe"]["learning_rate"] == 1e-3  # a number in the file, as DVC reads it

@@ -1,6 +1,6 @@
 import pytest
 
-from icdstudy.core import metrics
+from icdstudy.analysis import metrics
 from icdstudy.inference.generation import length_sorted_batches, parse_code
 
 

@@ -1,16 +1,7 @@
 """A real `dvc repro` of the data stage in a temporary copy of the repository."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-from tests.conftest import copy_repo, dvc_env
-
-
-def dvc(repo: Path, *args) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, env=dvc_env())
-    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+from tests.conftest import copy_repo, dvc
 
 
 def test_prepare_repro_is_deterministic_and_incremental(tmp_path):

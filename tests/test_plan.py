@@ -1,38 +1,17 @@
 """`python -m icdstudy.study plan`: the full study fits one 80 GB GPU and the seed's batch does not.
 The memory model against measured runs is tested in tests/test_gpu_host.py."""
-import contextlib
-import io
 import json
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import pytest
 
 from icdstudy.planning import plan
 from icdstudy.planning.architectures import PUBLIC_CONFIGS, architecture
 from tests.conftest import REPO
-
-
-def _plan(*args):
-    """`python -m icdstudy.study plan ...` as a user runs it, with no venv on PATH."""
-    return subprocess.run([sys.executable, "-m", "icdstudy.study", "plan", *args], cwd=REPO, capture_output=True,
-                          text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-
-
-def _plan_here(*args):
-    """The same command in this process: its imports are paid once, not by every call."""
-    from icdstudy.study import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as patch:
-        patch.chdir(REPO)
-        code = main(["plan", *args])
-    return SimpleNamespace(returncode=code, stdout=out.getvalue())
+from tests.plan_runs import plan_cli, plan_here
 
 
 def test_full_study_fits_one_80gb_gpu_with_margin():
-    run = _plan("full-study", "--gpu-mem-gb", "80", "--json")
+    run = plan_cli("full-study", "--gpu-mem-gb", "80", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads(run.stdout)
     names = [s["stage"] for s in result["stages"]]
@@ -46,7 +25,7 @@ def test_full_study_fits_one_80gb_gpu_with_margin():
 
 def test_fewshot_stages_are_planned_with_their_own_batch_and_seeds_multiply_hours():
     def stages(*extra):
-        run = _plan_here("full-study", "--gpu-mem-gb", "80", "--json", *extra)
+        run = plan_here("full-study", "--gpu-mem-gb", "80", "--json", *extra)
         return run.returncode, {s["stage"]: s for s in json.loads(run.stdout)["stages"]}
 
     rc, planned = stages()
@@ -58,19 +37,19 @@ def test_fewshot_stages_are_planned_with_their_own_batch_and_seeds_multiply_hour
     rc, planned = stages("-S", "systems.llm.fewshot-llama31-8b.decoding.batch_size=48")
     few = planned["predict@fewshot-llama31-8b"]
     assert rc == 1 and not few["fits"] and "systems.llm.fewshot-llama31-8b.decoding.batch_size=" in few["fix"]
-    _, three = stages("-S", "train.seeds=[42,43,44]")
+    _, three = stages("-S", "recipe.seeds=[42,43,44]")
     one = stages()[1]
     assert three["train@lora-qwen25-3b"]["est_hours"] == pytest.approx(3 * one["train@lora-qwen25-3b"]["est_hours"], abs=0.02)
 
 
 def test_the_seed_batch_does_not_fit_and_the_fix_is_named():
-    run = _plan_here("full-study", "--gpu-mem-gb", "80", "-S", "train.batch_size=32", "-S", "train.grad_accum=1",
-                "-S", "train.gradient_checkpointing=false")
+    run = plan_here("full-study", "--gpu-mem-gb", "80", "-S", "recipe.batch_size=32", "-S", "recipe.grad_accum=1",
+                "-S", "recipe.gradient_checkpointing=false")
     assert run.returncode == 1
     line = next(l for l in run.stdout.splitlines() if l.startswith("train@lora-llama32-3b"))
     assert " NO " in line
     fix = run.stdout.splitlines()[run.stdout.splitlines().index(line) + 1]
-    assert "train.batch_size=" in fix and "train.grad_accum=" in fix
+    assert "recipe.batch_size=" in fix and "recipe.grad_accum=" in fix
 
 
 def test_public_configs_give_the_published_parameter_counts():
@@ -85,3 +64,13 @@ def test_public_configs_give_the_published_parameter_counts():
 def test_a_local_config_json_wins_over_the_table(tiny_model_dir):
     arch = architecture({"key": "x", "hub_id": "meta-llama/Llama-3.2-3B-Instruct", "path": str(tiny_model_dir)})
     assert (arch.hidden, arch.layers) == (64, 2) and "config.json" in arch.source
+
+
+def test_the_gpu_host_doc_shows_the_plan_the_command_prints():
+    """docs/gpu-host.md's plan table is the output of the command its marker names, never edited by hand."""
+    doc = (REPO / "docs/gpu-host.md").read_text()
+    marker = next(line for line in doc.splitlines() if line.startswith("<!-- plan: "))
+    table = doc.split(marker)[1].split("<!-- /plan -->")[0].strip()
+    run = plan_here(*marker.removeprefix("<!-- plan: ").removesuffix(" -->").split())
+    assert run.returncode == 0 and table == run.stdout.strip(), (
+        f"docs/gpu-host.md: regenerate the table with `python -m icdstudy.study plan {marker[11:-4]}`")

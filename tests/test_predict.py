@@ -95,8 +95,8 @@ def test_a_shortlist_prompt_lists_the_retrieved_codes(setup, capsys, tmp_path):
                 "--text", TEXT) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["system"] == "lora-shortlist-" + setup["model"].rstrip("/").split("/")[-1]
-    assert len(out["candidate_list"]) == 5 and len(set(out["candidate_list"])) == 5
-    assert {c.replace(".", "") for c in out["candidate_list"]} <= {r["code"] for r in ROWS}
+    assert len(out["shortlist"]) == 5 and len(set(out["shortlist"])) == 5
+    assert {c.replace(".", "") for c in out["shortlist"]} <= {r["code"] for r in ROWS}
     assert _run(setup, "--shortlist", "--data", str(tmp_path / "nowhere"), "--text", TEXT) == 2
     assert "--shortlist: " in capsys.readouterr().err
 
@@ -119,7 +119,7 @@ def _thresholds(tmp_path, system: str, **keys) -> str:
 
 @pytest.fixture
 def table_project(setup, tiny_model_dir, tmp_path, monkeypatch):
-    """A project whose table holds lora-tiny (eval.top_k 3) with the trained adapter as its own, run from its root."""
+    """A project whose table holds lora-tiny (decoding.top_k 3) with the trained adapter as its own, run from its root."""
     import shutil
 
     from tests.stage_project import project

@@ -8,7 +8,6 @@ import sys
 import pytest
 import yaml
 
-from icdstudy.core import systems
 from icdstudy.core.io import write_json, write_jsonl
 from tests.conftest import REPO
 from tests.stage_project import run_stage, system_for, tables_for
@@ -60,7 +59,8 @@ def study(root, zeroshot=(), finetune=(), shortlist=(), finetune_shortlist=(), s
     params["base_models"] = models
     params["training"], params["systems"]["llm"] = tables_for(zeroshot, finetune, shortlist, finetune_shortlist)
     params["datacard"]["tokenizer"] = models[0]
-    params["train"]["seeds"] = list(seeds)
+    params["recipe"]["seeds"] = list(seeds)
+    params["deploy"]["target_precision"] = [0.90, 0.95]  # the full study's targets
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     for split in ("val", "calibration", "test"):
@@ -272,7 +272,7 @@ def test_seeds_say_in_how_many_the_direction_holds(tmp_path):
 
 
 def test_errors_are_split_by_where_they_land_with_examples(tmp_path):
-    from icdstudy.reporting.report import error_breakdown, error_kind
+    from icdstudy.analysis.errors import error_breakdown, error_kind
 
     assert error_kind("E119", "E119") is None
     assert error_kind("E119", "E1165") == "right category, wrong code"  # a sibling

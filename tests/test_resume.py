@@ -137,5 +137,5 @@ def test_a_killed_prediction_stage_resumes_to_the_same_predictions(tiny_model_di
     assert again.count("resuming:") == 3  # every split: every finished batch is kept
     assert predictions(run) == predictions(full)
     if kind == "shortlist":
-        assert len(predictions(run)["test"][0]["candidate_list"]) == 5
+        assert len(predictions(run)["test"][0]["shortlist"]) == 5
     assert not any((run / ".resume").glob(f"{system}-*.jsonl"))  # nothing left to resume

@@ -1,19 +1,16 @@
 """Retrieval few-shot and the knn-tfidf floor: neighbours are real, never the row itself or a
 copy of its text, and reach the prompt and the predictions."""
-import json
-import subprocess
-import sys
 
 import pytest
 
 from icdstudy.inference import prompts
 from icdstudy.inference.evaluation import evaluate, few_shot_examples
-from icdstudy.inference.generation import GenerationSettings
 from icdstudy.models.modeling import load_model, load_tokenizer
-from icdstudy.core.copies import copy_key
+from icdstudy.neighbours.copies import copy_key
 from icdstudy.neighbours.retrieval import Neighbour, Retriever, knn_candidates
-from tests.conftest import REPO
+from tests.conftest import REPO, decoding_settings
 
+RETRIEVAL = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True, "neighbours": 10}
 TRAIN = [
     {"id": "t0", "code": "E119", "input": "Thirst, polyuria and a raised HbA1c of 8.1 percent."},
     {"id": "t1", "code": "E119", "input": "Type 2 diabetes follow up, HbA1c 7.4, metformin refill."},
@@ -43,21 +40,17 @@ def test_a_row_never_retrieves_itself_or_a_copy_of_its_text():
     # a test row whose text duplicates training rows (after case and whitespace folding)
     dup = r.search([{"id": "new", "input": "thirst, polyuria and a raised HbA1c of 8.1 percent."}], 3)[0]
     assert {"t0", "t6"}.isdisjoint(n.id for n in dup) and dup[0].code == "E119"
-    for strategy in ("random", "nearest"):
-        shots = few_shot_examples(train, train, 3, strategy, seed=1)
-        for row, chosen in zip(train, shots):
-            assert len(chosen) == 3 and row["id"] not in {s["id"] for s in chosen}, (strategy, row["id"])
-            assert all(copy_key(s["input"]) != copy_key(row["input"]) for s in chosen), (strategy, row["id"])
+    shots = few_shot_examples(train, train, 3, RETRIEVAL)
+    for row, chosen in zip(train, shots):
+        assert len(chosen) == 3 and row["id"] not in {s["id"] for s in chosen}, row["id"]
+        assert all(copy_key(s["input"]) != copy_key(row["input"]) for s in chosen), row["id"]
 
 
-def test_random_strategy_shows_one_draw_and_nearest_each_rows_own():
+def test_each_row_is_shown_its_own_nearest_examples():
     queries = [{"id": "a", "input": "HbA1c 9 and thirst"}, {"id": "b", "input": "knee ACL tear at football"}]
-    rand = few_shot_examples(TRAIN, queries, 2, "random", seed=3)
-    assert [s["id"] for s in rand[0]] == [s["id"] for s in rand[1]]
-    near = few_shot_examples(TRAIN, queries, 2, "nearest")
+    near = few_shot_examples(TRAIN, queries, 2, RETRIEVAL)
     assert near[0][0]["code"] == "E119" and near[1][0]["code"] == "S83512A"
-    with pytest.raises(ValueError, match="random or nearest"):
-        few_shot_examples(TRAIN, queries, 2, "closest")
+    assert few_shot_examples(TRAIN, queries, 0, RETRIEVAL) == [[], []]
 
 
 def test_knn_candidates_vote_by_summed_similarity():
@@ -80,12 +73,12 @@ def test_fewshot_evaluation_records_the_shown_examples(tiny_model_dir):
     model, tok = load_model(tiny_model_dir, {"key": "tiny"}), load_tokenizer(tiny_model_dir)
     test = [{"id": "q1", "code": "I10", "input": "Blood pressure 170/100, started amlodipine."},
             {"id": "t4", "code": "S83512A", "input": "Twisted the left knee playing football, ACL tear on MRI."}]
-    settings = GenerationSettings(batch_size=2, top_k=2, max_input_tokens=64, few_shot=2, few_shot_strategy="nearest",
-                                  max_shot_tokens=32)
-    preds = evaluate(model, tok, test, ["E119", "I10", "S83512A", "Z23"], settings, "note", TRAIN, progress=False)
+    settings = decoding_settings(batch_size=2, top_k=2, max_input_tokens=64, few_shot=2, max_shot_tokens=32)
+    preds = evaluate(model, tok, test, ["E119", "I10", "S83512A", "Z23"], settings, "note", TRAIN, progress=False,
+                     retrieval=RETRIEVAL)
     assert preds[0]["shot_ids"][0] in ("t2", "t3") and len(preds[0]["shot_ids"]) == 2
     assert "t4" not in preds[1]["shot_ids"]  # the same id (and text) as a training row is never shown to itself
-    plain = evaluate(model, tok, test, ["E119", "I10"], GenerationSettings(batch_size=2, top_k=2), "note", TRAIN,
+    plain = evaluate(model, tok, test, ["E119", "I10"], decoding_settings(batch_size=2, top_k=2), "note", TRAIN,
                      progress=False)
     assert "shot_ids" not in plain[0]
 

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from icdstudy.analysis import deploy
-from icdstudy.core import metrics, systems
+from icdstudy.analysis import thresholds
+from icdstudy import systems
+from icdstudy.analysis import metrics
 from icdstudy.core.io import read_json, read_jsonl, write_json, write_jsonl
 from icdstudy.analysis.scoring import ScoreError, check_rows, score_system
 from tests.conftest import REPO
@@ -44,14 +45,14 @@ def test_a_certified_threshold_carries_an_exact_binomial_guarantee():
     from scipy.stats import binom
 
     # 45 right of 45 certify 95% at delta 0.1 (0.95 ** 45 = 0.099); 44 of 44 do not (0.105)
-    assert deploy.error_free_rows_needed(0.95, 0.1) == 45 and deploy.error_free_rows_needed(0.90, 0.1) == 22
-    sure = deploy.certify([0.9] * 45 + [0.2] * 10, [True] * 45 + [False] * 10, 0.95, 0.1)
+    assert thresholds.error_free_rows_needed(0.95, 0.1) == 45 and thresholds.error_free_rows_needed(0.90, 0.1) == 22
+    sure = thresholds.certify([0.9] * 45 + [0.2] * 10, [True] * 45 + [False] * 10, 0.95, 0.1)
     assert (sure["threshold"], sure["accepted"], sure["errors"]) == (0.9, 45, 0)
     assert sure["p_value"] == pytest.approx(binom.cdf(0, 45, 0.05)) and sure["p_value"] <= 0.1
-    short = deploy.certify([0.9] * 44 + [0.2] * 11, [True] * 44 + [False] * 11, 0.95, 0.1)
+    short = thresholds.certify([0.9] * 44 + [0.2] * 11, [True] * 44 + [False] * 11, 0.95, 0.1)
     assert short["threshold"] is None and "95% precision" in short["reason"]
     # 42 calibration rows, all right, can never certify 95%: the reason names the rows it would take
-    few = deploy.certify([0.9] * 42, [True] * 42, 0.95, 0.1)
+    few = thresholds.certify([0.9] * 42, [True] * 42, 0.95, 0.1)
     assert few["threshold"] is None and "at least 45 accepted rows" in few["reason"] and few["error_free_rows_needed"] == 45
 
 
@@ -61,7 +62,7 @@ def test_certification_keeps_the_lowest_threshold_that_holds_from_the_top_down()
     rng = random.Random(3)
     conf = [round(rng.random(), 4) for _ in range(400)]
     right = [rng.random() < 0.4 + 0.6 * c for c in conf]  # surer rows are right more often
-    got = deploy.certify(conf, right, 0.9, 0.1)
+    got = thresholds.certify(conf, right, 0.9, 0.1)
     assert got["threshold"] is not None and got["calibration_rows"] == 400
     coded = [c >= got["threshold"] for c in conf]
     accepted, errors = sum(coded), sum(k and not r for k, r in zip(coded, right))
@@ -78,12 +79,12 @@ def test_rows_at_just_under_and_just_over_a_float_threshold_are_routed_alike_eve
     same comparison, also for a threshold made by float arithmetic (0.3 - 0.1 = 0.19999999999999998)."""
     from icdstudy.core.io import write_json
     from icdstudy.predict import route, routing
-    from icdstudy.core.systems import System
+    from icdstudy.systems import System
 
     made = 0.3 - 0.1
     conf = [made] * 30 + [0.2] * 5 + [made - 1e-12, made + 1e-12, 0.1]
     right = [True] * 38
-    cert = deploy.certify(conf, right, 0.9, 0.1)
+    cert = thresholds.certify(conf, right, 0.9, 0.1)
     assert cert["threshold"] == 0.1  # everything right: the lowest tested threshold certifies
     threshold = made
     write_json(tmp_path / "s.json", {"confidence_signal": "top1", "threshold_at_p90": threshold, "precision_at_p90": 1.0,
@@ -92,44 +93,44 @@ def test_rows_at_just_under_and_just_over_a_float_threshold_are_routed_alike_eve
     assert rule["threshold"] == threshold  # stored and read back exactly, not rounded
     rows = [{"id": f"r{i}", "pred": "E119", "gold": "E119", "confidence": c, "candidates": [{"code": "E119", "score": c}]}
             for i, c in enumerate(conf)]
-    flags = deploy.coded(rows, {}, "top1", threshold)
+    flags = thresholds.coded(rows, {}, "top1", threshold)
     routes = [route(r, rule, None) == "code" for r in rows]
     assert flags == routes == [c >= threshold for c in conf]
     assert flags[30:35] == [True] * 5  # 0.2 >= 0.19999999999999998
     assert flags[35:] == [False, True, False]  # just under, just over, far under
-    assert deploy.at_threshold(conf, right, threshold)["coded"] == sum(flags)
+    assert thresholds.at_threshold(conf, right, threshold)["coded"] == sum(flags)
 
 
 def test_the_cost_with_review_counts_every_encounter_not_coded():
-    assert deploy.with_review(0.5, 0.25, 2.0) == {"usd_per_1k_with_review": 1500.5, "review_saving_usd_per_1k": 499.5}
-    assert deploy.with_review(0.5, None, 2.0)["usd_per_1k_with_review"] == 2000.5  # nothing certified: all reviewed
-    assert deploy.usd_per_1k(1000.0, 0.0816) == pytest.approx(2.27e-05)  # a floor's cost is measured, never 0
+    assert thresholds.with_review(0.5, 0.25, 2.0) == {"usd_per_1k_with_review": 1500.5, "review_saving_usd_per_1k": 499.5}
+    assert thresholds.with_review(0.5, None, 2.0)["usd_per_1k_with_review"] == 2000.5  # nothing certified: all reviewed
+    assert thresholds.usd_per_1k(1000.0, 0.0816) == pytest.approx(2.27e-05)  # a floor's cost is measured, never 0
 
 
 def test_rows_of_equal_confidence_are_coded_together():
     # four rows at 0.8 (three right), one at 0.9 (right): no threshold can code some of the 0.8 rows alone
-    curve = deploy.risk_coverage([0.8, 0.9, 0.8, 0.8, 0.8], [True, True, False, True, True])
+    curve = thresholds.risk_coverage([0.8, 0.9, 0.8, 0.8, 0.8], [True, True, False, True, True])
     assert curve == [(0.9, 0.2, 0.0), (0.8, 1.0, 0.2)]
 
 
 def test_aurc_on_hand_built_curves():
-    assert deploy.aurc([0.9, 0.8, 0.7, 0.6], [True, True, False, False]) == pytest.approx((0 + 0 + 1 / 3 + 2 / 4) / 4, abs=1e-4)
-    assert deploy.aurc([0.6, 0.7, 0.8, 0.9], [True, True, False, False]) == pytest.approx((1 + 1 + 2 / 3 + 2 / 4) / 4, abs=1e-4)
-    assert deploy.aurc([0.5] * 4, [True, False, True, False]) == pytest.approx(0.5)  # one group: its error rate
+    assert thresholds.aurc([0.9, 0.8, 0.7, 0.6], [True, True, False, False]) == pytest.approx((0 + 0 + 1 / 3 + 2 / 4) / 4, abs=1e-4)
+    assert thresholds.aurc([0.6, 0.7, 0.8, 0.9], [True, True, False, False]) == pytest.approx((1 + 1 + 2 / 3 + 2 / 4) / 4, abs=1e-4)
+    assert thresholds.aurc([0.5] * 4, [True, False, True, False]) == pytest.approx(0.5)  # one group: its error rate
 
 
 def test_coverage_and_precision_at_a_threshold_with_wilson_intervals():
-    at = deploy.at_threshold([0.9, 0.8, 0.7, 0.6], [True, True, False, True], 0.75)
+    at = thresholds.at_threshold([0.9, 0.8, 0.7, 0.6], [True, True, False, True], 0.75)
     assert (at["coverage"], at["precision"], at["coded"]) == (0.5, 1.0, 2)
     lo, hi = at["precision_ci95"]
     assert lo == pytest.approx(0.3424, abs=1e-4) and hi == 1.0  # Wilson interval of 2 of 2
-    assert deploy.at_threshold([0.9], [True], None)["coverage"] is None
+    assert thresholds.at_threshold([0.9], [True], None)["coverage"] is None
 
 
 def test_cost_per_thousand_encounters():
-    assert deploy.usd_per_1k(2.0, 3.6) == pytest.approx(0.5)  # 500 s per 1,000 at $3.60/h
-    assert deploy.usd_per_1k(None, 3.6) is None
-    assert deploy.price("cuda", DEPLOY) == 3.6 and deploy.price("cpu", DEPLOY) == 0.36
+    assert thresholds.usd_per_1k(2.0, 3.6) == pytest.approx(0.5)  # 500 s per 1,000 at $3.60/h
+    assert thresholds.usd_per_1k(None, 3.6) is None
+    assert thresholds.price("cuda", DEPLOY) == 3.6 and thresholds.price("cpu", DEPLOY) == 0.36
 
 
 def test_the_signal_with_the_smallest_validation_area_is_chosen():
@@ -137,7 +138,7 @@ def test_the_signal_with_the_smallest_validation_area_is_chosen():
     val = [pred(0, "E119", True, 0.5, "Z23"), pred(1, "E119", True, 0.55, "Z23"), pred(2, "I10", False, 0.6, "Z23"),
            pred(3, "I10", False, 0.65, "Z23")]
     val[0]["candidates"][1]["score"], val[1]["candidates"][1]["score"] = 0.0, 0.05
-    signal, areas = deploy.choose_signal(val, {})
+    signal, areas = thresholds.choose_signal(val, {})
     assert signal == "margin" and areas["margin"] < areas["top1"]
 
 
@@ -294,8 +295,8 @@ def test_certification_agrees_with_mapie_in_both_directions_where_its_rounding_d
         n, target = int(rng.integers(40, 400)), float(rng.choice([0.8, 0.9, 0.95]))
         conf = np.round(rng.random(n), 2)  # ties included
         right = rng.random(n) < np.clip(rng.uniform(0.4, 0.8) + rng.uniform(0.2, 0.6) * conf, 0, 1)
-        ours = deploy.certify(conf, right, target, 0.1)
-        need = deploy.error_free_rows_needed(target, 0.1)
+        ours = thresholds.certify(conf, right, target, 0.1)
+        need = thresholds.error_free_rows_needed(target, 0.1)
         grid = np.unique(np.sort(conf)[::-1][need - 1:])[::-1]  # certify's fixed sequence, highest first
         counts = [(int((conf >= t).sum()), int(((conf >= t) & ~right).sum())) for t in grid]
         risk = np.array([1 - (a - e) / a for a, e in counts])
@@ -330,7 +331,7 @@ def test_the_next_lower_threshold_fails_whenever_the_sequence_stopped():
     for _ in range(200):
         conf = [round(rng.random(), 2) for _ in range(rng.randint(30, 300))]
         right = [rng.random() < 0.5 + 0.5 * c for c in conf]
-        got = deploy.certify(conf, right, 0.9, 0.1)
+        got = thresholds.certify(conf, right, 0.9, 0.1)
         lower = sorted({c for c in conf if (got["threshold"] is None or c < got["threshold"])
                         and sum(x >= c for x in conf) >= got["error_free_rows_needed"]}, reverse=True)
         if got["stopped_at"] is None:  # every threshold held: there is no lower one to test

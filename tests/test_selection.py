@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from icdstudy.analysis import deploy, selection
+from icdstudy.analysis import selection, thresholds
 
 TARGET, DELTA, ROWS, SYSTEMS, TRIALS = 0.9, 0.1, 300, 8, 1500
 
@@ -26,14 +26,14 @@ def simulate(seed: int) -> tuple[float, float]:
     rule that reads calibration rows). Each system's validation metrics carry both kinds of key, as
     metrics/val/<system>.json does: selection must rank by the first alone."""
     rng = np.random.default_rng(seed)
-    k = deploy.key(TARGET)
+    k = thresholds.key(TARGET)
     fails_val = fails_cal = 0
     for _ in range(TRIALS):
         vals, certified = {}, {}
         for i in range(SYSTEMS):
             (vc, vr), (cc, cr) = draw(rng, ROWS), draw(rng, ROWS)
-            fitted = deploy.certify(vc, vr, TARGET, DELTA)["threshold"]
-            t = certified[f"s{i}"] = deploy.certify(cc, cr, TARGET, DELTA)["threshold"]
+            fitted = thresholds.certify(vc, vr, TARGET, DELTA)["threshold"]
+            t = certified[f"s{i}"] = thresholds.certify(cc, cr, TARGET, DELTA)["threshold"]
             vals[f"s{i}"] = {"exact_match": float(vr.mean()), f"threshold_at_{k}": t,
                              f"val_fitted_coverage_at_{k}": float((vc >= fitted).mean()) if fitted is not None else 0.0,
                              f"coverage_at_{k}": float((vc >= t).mean()) if t is not None else None}

@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 from icdstudy.inference import prompts
-from icdstudy.neighbours.retrieval import Retriever, knn_candidates
-from icdstudy.neighbours.shortlist import LISTED, candidate_recall, code_descriptions, shortlist_metrics, with_shortlists
+from icdstudy.neighbours.retrieval import Retriever
+from icdstudy.neighbours.shortlist import SHORTLIST, candidate_recall, code_descriptions, shortlist_metrics, with_shortlists
 
 CFG = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True, "neighbours": 3}
 TRAIN = [
@@ -31,7 +31,7 @@ def _codes(lists):
 
 def test_a_training_row_never_sees_itself_or_a_copy_of_its_text():
     rows = with_shortlists(TRAIN, TRAIN, 8, CFG)
-    by_id = {r["id"]: [c["code"] for c in r[LISTED]] for r in rows}
+    by_id = {r["id"]: [c["code"] for c in r[SHORTLIST]] for r in rows}
     # Z23 and J4520 are carried only by t7 and its copy t8: neither row may be offered its own answer
     assert "Z23" not in by_id["t7"] and "J4520" not in by_id["t7"], by_id["t7"]
     assert "J4520" not in by_id["t8"] and "Z23" not in by_id["t8"], by_id["t8"]
@@ -39,7 +39,7 @@ def test_a_training_row_never_sees_itself_or_a_copy_of_its_text():
     assert "E119" in by_id["t0"] and "E119" in by_id["t1"]  # a code with another row is still offered
     # a test row is shown the same way: a copy of a training text is never a neighbour
     test = with_shortlists(TRAIN, [{"id": "q", "code": "Z23", "input": "Here for the influenza vaccine today."}], 8, CFG)
-    assert {"Z23", "J4520"}.isdisjoint(c["code"] for c in test[0][LISTED])
+    assert {"Z23", "J4520"}.isdisjoint(c["code"] for c in test[0][SHORTLIST])
 
 
 # Rows built so that their order by similarity to QUERY is plain: t0 shares four of its words, t1 three, t2 two,
@@ -94,7 +94,7 @@ def test_the_prompt_lists_each_code_dotted_with_its_description_and_score_in_ord
 def test_a_retired_code_is_listed_with_the_data_sets_description():
     row = with_shortlists(TRAIN, [{"id": "q", "code": "T814XXA", "input": "Redness at the incision after surgery."}],
                           3, CFG)[0]
-    first = row[LISTED][0]
+    first = row[SHORTLIST][0]
     assert first["code"] == "T814XXA" and first["description"] == "Infection following a procedure, initial encounter"
 
 
@@ -106,11 +106,11 @@ def test_descriptions_come_from_the_table_else_the_data_set():
 
 
 def test_candidate_recall_and_where_the_answers_sit_on_the_lists():
-    predictions = [{"gold": "A", "pred": "A", LISTED: ["A", "B"]},   # right, the first candidate
-                   {"gold": "B", "pred": "A", LISTED: ["A", "B"]},   # wrong, the first candidate
-                   {"gold": "C", "pred": "C", LISTED: ["A", "B"]},   # right, off the list
-                   {"gold": "B", "pred": "B", LISTED: ["A", "B"]}]   # right, the second candidate
+    predictions = [{"gold": "A", "pred": "A", SHORTLIST: ["A", "B"]},   # right, the first candidate
+                   {"gold": "B", "pred": "A", SHORTLIST: ["A", "B"]},   # wrong, the first candidate
+                   {"gold": "C", "pred": "C", SHORTLIST: ["A", "B"]},   # right, off the list
+                   {"gold": "B", "pred": "B", SHORTLIST: ["A", "B"]}]   # right, the second candidate
     assert candidate_recall(predictions) == 0.75
-    assert candidate_recall([{"code": "B", LISTED: [{"code": "A"}, {"code": "B"}]}]) == 1.0  # a row as prompts hold it
+    assert candidate_recall([{"code": "B", SHORTLIST: [{"code": "A"}, {"code": "B"}]}]) == 1.0  # a row as prompts hold it
     assert shortlist_metrics(predictions) == {"candidates": 2, "candidate_recall": 0.75, "picked_first_candidate": 0.5,
                                               "picked_other_candidate": 0.25, "picked_off_list": 0.25}

@@ -5,8 +5,7 @@ import shutil
 import yaml
 
 from icdstudy.study import main, overrides
-from tests.conftest import REPO
-from tests.test_pipeline_prepare import dvc
+from tests.conftest import REPO, dvc
 
 
 def test_full_study_overrides_apply_through_dvc(tmp_path):
@@ -19,27 +18,27 @@ def test_full_study_overrides_apply_through_dvc(tmp_path):
     p = yaml.safe_load(params.read_text())
     assert p["data"]["source"] == "hf:Ahmad0067/MedSynth"
     llm = p["systems"]["llm"]
-    assert {s["model"] for s in llm.values() if s["prompt"] == "plain" and not s.get("train")} == \
+    assert {s["model"] for s in llm.values() if s["prompt"] == "plain" and not s.get("run")} == \
         {"llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b"}
-    assert {s["model"] for s in llm.values() if s.get("train")} == {"llama32-3b", "qwen25-3b"}
+    assert {s["model"] for s in llm.values() if s.get("run")} == {"llama32-3b", "qwen25-3b"}
     assert "zeroshot-smollm2-135m" not in llm and set(p["systems"]["floors"]) == {"tfidf-logreg", "knn-tfidf"}
     assert set(p["training"]) == {"lora-llama32-3b", "lora-shortlist-llama32-3b", "lora-qwen25-3b", "lora-shortlist-qwen25-3b"}
     assert {s["model"] for s in llm.values()} <= set(p["base_models"]) <= set(p["models"])
-    assert p["train"]["lora_r"] == 64 and p["train"]["lora_alpha"] == 128 and p["train"]["learning_rate"] == 2e-4
-    assert p["train"]["save_steps"] % p["train"]["eval_steps"] == 0
+    assert p["recipe"]["lora_r"] == 64 and p["recipe"]["lora_alpha"] == 128 and p["recipe"]["learning_rate"] == 2e-4
+    assert p["recipe"]["save_steps"] % p["recipe"]["eval_steps"] == 0
     assert p["models"]["llama31-8b"]["load_in_4bit"] and p["models"]["mistral-7b"]["load_in_4bit"]
 
 
 def test_the_full_study_trains_both_arms_with_one_recipe_at_its_own_scale(monkeypatch):
     """The demo's shortlist recipe was chosen for a 135M model; the full study trains both arms alike (the seed's
     recipe, the kept checkpoint chosen by validation exact match), with a warm-up that fits its 576 steps."""
-    from icdstudy.core.params import train_config
+    from icdstudy.core.params import run_recipe
     from icdstudy.core.schema import validate
     from icdstudy.study import resolved_params
 
     monkeypatch.chdir(REPO)
     p = validate(resolved_params("full-study", [])).model_dump()
-    plain, listed = train_config(p, "lora-qwen25-3b"), train_config(p, "lora-shortlist-qwen25-3b")
+    plain, listed = run_recipe(p, "lora-qwen25-3b"), run_recipe(p, "lora-shortlist-qwen25-3b")
     assert plain == listed and plain["select_by"] == "exact_match"
     assert (plain["learning_rate"], plain["num_epochs"], plain["lr_scheduler"]) == (2e-4, 3, "linear")
     steps = 3 * -(-6144 // (plain["batch_size"] * plain["grad_accum"]))
@@ -50,7 +49,7 @@ def test_demo_params_are_consistent():
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     models = {s["model"] for s in p["systems"]["llm"].values()} | {r["model"] for r in p["training"].values()}
     assert models | {p["datacard"]["tokenizer"]} <= set(p["base_models"]) <= set(p["models"])
-    assert p["train"]["save_steps"] % p["train"]["eval_steps"] == 0
+    assert p["recipe"]["save_steps"] % p["recipe"]["eval_steps"] == 0
     for key in ("llama31-8b", "mistral-7b", "llama32-3b", "qwen25-3b", "smollm2-135m"):
         assert key in p["models"]
 
@@ -59,7 +58,7 @@ def test_dry_run_prints_the_dvc_command(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert main(["full-study", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("dvc exp run -n full-study -S ") and "train.lora_r=64" in out
+    assert out.startswith("dvc exp run -n full-study -S ") and "recipe.lora_r=64" in out
     assert main(["no-such-config"]) == 2
 
 
@@ -87,18 +86,18 @@ def test_a_smoke_run_is_its_own_experiment_and_a_real_run_resets_its_sizes(capsy
     from icdstudy.study import main
 
     monkeypatch.chdir(REPO)
-    assert main(["full-study", "--smoke", "--dry-run", "-S", "eval.max_samples=6", "-S", "models.qwen25-3b.path=/m"]) == 0
+    assert main(["full-study", "--smoke", "--dry-run", "-S", "decoding.max_samples=6", "-S", "models.qwen25-3b.path=/m"]) == 0
     smoke = capsys.readouterr().out
     assert smoke.startswith("dvc exp run -n full-study-smoke -S ")
-    assert "smoke=true" in smoke and "train.max_steps=4" in smoke and "train.lora_r=64" in smoke
-    assert smoke.count("eval.max_samples=") == 1 and "eval.max_samples=6" in smoke  # -S replaces, never repeats a key
+    assert "smoke=true" in smoke and "recipe.max_steps=4" in smoke and "recipe.lora_r=64" in smoke
+    assert smoke.count("decoding.max_samples=") == 1 and "decoding.max_samples=6" in smoke  # -S replaces, never repeats a key
     assert "models.qwen25-3b.path=" in smoke
     assert main(["full-study", "--dry-run"]) == 0
     real = capsys.readouterr().out
     assert real.startswith("dvc exp run -n full-study -S ")
     # every key the smoke run shrinks is set back to its committed value, whatever params.yaml holds now
-    assert "smoke=false" in real and "eval.max_samples=null" in real and "train.max_steps=null" in real
-    assert "train.eval_steps=96" in real  # the study's own value wins over the committed demo value (50)
+    assert "smoke=false" in real and "decoding.max_samples=null" in real and "recipe.max_steps=null" in real
+    assert "recipe.eval_steps=96" in real  # the study's own value wins over the committed demo value (50)
 
 
 def test_overrides_without_dvc_give_the_same_params(tmp_path):
@@ -109,7 +108,7 @@ def test_overrides_without_dvc_give_the_same_params(tmp_path):
 
     from icdstudy import study
 
-    args = [a for a in study.overrides(REPO / "configs/full-study.yaml") if a != "-S"] + ["train.seeds=[42,43]"]
+    args = [a for a in study.overrides(REPO / "configs/full-study.yaml") if a != "-S"] + ["recipe.seeds=[42,43]"]
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)
     study._apply_plain_overrides(path, args)
@@ -119,7 +118,7 @@ def test_overrides_without_dvc_give_the_same_params(tmp_path):
     here = os.getcwd()
     os.chdir(REPO)
     try:
-        assert plain == study.resolved_params("full-study", ["train.seeds=[42,43]"])
+        assert plain == study.resolved_params("full-study", ["recipe.seeds=[42,43]"])
     finally:
         os.chdir(here)
 
@@ -141,11 +140,11 @@ def test_a_real_run_resets_what_a_smoke_run_left_in_the_workspace(tmp_path, monk
     from icdstudy.study import run_values
 
     values = run_values("full-study", smoke=False)
-    assert values["eval.max_samples"] is None and values["train.max_steps"] is None and values["smoke"] is False
+    assert values["decoding.max_samples"] is None and values["recipe.max_steps"] is None and values["smoke"] is False
     assert values["train.newer_than_head"] is None  # not in HEAD's params, nor in the workspace's: as it is
-    assert values["train.eval_steps"] == 96  # the study's own value wins over both
+    assert values["recipe.eval_steps"] == 96  # the study's own value wins over both
     smoke = run_values("full-study", smoke=True)
-    assert smoke["eval.max_samples"] == 48 and smoke["smoke"] is True and smoke["train.max_steps"] == 4
+    assert smoke["decoding.max_samples"] == 48 and smoke["smoke"] is True and smoke["recipe.max_steps"] == 4
 
 
 def test_editing_a_test_row_retrains_nothing(tmp_path):
@@ -172,3 +171,23 @@ def test_editing_a_test_row_retrains_nothing(tmp_path):
     assert training and all(after[s] == [] for s in training), after
     assert after["predict@zeroshot-smollm2-135m"] == ["data/processed"] and "data/processed/test.jsonl" in after["score"]
 
+
+
+def test_every_full_study_key_equal_to_the_demos_is_marked_a_pin():
+    """A key of configs/full-study.yaml that repeats the demo's value says so (`# pin`): a reader knows it is
+    deliberate, and a key marked a pin that no longer equals the demo's is caught too."""
+    demo = yaml.safe_load((REPO / "params.yaml").read_text())
+    lines = (REPO / "configs/full-study.yaml").read_text().splitlines()
+    full = yaml.safe_load("\n".join(lines))
+
+    def demo_value(dotted):
+        d = demo
+        for k in dotted.split("."):
+            if not isinstance(d, dict) or k not in d:
+                return KeyError
+            d = d[k]
+        return d
+
+    marked = {line.split(":")[0] for line in lines if "# pin" in line and not line.startswith("#")}
+    equal = {k for k, v in full.items() if not isinstance(v, dict) and demo_value(k) == v}
+    assert marked == equal, f"mark with `# pin`: {sorted(equal - marked)}; no longer pins: {sorted(marked - equal)}"

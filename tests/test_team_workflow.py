@@ -50,7 +50,7 @@ def test_metrics_diff_between_two_commits_reads_the_remote(team):
 
 def test_experiments_move_between_clones(team):
     a = team["a"]
-    dvc(a, "exp", "run", "-n", "lr-high", "-S", "train.learning_rate=0.01")
+    dvc(a, "exp", "run", "-n", "lr-high", "-S", "recipe.learning_rate=0.01")
     a_adapter = (a / "models/adapters/lora-tiny/adapter_model.safetensors").read_bytes()
     a_metrics = json.loads((a / "metrics/val/lora-tiny.json").read_text())
     dvc(a, "exp", "push", "origin", "lr-high")
@@ -72,7 +72,7 @@ def test_experiments_move_between_clones(team):
 def test_a_failed_queued_experiment_leaves_the_workspace_untouched(team):
     a = team["a"]
     before = {p: (a / p).read_bytes() for p in ("params.yaml", "dvc.lock", "metrics/train/lora-tiny.json")}
-    dvc(a, "exp", "run", "--queue", "-n", "bad-lr", "-S", "train.learning_rate=-1")  # refused by the schema
+    dvc(a, "exp", "run", "--queue", "-n", "bad-lr", "-S", "recipe.learning_rate=-1")  # refused by the schema
     dvc(a, "queue", "start", "-j", "1")
     deadline = time.time() + 600
     while True:
@@ -82,7 +82,7 @@ def test_a_failed_queued_experiment_leaves_the_workspace_untouched(team):
         assert time.time() < deadline, status
         time.sleep(3)
     assert "Failed" in status and "bad-lr" in status
-    assert "train.learning_rate" in dvc(a, "queue", "logs", "bad-lr", check=False)
+    assert "recipe.learning_rate" in dvc(a, "queue", "logs", "bad-lr", check=False)
     dvc(a, "queue", "stop")
     assert {p: (a / p).read_bytes() for p in before} == before
     assert sh(a, "git", "status", "--porcelain") == ""
@@ -94,7 +94,7 @@ def test_a_stage_run_on_one_host_is_restored_on_another(team):
     a = team["a"]
     sh(a, "git", "checkout", "-q", "-b", "shard")
     params = yaml.safe_load((a / "params.yaml").read_text())
-    params["train"]["lora_r"] = 8
+    params["recipe"]["lora_r"] = 8
     (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(a, "git", "commit", "-qam", "study params for the shards")
     sh(a, "git", "push", "-q", "origin", "shard")

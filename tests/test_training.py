@@ -1,5 +1,4 @@
 """Label masking, the preflight against each failure of the seed's T5 diary, resume, QLoRA, learning."""
-import json
 import math
 
 import pytest
@@ -7,8 +6,9 @@ import torch
 
 from icdstudy.inference import prompts
 from icdstudy.models.modeling import load_tokenizer
-from icdstudy.finetune.training import (IGNORE, PreflightError, build_dataset, build_example, collator, fine_tune, preflight)
-from tests.conftest import REPO, requires_dvc
+from icdstudy.finetune.examples import IGNORE, PreflightError, build_dataset, build_example, collator, preflight
+from icdstudy.finetune.training import fine_tune
+from tests.conftest import REPO, requires_dvc, decoding_settings
 from tests.stage_project import CFG, ROWS, project, run_stage, stage
 from tests.tiny_model import build_tiny_model
 
@@ -177,13 +177,12 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
     rows = data.split_by_code(data.clean(frame, "dialogue").rows, 0.15, 0.15, 42)
     from icdstudy.models.modeling import load_for_inference
     from icdstudy.inference.evaluation import Decoding
-    from icdstudy.inference.generation import GenerationSettings
 
     cfg = {**CFG, "lora_r": 8, "lora_alpha": 16, "learning_rate": 3e-3, "num_epochs": 1, "batch_size": 4,
            "eval_steps": 8, "save_steps": 8, "warmup_steps": 2, "sanity_steps": 8, "logging_steps": 2,
            "select_by": "exact_match"}
     labels = sorted({r["code"] for r in rows.train})
-    decoding = Decoding(tuple(labels), GenerationSettings(constrained=True, top_k=1, max_new_tokens=12,
+    decoding = Decoding(tuple(labels), decoding_settings(constrained=True, top_k=1, max_new_tokens=12,
                                                           max_input_tokens=256, batch_size=8))
     val = rows.val[:12]
     result = fine_tune(smollm2_dir, {"key": "smollm2-135m"}, rows.train[:64], val, cfg, "dialogue", 256,
@@ -204,7 +203,7 @@ def test_smollm2_really_learns(smollm2_dir, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
                     reason="two data-parallel processes need two GPUs where CUDA is present (gloo on CPU otherwise)")
 def test_two_processes_train_data_parallel_under_accelerate(tiny_model_dir, tmp_path):
-    """train.num_processes: 2 runs the stage as two gloo processes on CPU; one writes the outputs."""
+    """recipe.num_processes: 2 runs the stage as two gloo processes on CPU; one writes the outputs."""
     from icdstudy.core.io import read_json
 
     tmp_path = project(tmp_path / "run", tiny_model_dir, num_processes=2, num_epochs=1)
@@ -227,7 +226,7 @@ def test_a_finished_seed_is_kept_and_not_retrained(tiny_model_dir, tmp_path, cap
 
 
 def test_several_seeds_train_evaluate_and_report_their_spread(tiny_model_dir, tmp_path):
-    """train.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/adapters/lora-tiny/seeds; predict@ predicts with
+    """recipe.seeds [0, 7]: seed 0 is lora-tiny, seed 7 lands in models/adapters/lora-tiny/seeds; predict@ predicts with
     both and score reports the spread."""
     from icdstudy.core.io import read_json
 
@@ -272,12 +271,11 @@ class Evaluations:
 def test_the_checkpoint_kept_is_the_one_with_the_highest_validation_exact_match(tiny_model_dir, tmp_path, monkeypatch):
     import icdstudy.finetune.training as training
     from icdstudy.inference.evaluation import Decoding
-    from icdstudy.inference.generation import GenerationSettings
 
     script = Evaluations([0.25, 0.75, 0.5])  # evaluations at steps 2, 4 and 6
     monkeypatch.setattr(training, "exact_match_probe", script)
     result = _tiny_run(tiny_model_dir, tmp_path, {**CFG, "num_epochs": 1, "batch_size": 2, "select_by": "exact_match"},
-                       decoding=Decoding(("E119",), GenerationSettings(top_k=2, max_input_tokens=64)))
+                       decoding=Decoding(("E119",), decoding_settings(top_k=2, max_input_tokens=64)))
     assert script.calls == 3 and result["steps"] == 6
     assert (result["best_step"], result["best_val_exact_match"], result["select_by"]) == (4, 0.75, "exact_match")
     import csv
@@ -291,7 +289,7 @@ def test_the_checkpoint_kept_is_the_one_with_the_highest_validation_exact_match(
 
 
 def test_exact_match_selection_needs_its_label_set(tiny_model_dir, tmp_path):
-    with pytest.raises(PreflightError, match="train.select_by: exact_match decodes the validation rows"):
+    with pytest.raises(PreflightError, match="recipe.select_by: exact_match decodes the validation rows"):
         _tiny_run(tiny_model_dir, tmp_path, {**CFG, "select_by": "exact_match"})
 
 
@@ -303,9 +301,9 @@ def test_the_probe_decodes_what_predict_decodes(tiny_model_dir, tmp_path, gpu_pa
     (tools/gpu_check.sh runs this file without DVC) both run on the GPU."""
     import copy
 
-    from icdstudy.finetune.training import _lora_model, exact_match_probe
+    from icdstudy.finetune.trainer import exact_match_probe
+    from icdstudy.finetune.training import _lora_model
     from icdstudy.inference.evaluation import Decoding
-    from icdstudy.inference.generation import GenerationSettings
     from icdstudy.models.modeling import inference_form, load_for_inference, load_tokenizer
 
     entry = {"key": "tiny", "dtype": "bfloat16"}
@@ -330,7 +328,7 @@ def test_the_probe_decodes_what_predict_decodes(tiny_model_dir, tmp_path, gpu_pa
         assert not torch.equal(decoder(ids).logits, model.get_base_model()(ids).logits.bfloat16())  # the adapter is in
 
     labels = sorted({r["code"] for r in ROWS})
-    decoding = Decoding(tuple(labels), GenerationSettings(batch_size=3, top_k=2, max_new_tokens=12, max_input_tokens=64))
+    decoding = Decoding(tuple(labels), decoding_settings(batch_size=3, top_k=2, max_new_tokens=12, max_input_tokens=64))
     exact = exact_match_probe(tokenizer, ROWS, decoding, "dialogue", entry)(model)
     predicted = decoding.run(loaded, tokenizer, ROWS, "dialogue", progress=False)
     assert exact == round(sum(p["pred"] == p["gold"] for p in predicted) / len(ROWS), 4)

@@ -10,7 +10,7 @@ for what must come out byte-identical (the processed splits, the adapter, the tr
 committed dvc.lock. Timings, throughput, memory and dollar figures are left out: they measure your machine.
 Exit 0 when everything agrees, 1 with the list of differences and what usually causes them.
 
-The demo's numbers are the same on every x86-64 CPU with AVX2 (icdstudy/cpu_kernels.py pins the kernels);
+The demo's numbers are the same on every x86-64 CPU with AVX2 (icdstudy/core/machine.py pins the kernels);
 `make test` never compares your run with ours, this command does.
 """
 from __future__ import annotations
@@ -76,10 +76,10 @@ def environment() -> str:
     import torch
     import transformers
 
-    from icdstudy import cpu_kernels
+    from icdstudy.core import machine
 
     return (f"torch {torch.__version__}, transformers {transformers.__version__}, CPU kernels "
-            f"{cpu_kernels.describe()}, {platform.machine()}, {platform.python_version()}")
+            f"{machine.cpu_kernels()}, {platform.machine()}, {platform.python_version()}")
 
 
 CAUSES = """What usually makes a demo differ from ours:

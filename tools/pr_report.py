@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     figures = [systems_figure(read_at("reports/systems.json", args.base), read_at("reports/systems.json", args.head), out)
                if args.test else None]
     from icdstudy.core.params import yaml_load  # noqa: E402 (params as DVC reads them)
-    from icdstudy.core.systems import training_runs  # noqa: E402 (the runs the head's params select)
+    from icdstudy.systems import training_runs  # noqa: E402 (the runs the head's params select)
 
     models = sorted(set(training_runs(yaml_load(read_at("params.yaml", args.head) or "{}") or {})))
     for model in models:

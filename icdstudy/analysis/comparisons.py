@@ -9,9 +9,9 @@ reads each test's CI at its Holm step, so an interval printed beside an adjusted
 """
 from __future__ import annotations
 
-from icdstudy.analysis import deploy
+from icdstudy.analysis import thresholds
 from icdstudy.analysis.stats import bootstrap_ci, holm, holm_levels, mcnemar_exact, paired_bootstrap_diff
-from icdstudy.core import systems
+from icdstudy import systems
 
 ALPHA = 0.05
 
@@ -56,8 +56,8 @@ def same_split(ma: dict, mb: dict) -> bool:
 def coded_rows(system: str, evals: dict, preds: dict, first: dict, target: float) -> dict[str, bool]:
     """Per test row: coded without review by ``system`` at ``target`` (its signal, chosen on validation, and its
     threshold, certified on calibration, as its metrics record them)."""
-    m, k = evals[system], deploy.key(target)
-    flags = deploy.coded(preds[system], first, m.get("confidence_signal") or "top1", m.get(f"threshold_at_{k}"))
+    m, k = evals[system], thresholds.key(target)
+    flags = thresholds.coded(preds[system], first, m.get("confidence_signal") or "top1", m.get(f"threshold_at_{k}"))
     return {r["id"]: f for r, f in zip(preds[system], flags)}
 
 
@@ -71,7 +71,7 @@ def compare(a: str, b: str, evals: dict, preds: dict, first: dict, target: float
         return {"a": a, "b": b, "unpaired": (ma.get("split_fingerprint"), mb.get("split_fingerprint"))}
     c = {"a": a, "b": b, **compare_rows(preds[a], preds[b], a, b)}
     ids = [r["id"] for r in preds[a]]
-    k = deploy.key(target)
+    k = thresholds.key(target)
     if ma.get(f"threshold_at_{k}") is not None and mb.get(f"threshold_at_{k}") is not None:
         ca, cb = coded_rows(a, evals, preds, first, target), coded_rows(b, evals, preds, first, target)
         c["coverage"] = paired([ca[i] for i in ids], [cb[i] for i in ids])

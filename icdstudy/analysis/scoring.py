@@ -8,9 +8,9 @@ split is looked at.
 """
 from __future__ import annotations
 
-from icdstudy.analysis import deploy
-from icdstudy.core import metrics
-from icdstudy.neighbours.shortlist import LISTED, shortlist_metrics
+from icdstudy.analysis import metrics, thresholds
+from icdstudy.neighbours.shortlist import SHORTLIST, shortlist_metrics
+from icdstudy.systems import SCORED
 
 # What the predicting stage measured or set, copied beside the scores (predictions/runs/<system>.json).
 RECORD_KEYS = ("system", "model", "prompt", "retrieved", "run", "method", "params_total", "peak_mem_mb", "load_s", "wall_s",
@@ -37,7 +37,7 @@ def check_rows(predictions: list[dict], rows: list[dict], where: str, stage: str
 def score_split(predictions: list[dict], rows: list[dict], record: dict, split: str) -> dict:
     """Quality, speed and the record's settings of one split (no deployment view)."""
     out = {**metrics.quality(predictions), **metrics.efficiency(predictions)}
-    if predictions and all(LISTED in p for p in predictions):
+    if predictions and all(SHORTLIST in p for p in predictions):
         out.update(shortlist_metrics(predictions))
     out.update({k: record[k] for k in RECORD_KEYS if k in record})
     out["inputs_truncated"] = (record.get("inputs_truncated") or {}).get(split, 0)
@@ -53,19 +53,18 @@ def score_system(predictions: dict[str, list[dict]], rows: dict[str, list[dict]]
     split too: it certifies the thresholds and is scored for nothing else. ``first``: per split, the TF-IDF
     retriever's first candidate of every row (knn-tfidf's answer). ``seed_runs``: other training seeds' test
     predictions (seed-<n> -> rows), summarised as the spread of exact match over seeds."""
-    from icdstudy.core.systems import SCORED
 
     out = {split: score_split(predictions[split], rows[split], record, split) for split in SCORED}
-    chosen = deploy.thresholds(predictions["val"], predictions["calibration"], {**first["val"], **first["calibration"]},
+    chosen = thresholds.certified_thresholds(predictions["val"], predictions["calibration"], {**first["val"], **first["calibration"]},
                                deploy_cfg["target_precision"], deploy_cfg["delta"])
     calibration_fingerprint = metrics.split_fingerprint(rows["calibration"])
     for split, m in out.items():
-        m.update(deploy.view(predictions[split], first[split], chosen, m["samples_per_s"], m.get("device", "cpu"),
+        m.update(thresholds.view(predictions[split], first[split], chosen, m["samples_per_s"], m.get("device", "cpu"),
                              deploy_cfg))
         m["signal_aurc_val"] = chosen["signal_aurc_val"]
         m["calibration_fingerprint"] = calibration_fingerprint
     for target, fit in chosen["fitted_on_val"].items():  # what choices rank by: validation rows alone
-        k = deploy.key(target)
+        k = thresholds.key(target)
         out["val"][f"val_fitted_threshold_at_{k}"] = fit["threshold"]
         out["val"][f"val_fitted_coverage_at_{k}"] = fit["coverage"]
     if seed_runs:

@@ -11,7 +11,7 @@ one's certificate failed 14% of the time at delta 0.1; tests/test_selection.py s
 """
 from __future__ import annotations
 
-from icdstudy.analysis import deploy
+from icdstudy.analysis import thresholds
 
 # The comparisons params `comparisons.primary` may declare (before any result): their roles in the Answer.
 PRIMARY = {
@@ -28,7 +28,7 @@ def rank(m: dict | None, k: str) -> tuple[float, float]:
 
 
 def best(candidates: list[str], vals: dict, target: float) -> str | None:
-    k = deploy.key(target)
+    k = thresholds.key(target)
     return max(candidates, key=lambda s: (*rank(vals.get(s), k), s), default=None)
 
 

@@ -5,6 +5,7 @@ adjusted the same way."""
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest
 
 
 def mcnemar_exact(a_correct, b_correct) -> dict:
@@ -13,7 +14,6 @@ def mcnemar_exact(a_correct, b_correct) -> dict:
     b = rows only A got right, c = rows only B got right; under H0 each discordant row is a
     fair coin, p = two-sided binomial tail of min(b, c) in b + c trials.
     """
-    from scipy.stats import binomtest
 
     a, b_ = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
     only_a, only_b = int((a & ~b_).sum()), int((~a & b_).sum())

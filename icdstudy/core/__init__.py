@@ -1,2 +1,2 @@
-"""What every stage shares: params.yaml and its schema, the table of systems, ICD-10-CM codes, the near-copy key
-of a text, per-row metrics and split fingerprints, atomic files. Imports nothing else of the library."""
+"""What every stage needs, and nothing else: params.yaml and its schema (params, schema), atomic files (io), and
+the machine (machine: the CPU kernels pinned to AVX2, peak memory). Imports nothing else of the library."""

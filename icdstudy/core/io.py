@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,7 +26,6 @@ def replace_tree(src: str | Path, dest: str | Path, only: Iterable[str] | None =
     """Copy folder ``src`` to ``dest``, replacing what was there: copied beside it, then renamed,
     so a kill leaves the old folder or the new one, never half of it. ``only``: just these paths
     relative to ``src`` (those that exist)."""
-    import shutil
 
     src, dest = Path(src), Path(dest)
     tmp = dest.with_name(dest.name + ".tmp")

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ruamel.yaml import YAML, YAMLError
+
+from icdstudy.core.schema import Recipe, validate as check
+
 
 class ParamError(Exception):
     pass
@@ -16,7 +20,6 @@ class ParamError(Exception):
 
 def yaml_load(text: str):
     """YAML 1.2, as DVC parses params.yaml and dvc.yaml (ruamel.yaml's safe loader)."""
-    from ruamel.yaml import YAML
 
     return YAML(typ="safe", pure=True).load(text)
 
@@ -24,7 +27,6 @@ def yaml_load(text: str):
 def load_params(path: str | Path = "params.yaml", validate: bool = True) -> dict:
     """The params as a dict; with ``validate`` (the default) every key is checked and every value
     comes back with the schema's type (a float stays a float, whatever spelling YAML allows)."""
-    from ruamel.yaml import YAMLError
 
     try:
         params = yaml_load(Path(path).read_text(encoding="utf-8"))
@@ -34,7 +36,6 @@ def load_params(path: str | Path = "params.yaml", validate: bool = True) -> dict
         raise ParamError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not validate:
         return params
-    from icdstudy.core.schema import validate as check
 
     try:
         return check(params, str(path)).model_dump()
@@ -55,9 +56,8 @@ def model_entry(params: dict, key: str) -> dict:
     return {"key": key, **models[key]}
 
 
-def train_config(params: dict, run: str | None = None) -> dict:
-    """A training recipe, typed: section ``train`` with the keys of training run ``run``'s `recipe` replaced."""
-    from icdstudy.core.schema import Train
+def run_recipe(params: dict, run: str | None = None) -> dict:
+    """A training recipe, typed: section ``recipe`` with the keys of training run ``run``'s own `recipe` replaced."""
 
     recipe = {}
     if run is not None:
@@ -66,6 +66,6 @@ def train_config(params: dict, run: str | None = None) -> dict:
             raise ParamError(f"params.yaml: training.{run}: no such run (training: {', '.join(runs) or 'none'})")
         recipe = runs[run].get("recipe") or {}
     try:
-        return Train.model_validate({**section(params, "train"), **recipe}).model_dump()
+        return Recipe.model_validate({**section(params, "recipe"), **recipe}).model_dump()
     except ValueError as exc:
         raise ParamError(f"params.yaml: training.{run}.recipe: {str(exc).splitlines()[-1]}") from None

@@ -55,16 +55,13 @@ class ModelEntry(_Section):
         return self
 
 
-class Eval(_Section):
+class Decoding(_Section):
     constrained: bool = Field(description="decode only codes from the training label set")
     top_k: int = Field(ge=1, le=50, description="ranked candidates per sample")
     num_beams: int | None = Field(ge=1, le=64, description="beams (null = top_k)")
     batch_size: int = Field(ge=1, description="inputs per generation batch")
     max_new_tokens: int = Field(ge=4, le=64, description="tokens generated per answer")
     max_input_tokens: int | None = Field(ge=16, description="longer inputs are cut (head and tail kept)")
-    few_shot: int = Field(ge=0, le=16, description="training examples shown as earlier chat turns")
-    few_shot_strategy: Literal["random", "nearest"] = Field(
-        description="random: one seeded draw for all rows; nearest: each row's TF-IDF neighbours")
     max_shot_tokens: int | None = Field(ge=16, description="each shown example is cut to this (null = max_input_tokens)")
     repetition_penalty: float = Field(gt=0, description="1.0 = off")
     max_samples: int | None = Field(ge=1, description="predict only the first N validation and test rows, every system alike, floors included (null = all)")
@@ -73,11 +70,11 @@ class Eval(_Section):
     @model_validator(mode="after")
     def _beams_cover_k(self):
         if self.constrained and self.num_beams is not None and self.num_beams < self.top_k:
-            raise ValueError(f"eval.num_beams ({self.num_beams}) must be at least eval.top_k ({self.top_k})")
+            raise ValueError(f"decoding.num_beams ({self.num_beams}) must be at least decoding.top_k ({self.top_k})")
         return self
 
 
-class Train(_Section):
+class Recipe(_Section):
     lora_r: int = Field(ge=1, le=1024, description="adapter rank")
     lora_alpha: float = Field(gt=0, description="scale = alpha / r")
     lora_dropout: float = Field(ge=0, lt=1, description="dropout on the adapters' inputs")
@@ -89,7 +86,7 @@ class Train(_Section):
     warmup_steps: float = Field(ge=0, description="linear warm-up: steps (1 or more) or a share of all steps (below 1)")
     weight_decay: float = Field(ge=0, description="AdamW weight decay")
     batch_size: int = Field(ge=1, description="examples per device per step")
-    eval_batch_size: int | None = Field(default=None, ge=1, description="validation loss batch (default batch_size; the probe decodes at eval.batch_size)")
+    eval_batch_size: int | None = Field(default=None, ge=1, description="validation loss batch (default batch_size; the probe decodes at decoding.batch_size)")
     grad_accum: int = Field(ge=1, description="micro-batches per optimizer step")
     num_processes: int = Field(default=1, ge=1, description="data-parallel processes")
     max_grad_norm: float = Field(gt=0, description="gradient clipping")
@@ -113,13 +110,13 @@ class Train(_Section):
     @model_validator(mode="after")
     def _checkpoints_are_evaluated(self):
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"train.seeds {self.seeds} repeats a seed; each run must differ")
+            raise ValueError(f"recipe.seeds {self.seeds} repeats a seed; each run must differ")
         if self.select_by == "exact_match" and self.save_steps != self.eval_steps:
-            raise ValueError(f"train.save_steps ({self.save_steps}) must equal train.eval_steps ({self.eval_steps}) with "
+            raise ValueError(f"recipe.save_steps ({self.save_steps}) must equal recipe.eval_steps ({self.eval_steps}) with "
                              "select_by: exact_match: the Trainer keeps the best checkpoint only if it was saved, and "
                              "would otherwise keep the last evaluation's silently")
         if self.save_steps % self.eval_steps:
-            raise ValueError(f"train.save_steps ({self.save_steps}) must be a multiple of train.eval_steps "
+            raise ValueError(f"recipe.save_steps ({self.save_steps}) must be a multiple of recipe.eval_steps "
                              f"({self.eval_steps}), so the best checkpoint is one that was evaluated")
         return self
 
@@ -151,7 +148,7 @@ class Deploy(_Section):
         return self
 
 
-PromptStyle = Literal["plain", "examples", "candidates"]  # icdstudy.inference.prompt_styles.STYLES (a test holds them equal)
+PromptStyle = Literal["plain", "examples", "shortlist"]  # icdstudy.inference.prompt_styles.STYLES (a test holds them equal)
 
 
 def _merged(base: BaseModel, replaced: dict, where: str, what: str) -> None:
@@ -169,12 +166,12 @@ def _merged(base: BaseModel, replaced: dict, where: str, what: str) -> None:
 class _Prompted(_Section):
     model: str = Field(description="a key of base_models")
     prompt: PromptStyle = Field(description="plain: the encounter alone; examples: after its `retrieved` nearest training "
-                                "examples; candidates: with the `retrieved` codes the TF-IDF retriever ranks highest")
+                                "examples; shortlist: with the `retrieved` codes the TF-IDF retriever ranks highest")
     retrieved: int = Field(default=0, ge=0, le=20, description="examples or codes retrieved into each prompt")
 
 
 class TrainingRun(_Prompted):
-    recipe: dict = Field(default_factory=dict, description="keys of `train` replaced for this run")
+    recipe: dict = Field(default_factory=dict, description="keys of `recipe` replaced for this run")
 
 
 class Adds(_Section):
@@ -184,8 +181,8 @@ class Adds(_Section):
 
 class LLMSystem(_Prompted):
     weights: str = Field(description="models/base/<model> (untrained) or models/adapters/<run> (fine-tuned)")
-    train: str | None = Field(default=None, description="the training run whose adapter it uses (a key of training)")
-    decoding: dict = Field(default_factory=dict, description="keys of eval replaced for this system")
+    run: str | None = Field(default=None, description="the training run whose adapter it uses (a key of training)")
+    decoding: dict = Field(default_factory=dict, description="keys of decoding replaced for this system")
     adds: Adds | None = Field(default=None, description="the one change it adds to another system")
     label: str | None = Field(default=None, description="how the report's sentences name it")
 
@@ -225,8 +222,8 @@ class Params(_Section):
     datacard: Datacard
     base_models: list[str] = Field(min_length=1, description="models put on disk by base@<key>")
     models: dict[str, ModelEntry] = Field(description="the model registry")
-    eval: Eval
-    train: Train
+    decoding: Decoding
+    recipe: Recipe
     retrieval: Retrieval
     training: dict[str, TrainingRun] = Field(default_factory=dict, description="the LoRA training runs")
     systems: Systems
@@ -246,7 +243,7 @@ class Params(_Section):
         for name, run in self.training.items():
             if run.model not in self.base_models:
                 raise ValueError(f"training.{name}.model: {run.model!r} is not in base_models {self.base_models}")
-            _merged(self.train, run.recipe, f"training.{name}.recipe", "train")
+            _merged(self.recipe, run.recipe, f"training.{name}.recipe", "recipe")
         self._check_systems()
         return self
 
@@ -263,29 +260,29 @@ class Params(_Section):
             where = f"systems.llm.{sid}"
             if s.model not in self.base_models:
                 raise ValueError(f"{where}.model: {s.model!r} is not in base_models {self.base_models}")
-            _merged(self.eval, s.decoding, f"{where}.decoding", "eval")
+            _merged(self.decoding, s.decoding, f"{where}.decoding", "decoding")
             if s.adds and s.adds.to not in ids:
                 raise ValueError(f"{where}.adds.to: {s.adds.to!r} is no system of this table")
-            if s.train is None:
+            if s.run is None:
                 if s.weights != f"models/base/{s.model}":
                     raise ValueError(f"{where}.weights: {s.weights!r}; an untrained system reads models/base/{s.model} "
-                                     f"(or name its training run in {where}.train)")
+                                     f"(or name its training run in {where}.run)")
                 continue
-            run = self.training.get(s.train)
+            run = self.training.get(s.run)
             if run is None:
-                raise ValueError(f"{where}.train: {s.train!r} is not a training run ({', '.join(self.training) or 'none'})")
-            if s.weights != f"models/adapters/{s.train}":
-                raise ValueError(f"{where}.weights: {s.weights!r}; a system fine-tuned by run {s.train} reads "
-                                 f"models/adapters/{s.train}")
+                raise ValueError(f"{where}.run: {s.run!r} is not a training run ({', '.join(self.training) or 'none'})")
+            if s.weights != f"models/adapters/{s.run}":
+                raise ValueError(f"{where}.weights: {s.weights!r}; a system fine-tuned by run {s.run} reads "
+                                 f"models/adapters/{s.run}")
             for key in ("model", "prompt", "retrieved"):
                 if getattr(run, key) != getattr(s, key):
-                    raise ValueError(f"{where}.{key} = {getattr(s, key)!r} but its run training.{s.train}.{key} = "
+                    raise ValueError(f"{where}.{key} = {getattr(s, key)!r} but its run training.{s.run}.{key} = "
                                      f"{getattr(run, key)!r}: a fine-tuned system is shown the prompts it was trained on")
-            used.add(s.train)
+            used.add(s.run)
         idle = sorted(set(self.training) - used)
         if idle:
             raise ValueError(f"training.{idle[0]}: no system uses this run (its GPU hours would be wasted); add a "
-                             f"system with train: {idle[0]} to systems.llm, or remove the run")
+                             f"system with run: {idle[0]} to systems.llm, or remove the run")
 
 
 class _DictOf:
@@ -346,10 +343,38 @@ def first_error(exc: ValidationError, source: str = "params.yaml") -> str:
     return f"{source}: {key} = {err['input']!r}: {msg}" + (f" ({key}: {meaning})" if meaning else "")
 
 
+# Keys of earlier releases, and what replaced them: each stops a run with one line naming the new key.
+RENAMED = {
+    "train": "`train` is now `recipe` (the recipe every training run starts from)",
+    "eval": "`eval` is now `decoding` (the decoding defaults every language-model system reads)",
+    "decoding.few_shot": "gone: a system shows its nearest training examples with `prompt: examples` and "
+                         "`retrieved: <k>`",
+    "decoding.few_shot_strategy": "gone: `prompt: examples` shows each input's nearest training examples",
+}
+
+
+def renamed_key(params: dict) -> str | None:
+    """The first key of an earlier release in ``params``, with what replaced it."""
+    for old, why in RENAMED.items():
+        section, _, key = old.partition(".")
+        if (key and key in (params.get(section) or {})) or (not key and section in params):
+            return f"{old}: {why}"
+    for where, table in (("systems.llm", (params.get("systems") or {}).get("llm") or {}), ("training", params.get("training") or {})):
+        for sid, entry in table.items():
+            if isinstance(entry, dict) and "train" in entry and where == "systems.llm":
+                return f"{where}.{sid}.train: renamed `run` (the training run whose adapter it uses)"
+            if isinstance(entry, dict) and entry.get("prompt") == "candidates":
+                return f"{where}.{sid}.prompt: `candidates` is now `shortlist` (the retrieved codes listed in the prompt)"
+    return None
+
+
 def validate(params: dict, source: str = "params.yaml") -> Params:
-    """Raise ValueError with one line if ``params`` break the schema."""
+    """Raise ValueError with one line if ``params`` break the schema (or use a key an earlier release had)."""
     if not isinstance(params, dict):
         raise ValueError(f"{source}: not a YAML mapping of sections")
+    old = renamed_key(params)
+    if old:
+        raise ValueError(f"{source}: {old}")
     try:
         return Params.model_validate(params)
     except ValidationError as exc:

@@ -3,10 +3,12 @@
 Every row that does not reach the splits is counted under a named reason; every failure
 raises DataError with one line that names the file or parameter at fault and what to do.
 """
+# datasets and huggingface_hub are imported where used: only a hub source needs them (seconds to import).
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icdstudy.core import icd10
-from icdstudy.core.copies import copy_key
+from icdstudy import icd10
+from icdstudy.corpus.demo_data import build_demo_frame
+from icdstudy.neighbours.copies import copy_key
 
 
 class DataError(Exception):
@@ -40,8 +43,6 @@ def load_source(source: str) -> pd.DataFrame:
     ``frame.attrs["revision"]`` says which version was read: the hub commit hash, or
     ``sha256:<hash>`` of a local file's bytes (None for the demo, which the code defines)."""
     if source == "demo":
-        from icdstudy.corpus.demo_data import build_demo_frame
-
         return build_demo_frame()
     if source.startswith("hf:"):
         return _load_hub(source[3:])
@@ -166,8 +167,6 @@ def clean(df: pd.DataFrame, input_field: str, unknown_codes: str = "keep",
 
 
 def _redact_phrase(text: str, phrase: str, placeholder: str = "[DIAGNOSIS]") -> str:
-    import re
-
     words = [re.escape(w) for w in re.split(r"[\s,]+", phrase.strip()) if w]
     if not words:
         return text

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 
 SEED = 20261201
 ROWS_PER_CODE = (5, 7)  # drawn per code, like MedSynth's ~5 rows per code

@@ -9,42 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from icdstudy.core.io import JsonlAppender, iter_jsonl
 from icdstudy.inference import prompts
 from icdstudy.inference.generation import GenerationSettings, run_generation
-from icdstudy.core.io import JsonlAppender, iter_jsonl
-from icdstudy.neighbours.shortlist import LISTED
+from icdstudy.neighbours.retrieval import Retriever
+from icdstudy.neighbours.shortlist import SHORTLIST
 
-RETRIEVAL_DEFAULTS = {"ngram_max": 2, "min_df": 1, "sublinear_tf": True}
-
-
-def few_shot_examples(train_rows: list[dict], test_rows: list[dict], k: int, strategy: str = "random",
-                      seed: int = 42, retrieval: dict | None = None) -> list[list[dict]]:
-    """The training rows shown before each test row, best first.
-
-    random: one seeded draw for every row (the seed notebooks' way); nearest: the row's own ``k``
-    TF-IDF neighbours. Neither ever shows the row itself or a training row with the same text.
-    """
+def few_shot_examples(train_rows: list[dict], test_rows: list[dict], k: int, retrieval: dict | None) -> list[list[dict]]:
+    """The training rows shown before each test row, nearest first: the row's own ``k`` TF-IDF neighbours (params
+    `retrieval`), never the row itself or a training row with the same text."""
     if k <= 0 or not train_rows:
         return [[] for _ in test_rows]
-    from icdstudy.core.copies import copy_key
-    from icdstudy.neighbours.retrieval import Retriever
-
-    if strategy == "nearest":
-        retriever = Retriever.from_params(train_rows, retrieval or RETRIEVAL_DEFAULTS)
-        return [[train_rows[n.index] for n in found] for found in retriever.search(test_rows, k)]
-    if strategy != "random":
-        raise ValueError(f"eval.few_shot_strategy = {strategy!r}: use random or nearest")
-    order = random.Random(seed).sample(range(len(train_rows)), k=min(len(train_rows), 4 * k + 4))
-    keys = {i: copy_key(train_rows[i]["input"]) for i in order}
-    out = []
-    for row in test_rows:
-        own = copy_key(row["input"])
-        out.append([train_rows[i] for i in order if train_rows[i]["id"] != row.get("id") and keys[i] != own][:k])
-    return out
+    retriever = Retriever.from_params(train_rows, retrieval)
+    return [[train_rows[n.index] for n in found] for found in retriever.search(test_rows, k)]
 
 
 def model_fingerprint(*dirs) -> str:
@@ -79,15 +59,14 @@ def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: Gen
              resume_file: str | Path | None = None, progress: bool = True,
              retrieval: dict | None = None) -> list[dict]:
     """Per-sample predictions, in the order of ``test_rows`` (any split's rows); icdstudy.analysis.scoring scores them."""
-    shots = few_shot_examples(list(train_rows), test_rows, settings.few_shot, settings.few_shot_strategy,
-                              settings.seed, retrieval)
+    shots = few_shot_examples(list(train_rows), test_rows, settings.few_shot, retrieval)
     # The best neighbour goes last, next to the encounter it resembles.
     built = [prompts.prompt_for(tokenizer, r["input"], input_kind, settings.max_input_tokens, s[::-1],
-                                settings.max_shot_tokens, r.get(LISTED)) for r, s in zip(test_rows, shots)]
+                                settings.max_shot_tokens, r.get(SHORTLIST)) for r, s in zip(test_rows, shots)]
     texts = [p for p, _ in built]
     fingerprint = hashlib.sha256(json.dumps({
         "settings": asdict(settings), "input": input_kind, "labels": sorted(label_codes),
-        "test": [(r["id"], r["code"], r["input"], r.get(LISTED)) for r in test_rows], **(fingerprint_parts or {}),
+        "test": [(r["id"], r["code"], r["input"], r.get(SHORTLIST)) for r in test_rows], **(fingerprint_parts or {}),
         "shots": [[x["id"] for x in s] for s in shots],
     }, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -108,8 +87,8 @@ def evaluate(model, tokenizer, test_rows: list[dict], label_codes, settings: Gen
                    "latency_s": round(seconds / len(indices), 5), "input_truncated": built[i][1]}
             if settings.few_shot:
                 row["shot_ids"] = [x["id"] for x in shots[i]]
-            if LISTED in test_rows[i]:
-                row[LISTED] = [c["code"] for c in test_rows[i][LISTED]]
+            if SHORTLIST in test_rows[i]:
+                row[SHORTLIST] = [c["code"] for c in test_rows[i][SHORTLIST]]
             done[row["id"]] = row
             if appender:
                 appender.write(row)
@@ -143,4 +122,4 @@ class Decoding:
         """What decides its predictions besides the model and the rows (a training run's identity)."""
         return {"labels": sorted(self.labels), "settings": asdict(self.settings),
                 "shots_from": [r["id"] for r in self.train_rows] if self.settings.few_shot else [],
-                "retrieval": self.retrieval if self.settings.few_shot_strategy == "nearest" else None}
+                "retrieval": self.retrieval if self.settings.few_shot else None}

@@ -5,6 +5,8 @@ every token that leaves the trie and re-normalizes over the tokens that remain, 
 score is the log-probability of that label under the model restricted to labels: scores of the
 k returned candidates are probabilities that sum to at most 1.
 """
+# torch, transformers and tqdm are imported where used: `python -m icdstudy.predict --help` and the plan load
+# this module without them.
 from __future__ import annotations
 
 import math
@@ -12,7 +14,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from icdstudy.core import icd10
+from icdstudy import icd10
+from icdstudy.inference.prompts import answer_ids_batch
 
 _CODE_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])([A-Za-z][0-9][0-9A-Za-z](?:\.?[0-9A-Za-z]{1,4})?)(?![A-Za-z0-9])")
 
@@ -54,8 +57,6 @@ class LabelTrie:
 
 
 def build_trie(tokenizer, codes) -> LabelTrie:
-    from icdstudy.inference.prompts import answer_ids_batch
-
     codes = list(codes)
     return LabelTrie(dict(zip(codes, answer_ids_batch(tokenizer, codes))))
 
@@ -100,18 +101,19 @@ class TrieLogitsProcessor:
 
 @dataclass
 class GenerationSettings:
-    batch_size: int = 8
-    max_new_tokens: int = 12
-    constrained: bool = True
-    top_k: int = 5
-    num_beams: int | None = None
-    max_input_tokens: int | None = 1024
-    few_shot: int = 0
-    few_shot_strategy: str = "random"  # random | nearest (TF-IDF neighbours of each input)
-    max_shot_tokens: int | None = None  # each shown example is cut to this (None = max_input_tokens)
-    seed: int = 42
-    repetition_penalty: float = 1.0
-    share_prefill: bool = True  # beam search reads each prompt once, not num_beams times
+    """A system's decoding: params `decoding` (their defaults live there and in its schema, nowhere else), its own
+    `decoding` keys, and what its prompt style sets (``few_shot``: the nearest training examples shown)."""
+    batch_size: int
+    max_new_tokens: int
+    constrained: bool
+    top_k: int
+    num_beams: int | None
+    max_input_tokens: int | None
+    max_shot_tokens: int | None  # each shown example is cut to this (None = max_input_tokens)
+    seed: int
+    repetition_penalty: float
+    few_shot: int = 0  # set by the prompt style (`prompt: examples`), not a params key
+    share_prefill: bool = True  # beam search reads each prompt once, not num_beams times (benchmarks turn it off)
 
     @classmethod
     def from_params(cls, section: dict) -> "GenerationSettings":

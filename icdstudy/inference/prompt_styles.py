@@ -1,7 +1,7 @@
 """How each prompt style presents an encounter, one entry per style, found by a system's `prompt` key.
 
 A style may change the decoding settings (examples: the `retrieved` nearest training examples are shown
-as earlier chat turns) and what each row carries beside its encounter (candidates: the `retrieved` codes
+as earlier chat turns) and what each row carries beside its encounter (shortlist: the `retrieved` codes
 the TF-IDF retriever ranks highest, listed in the prompt by icdstudy.inference.prompts). Evaluation, training, the
 plan and predict all ask this table; nothing else tests a style's name.
 """
@@ -10,34 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from icdstudy.inference.generation import GenerationSettings
+from icdstudy.neighbours.shortlist import shortlist_tokens, with_shortlists
+
 
 def _same_settings(ecfg: dict, retrieved: int) -> dict:
     return ecfg
 
 
 def _shown_examples(ecfg: dict, retrieved: int) -> dict:
-    return {**ecfg, "few_shot": retrieved, "few_shot_strategy": "nearest"}
+    return {**ecfg, "few_shot": retrieved}
 
 
 def _no_tokens(retrieved: int) -> int:
     return 0
 
 
-def _listed_tokens(retrieved: int) -> int:
-    from icdstudy.neighbours.shortlist import shortlist_tokens
-
-    return shortlist_tokens(retrieved)
-
-
 def _same_rows(train_rows, rows, retrieved, retrieval, retriever=None):
     return rows
-
-
-def _listed_codes(train_rows, rows, retrieved, retrieval, retriever=None):
-    """Each row with its `retrieved` highest-ranked codes (a training row's from the other training rows)."""
-    from icdstudy.neighbours.shortlist import with_shortlists
-
-    return with_shortlists(train_rows, rows, retrieved, retrieval, retriever)
 
 
 @dataclass(frozen=True)
@@ -47,13 +37,13 @@ class PromptStyle:
     settings: Callable[[dict, int], dict]       # eval keys as this style decodes them
     rows: Callable                              # (train_rows, rows, retrieved, retrieval, retriever) -> rows
     shows_examples: bool                        # retrieved training examples as earlier chat turns
-    lists_codes: bool                           # retrieved codes listed in the prompt
-    listed_tokens: Callable[[int], int]         # retrieved -> tokens a listing adds (shown examples: `study plan`)
+    shows_shortlist: bool                           # retrieved codes listed in the prompt
+    shortlist_tokens: Callable[[int], int]         # retrieved -> tokens a listing adds (shown examples: `study plan`)
 
     @property
     def uses_retriever(self) -> bool:
         """It builds a TF-IDF retriever over the training split (and shows `retrieved` of what it finds)."""
-        return self.shows_examples or self.lists_codes
+        return self.shows_examples or self.shows_shortlist
 
     def check(self, retrieved: int, where: str) -> None:
         """A style that retrieves needs `retrieved` >= 1; one that does not, 0."""
@@ -61,7 +51,7 @@ class PromptStyle:
             raise ValueError(f"{where}: prompt {self.name} needs retrieved >= 1 (how many it shows)")
         if not self.uses_retriever and retrieved:
             raise ValueError(f"{where}: retrieved = {retrieved} with prompt {self.name}, which shows nothing retrieved "
-                             "(set prompt: examples or candidates, or retrieved: 0)")
+                             "(set prompt: examples or shortlist, or retrieved: 0)")
 
     @property
     def trainable(self) -> bool:
@@ -72,7 +62,8 @@ class PromptStyle:
 STYLES = {s.name: s for s in (
     PromptStyle("plain", "the encounter alone", _same_settings, _same_rows, False, False, _no_tokens),
     PromptStyle("examples", "nearest training examples", _shown_examples, _same_rows, True, False, _no_tokens),
-    PromptStyle("candidates", "listed codes", _same_settings, _listed_codes, False, True, _listed_tokens),
+    # each row with its `retrieved` highest-ranked codes (a training row's from the other training rows)
+    PromptStyle("shortlist", "shortlisted codes", _same_settings, with_shortlists, False, True, shortlist_tokens),
 )}
 
 
@@ -83,9 +74,7 @@ def style(name: str) -> PromptStyle:
 
 
 def generation_settings(ecfg: dict, decoding: dict, prompt: str, retrieved: int):
-    """A system's GenerationSettings: eval's defaults, its own `decoding` keys, then its style's."""
-    from icdstudy.inference.generation import GenerationSettings
-
+    """A system's GenerationSettings: params `decoding`'s defaults, its own `decoding` keys, then its style's."""
     return GenerationSettings.from_params(style(prompt).settings({**ecfg, **(decoding or {})}, retrieved))
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 from icdstudy.models.modeling import ModelError
 
 SYSTEM = "You are a medical coder. Reply with the most specific ICD-10-CM code, with its dot, and nothing else."
 INPUT_NAMES = {"dialogue": "Doctor-patient dialogue", "note": "Clinical note"}
 QUESTION = "Which ICD-10-CM code fits this encounter best?"
-# The shortlist block (a system with prompt: candidates, its `retrieved` codes): ranked as the retriever ranks them, each code dotted with its
+# The shortlist block (a system with prompt: shortlist, its `retrieved` codes): ranked as the retriever ranks them, each code dotted with its
 # official description and the retriever's score (its share of the nearest training encounters' votes).
 CANDIDATES = "Candidate codes, ranked by similar past encounters (share of their votes):"
 ELISION = " [...] "

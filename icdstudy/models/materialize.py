@@ -13,6 +13,7 @@ shards that the weight index names. Hub repos also carry the same weights in oth
 (Mistral's ``consolidated.safetensors``, Meta's ``original/`` folder, ``*.bin``, ``*.pth``),
 which would double the download and the disk.
 """
+# transformers and huggingface_hub are imported where used (seconds each; a hub download only on a hub source).
 from __future__ import annotations
 
 import hashlib

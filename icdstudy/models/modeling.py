@@ -1,6 +1,10 @@
 """Loading base models the same way in every stage: dtype, 4-bit, tokenizer padding."""
+# torch, transformers, peft and safetensors are imported where used (seconds each): `predict --help`, the plan
+# and the adapter checks load this module without them.
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 
@@ -17,8 +21,7 @@ def cuda_available() -> bool:
 def cpu_has_native_bf16() -> bool:
     """Whether this process multiplies bf16 in hardware (AVX512-BF16 or AMX, with the kernels not pinned to AVX2).
     There bf16 runs about twice as fast as float32 (docs/benchmarks.md); elsewhere it is emulated and slower. With
-    the kernels pinned (icdstudy.cpu_kernels, the default) no CPU has it: every CPU computes alike, in float32."""
-    import os
+    the kernels pinned (icdstudy.core.machine, the default) no CPU has it: every CPU computes alike, in float32."""
 
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2" or os.environ.get("ATEN_CPU_CAPABILITY") == "avx2":
         return False
@@ -62,7 +65,6 @@ def load_tokenizer(path: str | Path, entry: dict | None = None, padding_side: st
 
 def local_rank() -> int:
     """This process's GPU under `accelerate launch`/torchrun (LOCAL_RANK), 0 in a single process."""
-    import os
 
     return int(os.environ.get("LOCAL_RANK", 0))
 
@@ -135,7 +137,6 @@ def count_parameters(model) -> int:
 
 def check_adapter(adapter: str | Path, base_dir: str | Path, key: str) -> None:
     """Raise ModelError naming the folder unless it holds a readable adapter for this base model."""
-    import json
 
     adapter = Path(adapter)
     retrain = f"train it with `dvc repro train@{key}` or pass the folder of a trained adapter"

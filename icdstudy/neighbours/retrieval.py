@@ -2,7 +2,7 @@
 the `knn-tfidf` floor's votes come from this one retriever, so the report can say what a
 model adds beyond retrieval.
 
-A query never gets back its own row (same id) or a copy of its text (icdstudy.core.copies): that would
+A query never gets back its own row (same id) or a copy of its text (icdstudy.neighbours.copies): that would
 hand the model its answer.
 """
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
 
-from icdstudy.core.copies import copy_key
+from icdstudy.neighbours.copies import copy_key
 
 
 @dataclass
@@ -24,8 +25,6 @@ class Neighbour:
 
 class Retriever:
     def __init__(self, train_rows: list[dict], ngram_max: int = 2, min_df: int = 1, sublinear_tf: bool = True):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         if not train_rows:
             raise ValueError("retrieval needs at least one training row")
         self.rows = train_rows

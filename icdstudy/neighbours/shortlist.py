@@ -9,10 +9,10 @@ as the ones it is tested on.
 """
 from __future__ import annotations
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 from icdstudy.neighbours.retrieval import Retriever
 
-LISTED = "candidate_list"  # the field of a row (and of its prediction) holding the codes its prompt lists
+SHORTLIST = "shortlist"  # the field of a row (and of its prediction) holding the codes its prompt lists
 
 
 def code_descriptions(rows: list[dict]) -> dict[str, str]:
@@ -33,29 +33,29 @@ def with_shortlists(train_rows: list[dict], rows: list[dict], n: int, retrieval:
     retriever = retriever or Retriever.from_params(train_rows, retrieval)
     descriptions = code_descriptions(train_rows)
     lists = retriever.shortlists(rows, n, retrieval["neighbours"])
-    return [{**r, LISTED: [{"code": c["code"], "description": descriptions[c["code"]], "score": c["score"]}
+    return [{**r, SHORTLIST: [{"code": c["code"], "description": descriptions[c["code"]], "score": c["score"]}
                                 for c in found]} for r, found in zip(rows, lists)]
 
 
-def listed_codes(row: dict) -> list[str]:
+def shortlist_codes(row: dict) -> list[str]:
     """The codes a row's prompt listed, best first: a row carries dicts (code, description, score), its
     prediction the codes alone."""
-    return [c["code"] if isinstance(c, dict) else c for c in row[LISTED]]
+    return [c["code"] if isinstance(c, dict) else c for c in row[SHORTLIST]]
 
 
 def candidate_recall(rows: list[dict]) -> float:
     """The share of rows (or predictions) whose gold code is on their list: the most a pure reranker can reach."""
     gold = lambda r: r["code"] if "code" in r else r["gold"]  # noqa: E731
-    return round(sum(gold(r) in listed_codes(r) for r in rows) / len(rows), 4) if rows else 0.0
+    return round(sum(gold(r) in shortlist_codes(r) for r in rows) / len(rows), 4) if rows else 0.0
 
 
 def shortlist_metrics(predictions: list[dict]) -> dict:
     """Candidate recall, and where a system's answers sit on the lists it was shown: the share that took
     the retriever's first candidate, another listed one, or a code off the list."""
     n = len(predictions) or 1
-    ranks = [listed_codes(p).index(p["pred"]) + 1 if p["pred"] in listed_codes(p) else None for p in predictions]
+    ranks = [shortlist_codes(p).index(p["pred"]) + 1 if p["pred"] in shortlist_codes(p) else None for p in predictions]
     return {
-        "candidates": max((len(listed_codes(p)) for p in predictions), default=0),
+        "candidates": max((len(shortlist_codes(p)) for p in predictions), default=0),
         "candidate_recall": candidate_recall(predictions),
         "picked_first_candidate": round(sum(k == 1 for k in ranks) / n, 4),
         "picked_other_candidate": round(sum(k is not None and k > 1 for k in ranks) / n, 4),

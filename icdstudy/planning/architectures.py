@@ -4,6 +4,7 @@ Sources, in order: the config.json of ``models.<key>.path`` or ``models/base/<ke
 on disk; the hub's config.json when the hub is reachable (or cached); else ``PUBLIC_CONFIGS``,
 the published config values of the study models, so planning needs no network.
 """
+# transformers and huggingface_hub are imported where used: the plan reads config.json files without them.
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ class Architecture:
         shapes = self.projection_shapes
         unknown = [m for m in modules if m not in shapes]
         if unknown:
-            raise ValueError(f"train.target_modules {unknown}: not projections of a {self.family} layer "
+            raise ValueError(f"recipe.target_modules {unknown}: not projections of a {self.family} layer "
                              f"({', '.join(shapes)})")
         return self.layers * sum(rank * (shapes[m][0] + shapes[m][1]) for m in modules)
 

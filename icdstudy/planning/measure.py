@@ -9,16 +9,28 @@ small batch: for training the bytes autograd saves for backward (saved_activatio
 evaluation the peak of live tensor bytes (PeakTensorBytes), each against the plan's own
 formula at that shape. Every model is freed before the next one is built.
 """
+# bitsandbytes is optional (CUDA hosts only): imported where a 4-bit model is measured.
 from __future__ import annotations
 
 import gc
+import random
 import time
 import weakref
 from dataclasses import replace
+from pathlib import Path
 
+import torch
+from peft import LoraConfig, get_peft_model
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from transformers import AutoModelForCausalLM
+
+from icdstudy import systems
+from icdstudy.core.params import model_entry, run_recipe
+from icdstudy.finetune.examples import CausalCollator, IGNORE
+from icdstudy.inference.generation import GenerationSettings, LabelTrie, decode
 from icdstudy.planning import plan as planmod
 from icdstudy.planning.architectures import Architecture, architecture
-from icdstudy.finetune.training import IGNORE, CausalCollator
 
 
 def scaled_down(arch: Architecture, hidden: int = 256, layers: int = 2, vocab: int = 2048) -> Architecture:
@@ -35,7 +47,6 @@ def scaled_down(arch: Architecture, hidden: int = 256, layers: int = 2, vocab: i
 # --- memory accounting ---------------------------------------------------------------------
 def saved_activation_bytes(model, batch: dict, autocast_dtype=None) -> int:
     """Bytes of the tensors autograd keeps for backward in one forward pass (parameters excluded)."""
-    import torch
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept: dict[int, int] = {}
@@ -62,9 +73,6 @@ def model_bytes(model) -> int:
 
 
 def _peak_tensor_bytes_mode():
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
-
     class PeakTensorBytes(TorchDispatchMode):
         """The CPU's analogue of torch.cuda.max_memory_allocated: the peak of bytes held by tensors
         created inside the block (each storage counted once, released when its last tensor goes).
@@ -83,8 +91,6 @@ def _peak_tensor_bytes_mode():
                 self.current -= self.size.pop(key)
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            import torch
-
             out = func(*args, **(kwargs or {}))
             for t in tree_flatten(out)[0]:
                 if not isinstance(t, torch.Tensor) or t.device.type == "meta":
@@ -107,7 +113,6 @@ def _peak_tensor_bytes_mode():
 
 def free_memory() -> None:
     """Return what the last model held to the allocator (between models in one process)."""
-    import torch
 
     gc.collect()
     if torch.cuda.is_available():
@@ -118,7 +123,6 @@ def free_memory() -> None:
 # --- models --------------------------------------------------------------------------------
 def synthetic_batch(vocab: int, batch: int, seq: int, pad_id: int = 0, seed: int = 0) -> dict:
     """Token batches of the planned shape through the pipeline's own collator (answer-only logits)."""
-    import torch
 
     g = torch.Generator().manual_seed(seed)
     feats = []
@@ -135,7 +139,6 @@ def quantize_4bit(model, device: str):
     """Replace the decoder's linear layers by NF4 bitsandbytes layers on ``device``, as
     ``from_pretrained(quantization_config=...)`` loads them (LM head and embeddings stay bf16)."""
     import bitsandbytes as bnb
-    import torch
 
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
@@ -153,9 +156,6 @@ def quantize_4bit(model, device: str):
 
 def build_model(arch: Architecture, dtype, device: str, tcfg: dict | None, weights_dir=None, four_bit: bool = False):
     """The architecture with random weights (or ``weights_dir``'s), optionally NF4, optionally with LoRA."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     if weights_dir:
@@ -176,7 +176,6 @@ def build_model(arch: Architecture, dtype, device: str, tcfg: dict | None, weigh
 # --- probes --------------------------------------------------------------------------------
 def train_step(model, batch: dict, optimizer, device: str, bf16: bool = True):
     """One optimizer step as the Trainer takes it (bf16 autocast where ``bf16``); the loss."""
-    import torch
 
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         loss = model(**batch).loss
@@ -188,7 +187,6 @@ def train_step(model, batch: dict, optimizer, device: str, bf16: bool = True):
 
 def train_probe(arch: Architecture, tcfg: dict, batch: int, seq: int, steps: int, device: str, weights_dir=None) -> dict:
     """A few AdamW steps at (batch, seq): peak memory, saved activations and tokens/s."""
-    import torch
 
     cuda = device == "cuda"
     model = build_model(arch, torch.bfloat16, device, tcfg, weights_dir)
@@ -219,9 +217,7 @@ def random_label_trie(vocab: int, labels: int, length: int, seed: int = 0):
     """A trie over ``labels`` random token sequences of ``length`` tokens, then EOS (vocab - 1):
     constrained decoding of a chosen depth without a tokenizer. Beam search over it runs
     ``length + 2`` steps (the last one finds every beam finished)."""
-    import random
 
-    from icdstudy.inference.generation import LabelTrie
 
     rng = random.Random(seed)
     eos = vocab - 1
@@ -234,7 +230,6 @@ def random_label_trie(vocab: int, labels: int, length: int, seed: int = 0):
 
 def synthetic_prompts(vocab: int, batch: int, seq: int, pad_id: int = 0, seed: int = 0) -> dict:
     """A left-padded batch of random prompts, the longest ``seq`` tokens (as length-sorted batches are)."""
-    import torch
 
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab - 1, (batch, seq), generator=g)
@@ -250,16 +245,16 @@ def eval_probe(arch: Architecture, four_bit: bool, batch: int, seq: int, top_k: 
     """One constrained beam-search batch through generation.decode, as predict@ runs it:
     peak memory (CUDA allocator, or live tensor bytes on CPU, weights included), samples/s and the
     prompt tokens read per second."""
-    import torch
 
-    from icdstudy.inference.generation import GenerationSettings, decode
 
     cuda = device == "cuda"
     model = build_model(arch, torch.bfloat16, device, None, weights_dir, four_bit)
     model.eval()
     trie, eos = random_label_trie(arch.vocab, labels, length=max(1, new_tokens - 2))  # as many steps as planned
     enc = {k: v.to(device) for k, v in synthetic_prompts(arch.vocab, batch, seq - new_tokens).items()}
-    settings = GenerationSettings(batch_size=batch, max_new_tokens=new_tokens, top_k=top_k, num_beams=beams)
+    settings = GenerationSettings(batch_size=batch, max_new_tokens=new_tokens, constrained=True, top_k=top_k,
+                                  num_beams=beams, max_input_tokens=None, max_shot_tokens=None, seed=0,
+                                  repetition_penalty=1.0)
     weights = model_bytes(model)
     if cuda:
         free_memory()
@@ -297,18 +292,14 @@ def _row(st, arch, device: str, batch: int, seq: int, what: str, predicted: floa
 
 def measure_plan(params: dict, stages: list, hw, weights: str = "random", steps: int = 3) -> list[dict]:
     """Measured figures for each train@ and evaluation stage of ``stages`` beside its plan."""
-    from pathlib import Path
 
-    import torch
 
-    from icdstudy.core.params import model_entry, train_config
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
-    tcfg, ecfg = params["train"], params["eval"]
+    tcfg, ecfg = params["recipe"], params["decoding"]
     out = []
-    from icdstudy.core import systems
 
     made = systems.stages(params)
     for st in stages:
@@ -321,7 +312,7 @@ def measure_plan(params: dict, stages: list, hw, weights: str = "random", steps:
         wdir = Path(entry.get("path") or Path("models/base") / key) if weights == "real" else None
         four_bit = bool(entry.get("load_in_4bit"))
         if role == "train":
-            tcfg = train_config(params, what)
+            tcfg = run_recipe(params, what)
             lora = arch.lora_params(tcfg["lora_r"], tcfg["target_modules"])
             if cuda:
                 batch, seq = tcfg["batch_size"], st.detail["seq_len"]

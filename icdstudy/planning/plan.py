@@ -22,12 +22,13 @@ data's token lengths:
 
 A stage fits when its predicted peak plus CUDA_OVERHEAD_GB stays within (1 - margin) of the GPU.
 """
+# torch and transformers are imported where used: `study plan` needs neither GPU nor their import time.
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 
-from icdstudy.core import systems
+from icdstudy import systems
 from icdstudy.planning.architectures import Architecture
 
 # Bytes autograd keeps per token per decoder layer (bf16 weights, bf16 autocast, LoRA on all 7
@@ -65,7 +66,7 @@ class DataStats:
     val: int
     test: int
     mean_input_tokens: float
-    max_input_tokens: int | None  # longest input seen; None = unknown (assume eval.max_input_tokens)
+    max_input_tokens: int | None  # longest input seen; None = unknown (assume decoding.max_input_tokens)
     source: str
     calibration: int = 0
 
@@ -276,7 +277,7 @@ def seq_lengths(stats: DataStats, max_input_tokens: int, extra: int) -> tuple[in
 def plan_train(key: str, arch: Architecture, entry: dict, tcfg: dict, max_input_tokens: int, stats: DataStats,
                hw: Hardware, extra_tokens: int = 0, stage: str | None = None, probe: StagePlan | None = None) -> StagePlan:
     """``extra_tokens``: prompt tokens beyond the encounter (a shortlist); ``stage``: default train@<key>;
-    ``probe``: the plan of decoding the validation rows once (train.select_by: exact_match), paid at every
+    ``probe``: the plan of decoding the validation rows once (recipe.select_by: exact_match), paid at every
     evaluation; its peak (weights, adapter and optimizer state stay resident) counts toward the stage's."""
     four_bit = bool(entry.get("load_in_4bit"))
     lora = arch.lora_params(tcfg["lora_r"], tcfg["target_modules"])
@@ -325,26 +326,26 @@ def _train_fix(key, tcfg, peak, hw, max_input_tokens, stats, four_bit) -> str:
     b = batch // 2
     while b >= 1:
         if batch % b == 0 and _fits(peak(batch=b), hw):
-            return (f"-S train.batch_size={b} -S train.grad_accum={accum * batch // b} (same effective batch; "
+            return (f"-S recipe.batch_size={b} -S recipe.grad_accum={accum * batch // b} (same effective batch; "
                     f"peak {_gb(peak(batch=b))} GB)")
         b //= 2
     if _fits(peak(gc=True), hw):
-        return f"-S train.gradient_checkpointing=true (about 1.3x the compute; peak {_gb(peak(gc=True))} GB)"
+        return f"-S recipe.gradient_checkpointing=true (about 1.3x the compute; peak {_gb(peak(gc=True))} GB)"
     if not four_bit and _fits(peak(fb=True), hw):
         return f"-S models.{key}.load_in_4bit=true (QLoRA; peak {_gb(peak(fb=True))} GB)"
     for cap in (1024, 768, 512):
         if cap < max_input_tokens:
             s, _ = seq_lengths(stats, cap, ANSWER_TOKENS)
             if _fits(peak(batch=1, gc=True, s=s), hw):
-                return (f"-S eval.max_input_tokens={cap} -S train.batch_size=1 -S train.grad_accum={batch * accum} "
-                        "-S train.gradient_checkpointing=true")
+                return (f"-S decoding.max_input_tokens={cap} -S recipe.batch_size=1 -S recipe.grad_accum={batch * accum} "
+                        "-S recipe.gradient_checkpointing=true")
     return f"does not fit a {hw.mem_gb:.0f} GB GPU even at batch 1 with checkpointing; use a larger GPU"
 
 
 def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict, stats: DataStats,
-              hw: Hardware, few_shot: int = 0, batch_key: str = "eval.batch_size", extra_tokens: int = 0,
+              hw: Hardware, few_shot: int = 0, batch_key: str = "decoding.batch_size", extra_tokens: int = 0,
               splits: tuple[str, ...] = ("val", "calibration", "test"), seeds: int = 1) -> StagePlan:
-    """A predicting stage: the first eval.max_samples rows of each of ``splits``, and the test rows again for
+    """A predicting stage: the first decoding.max_samples rows of each of ``splits``, and the test rows again for
     each training seed after the first."""
     four_bit = bool(entry.get("load_in_4bit"))
     beams = (ecfg.get("num_beams") or ecfg["top_k"]) if ecfg["constrained"] else 1
@@ -373,7 +374,7 @@ def plan_eval(system: str, key: str, arch: Architecture, entry: dict, ecfg: dict
                     (ecfg["batch_size"] // 2 ** k for k in range(1, 8)) if b >= 1 and _fits(peak(batch=b), hw)), None)
         if fix is None and not four_bit and _fits(peak(batch=1, fb=True), hw):
             fix = f"-S models.{key}.load_in_4bit=true -S {batch_key}=1"
-        fix = fix or f"does not fit a {hw.mem_gb:.0f} GB GPU at batch 1; shorten eval.max_input_tokens"
+        fix = fix or f"does not fit a {hw.mem_gb:.0f} GB GPU at batch 1; shorten decoding.max_input_tokens"
     return StagePlan(f"{system}", _gb(total), fits, round(seconds / 3600, 2), fix, {
         "params_total": arch.params_total, "batch": ecfg["batch_size"], "beams": beams, "seq_len": seq,
         "samples": n, "seconds": round(seconds, 1), "parts_gb": {k: _gb(v) for k, v in parts.items()}})
@@ -390,7 +391,7 @@ def to_json(stages: list[StagePlan], hw: Hardware, usd_per_hour: float | None = 
     out = {"gpu_mem_gb": round(hw.mem_gb, 1), "gpu": hw.name, "margin": hw.margin, "mfu": hw.mfu,
            "stages": [asdict(s) for s in stages], "total_est_hours": total, "fits": all(s.fits for s in stages)}
     if usd_per_hour:
-        out["est_usd"] = round(total * usd_per_hour, 2)
+        out["est_usd"], out["usd_per_hour"] = round(total * usd_per_hour, 2), usd_per_hour
         for st in out["stages"]:  # the plan's estimate of deploy's usd_per_1k, before a GPU run measures it
             if systems.role_of(st["stage"]) == "predict" and st["detail"].get("samples"):
                 st["detail"]["usd_per_1k"] = round(st["detail"]["seconds"] / 3600 * usd_per_hour / st["detail"]["samples"]
@@ -409,31 +410,50 @@ def render_eval_parts(parts: dict) -> str:
             f"+ max(attention: {attention}; logits {t['logits']:g})")
 
 
+def stage_detail(s: dict) -> str:
+    """One stage's plan in words: model size, batch, steps and FLOPs; decoding shapes and cost; or the download."""
+    d, role = s["detail"], systems.role_of(s["stage"])
+    if role == "train":
+        what = (f"{d['params_total'] / 1e9:.2f}B params, LoRA {d['trainable_params'] / 1e6:.1f}M, batch "
+                f"{d['batch_tokens']:,} tokens, {d['steps']} steps, {d['tflops']:,} TFLOP")
+        if "probe_samples" in d:
+            what += f"; {d['evals']} x {d['probe_samples']:,} validation rows decoded to keep the best checkpoint"
+        return what
+    if role == "predict":
+        what = (f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']:,} tokens, {d['samples']:,} rows "
+                "(val, calibration, test)")
+        return what + (f", ${d['usd_per_1k']:.3g} per 1,000" if "usd_per_1k" in d else "")
+    return f"download {d['download_gb']} GB"
+
+
+def _header(plan: dict) -> str:
+    return (f"one {plan['gpu']} with {plan['gpu_mem_gb']:.0f} GB (fits = predicted peak + {CUDA_OVERHEAD_GB} GB CUDA "
+            f"overhead within {100 * (1 - plan['margin']):.0f}%, i.e. {plan['gpu_mem_gb'] * (1 - plan['margin']) - CUDA_OVERHEAD_GB:.1f} "
+            f"GB; time at {100 * plan['mfu']:.0f}% MFU)")
+
+
 def render(plan: dict) -> str:
-    lines = [f"Plan for one {plan['gpu']} with {plan['gpu_mem_gb']:.0f} GB (fits = predicted peak + "
-             f"{CUDA_OVERHEAD_GB} GB CUDA overhead within {100 * (1 - plan['margin']):.0f}%, i.e. "
-             f"{plan['gpu_mem_gb'] * (1 - plan['margin']) - CUDA_OVERHEAD_GB:.1f} GB; time at {100 * plan['mfu']:.0f}% MFU)",
-             "", f"{'stage':<32} {'peak GB':>8} {'fits':>5} {'hours':>7}  detail"]
+    lines = [f"Plan for {_header(plan)}", "", f"{'stage':<32} {'peak GB':>8} {'fits':>5} {'hours':>7}  detail"]
     for s in plan["stages"]:
-        d = s["detail"]
-        role = systems.role_of(s["stage"])
-        if role == "train":
-            what = (f"{d['params_total'] / 1e9:.2f}B params, LoRA {d['trainable_params'] / 1e6:.1f}M, batch "
-                    f"{d['batch_tokens']:,} tokens, {d['steps']} steps, {d['tflops']:,} TFLOP")
-            if "probe_samples" in d:
-                what += f"; {d['evals']} x {d['probe_samples']} validation rows decoded to keep the best checkpoint"
-        elif role == "predict":
-            what = f"batch {d['batch']} x {d['beams']} beams x {d['seq_len']} tokens, {d['samples']} samples (val, calibration, test)"
-            if "usd_per_1k" in d:
-                what += f", ${d['usd_per_1k']:.3g} per 1,000"
-        else:
-            what = f"download {d['download_gb']} GB"
-        lines.append(f"{s['stage']:<32} {s['peak_gb']:>8.1f} {'yes' if s['fits'] else 'NO':>5} {s['est_hours']:>7.2f}  {what}")
-        if role == "predict":  # where the peak comes from, term by term
-            lines.append(f"{'':<32} {render_eval_parts(d['parts_gb'])}")
+        lines.append(f"{s['stage']:<32} {s['peak_gb']:>8.1f} {'yes' if s['fits'] else 'NO':>5} {s['est_hours']:>7.2f}  "
+                     f"{stage_detail(s)}")
+        if systems.role_of(s["stage"]) == "predict":  # where the peak comes from, term by term
+            lines.append(f"{'':<32} {render_eval_parts(s['detail']['parts_gb'])}")
         if s["fix"]:
             lines.append(f"{'':<32} fix: {s['fix']}")
     lines += ["", f"total: {plan['total_est_hours']:.2f} GPU hours" +
               (f", about ${plan['est_usd']:,.2f}" if "est_usd" in plan else "") +
               ("" if plan["fits"] else "; some stages do NOT fit (see fix)")]
+    return "\n".join(lines)
+
+
+def render_markdown(plan: dict) -> str:
+    """The plan as the Markdown table docs/gpu-host.md shows (generated, never edited by hand)."""
+    lines = [f"Plan for {_header(plan)}:", "", "| stage | peak GB | fits | GPU hours | detail |", "|---|---:|---|---:|---|"]
+    for s in plan["stages"]:
+        fix = f" Fix: {s['fix']}" if s["fix"] else ""
+        lines.append(f"| `{s['stage']}` | {s['peak_gb']:.1f} | {'yes' if s['fits'] else 'NO'} | {s['est_hours']:.2f} "
+                     f"| {stage_detail(s)}{fix} |")
+    cost = f"about ${plan['est_usd']:,.2f} at ${plan['usd_per_hour']:g} per GPU hour" if "est_usd" in plan else ""
+    lines.append(f"| **total** | | | **{plan['total_est_hours']:.2f}** | {cost} |")
     return "\n".join(lines)

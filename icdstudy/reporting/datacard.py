@@ -5,7 +5,7 @@ from collections import Counter
 
 import numpy as np
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 from icdstudy.neighbours.retrieval import near_copies
 
 
@@ -19,7 +19,7 @@ def near_copy_rows(train_rows: list[dict], test_rows: list[dict], params: dict) 
 def render(splits: dict[str, list[dict]], data_metrics: dict, token_lengths: dict[str, list[int]],
            tokenizer_name: str, source: str, near: dict | None = None) -> str:
     """``near``: the test rows with a near copy in training (threshold, n, ids)."""
-    lines = [f"# Data card", "", f"Source: `{source}`; input field: `{data_metrics['input']}`.", ""]
+    lines = ["# Data card", "", f"Source: `{source}`; input field: `{data_metrics['input']}`.", ""]
     lines += ["| | rows |", "|---|---:|", f"| read | {data_metrics['rows_in']} |", f"| kept | {data_metrics['rows_out']} |"]
     for reason, n in data_metrics["dropped"].items():
         lines.append(f"| dropped: {reason.replace('_', ' ')} | {n} |")

@@ -8,10 +8,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
-from icdstudy.core.icd10 import CHAPTER_TITLES  # noqa: E402
-from icdstudy.core.systems import System  # noqa: E402
+from icdstudy import systems  # noqa: E402
+from icdstudy.analysis import errors, metrics, thresholds  # noqa: E402
+from icdstudy.analysis.errors import per_chapter_accuracy  # noqa: E402
+from icdstudy.icd10 import CHAPTER_TITLES  # noqa: E402
+from icdstudy.reporting import names  # noqa: E402
+from icdstudy.systems import System  # noqa: E402
 
 MARKERS = "osD^v<>Ph*X"
 _TABLE: dict[str, System] = {}  # the systems being plotted, by id (use_systems)
@@ -24,7 +30,7 @@ def use_systems(table: dict[str, System]) -> None:
 
 
 def _color(system: str) -> str:
-    return _TABLE[system].color if system in _TABLE else "#666666"
+    return names.color(_TABLE[system]) if system in _TABLE else "#666666"
 
 
 def _model(system: str) -> str:
@@ -49,7 +55,6 @@ def _save(fig, path: Path, **layout) -> str:
 
 def accuracy_by_system(evals: dict, out: Path) -> str:
     """Exact, category and chapter accuracy per system as horizontal bars: names stay readable at any count."""
-    from matplotlib.patches import Patch
 
     systems = list(evals)
     levels = [("exact_match", "exact code"), ("category_match", "category (3 chars)"), ("chapter_match", "chapter")]
@@ -82,7 +87,6 @@ def accuracy_by_system(evals: dict, out: Path) -> str:
 def _log_scale(axis) -> None:
     """Log scale on one axis, labelled at 1, 2 and 5 times each power of ten, with no minor labels (crowded ones
     overlap when the data span less than a decade)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     axis.axes.set_xscale("log") if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
     axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -138,12 +142,11 @@ def accuracy_vs_params(evals: dict, out: Path) -> str:
 def risk_coverage(curves: dict[str, tuple[list[float], list[bool]]], targets: list[float], out: Path) -> str:
     """Error rate among the encounters coded without review, against the share coded, one curve per system
     (confidence ordered, test split); dashed lines at the error rates the target precisions allow."""
-    from icdstudy.analysis.deploy import risk_coverage as curve
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     markers = _markers(curves)
     for s, (conf, correct) in curves.items():
-        pts = curve(conf, correct)
+        pts = thresholds.risk_coverage(conf, correct)
         if not pts:
             continue
         cov = [0.0] + [100 * c for _, c, _ in pts]
@@ -207,7 +210,6 @@ def _tsv(path: Path) -> dict[int, float]:
 def training_curves(live_dirs: dict[str, Path], out: Path) -> str | None:
     """Training and validation loss per run, and beside them the validation exact match that chose the checkpoint
     kept (where the run decoded it)."""
-    from matplotlib.ticker import MaxNLocator
 
     curves = {run: d / "plots" / "metrics" for run, d in live_dirs.items()}  # the curves the train stages keep
     exact = {run: sorted(_tsv(m / "eval/exact_match.tsv").items()) for run, m in curves.items()}
@@ -215,9 +217,9 @@ def training_curves(live_dirs: dict[str, Path], out: Path) -> str | None:
     fig, axes = plt.subplots(1, 2 if exact else 1, figsize=(11 if exact else 6, 4), squeeze=False)
     ax = axes[0][0]
     drawn = False
-    for run, metrics in curves.items():
+    for run, series in curves.items():
         for name, style in (("loss.tsv", "-"), ("eval/loss.tsv", "o--")):
-            pts = sorted(_tsv(metrics / name).items())
+            pts = sorted(_tsv(series / name).items())
             if pts:
                 ax.plot(*zip(*pts), style, label=f"{run} {'validation' if 'eval' in name else 'training'}")
                 drawn = True
@@ -267,3 +269,23 @@ def error_breakdown(breakdown: dict, out: Path) -> str:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     ax.set_title("Where predictions land in the ICD-10-CM hierarchy", fontsize=10)
     return _save(fig, out)
+
+
+def draw_all(evals: dict, preds: dict, trains: dict, params: dict, root: Path, plot_dir: Path) -> list[Path]:
+    """Every figure of the report, into ``plot_dir``; the paths written (reliability and curves where there is data)."""
+    first = {r["id"]: r["pred"] for r in preds[systems.retriever_floor(params).id]}
+    use_systems(systems.by_id(params))
+    made = [accuracy_by_system(evals, plot_dir / "accuracy_by_system.png"),
+            accuracy_vs_latency(evals, plot_dir / "accuracy_vs_latency.png"),
+            accuracy_vs_params(evals, plot_dir / "accuracy_vs_params.png"),
+            risk_coverage({s: (thresholds.confidences(rows, evals[s]["confidence_signal"], first),
+                               thresholds.correctness(rows)) for s, rows in preds.items()},
+                          sorted(params["deploy"]["target_precision"]), plot_dir / "risk_coverage.png"),
+            chapter_heatmap(per_chapter_accuracy(preds), plot_dir / "chapter_accuracy.png"),
+            error_breakdown(errors.error_breakdown(preds), plot_dir / "error_breakdown.png")]
+    scored = {s: metrics.reliability_bins([r["confidence"] for r in rows], [r["pred"] == r["gold"] for r in rows])
+              for s, rows in preds.items() if rows and all(r.get("confidence") is not None for r in rows)}
+    if scored:
+        made.append(reliability(scored, plot_dir / "reliability.png"))
+    curves = training_curves({run: root / "dvclive" / run for run in trains}, plot_dir / "training_curves.png")
+    return made + ([curves] if curves else [])

@@ -2,159 +2,34 @@
 
 This module renders; what it shows is decided elsewhere. The systems that lead the answer are chosen on validation
 alone (icdstudy.analysis.selection), the paired tests and their Holm correction within the primary and the
-exploratory family are icdstudy.analysis.comparisons, the thresholds and costs icdstudy.analysis.deploy. Test
+exploratory family are icdstudy.analysis.comparisons, the thresholds and costs icdstudy.analysis.thresholds. Test
 numbers are what it reports; it is the one place that reads them.
 """
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
-from icdstudy.analysis import deploy, selection
+from icdstudy import icd10, systems
+from icdstudy.analysis import selection, thresholds
 from icdstudy.analysis.comparisons import PairingError, adjust, compare, pairs
-from icdstudy.core import icd10, systems
+from icdstudy.analysis.errors import ERROR_KINDS, error_breakdown, error_kind
+from icdstudy.reporting.answer import answer, demo_caveat, unpaired_line
+from icdstudy.reporting.formats import coverage, num, p, pct, usd
 
 SMOKE_BANNER = ("> **SMOKE RUN: these numbers mean nothing.** `study full-study --smoke` ran every stage of the study at "
                 "the smallest sizes that exercise it (a few dozen test rows, a few optimizer steps) to show that downloads, "
                 "chat templates, training, evaluation and this report work before the GPU hours are spent. Run "
                 "`python -m icdstudy.study full-study` for the study's numbers.")
-__all__ = ["PairingError", "render", "error_breakdown", "per_chapter_accuracy"]
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
-
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def _usd(x) -> str:
-    return "n/a" if x is None else (f"${x:,.2f}" if x >= 0.1 else f"${x:.2g}")
-
-
-def _coverage(m: dict, k: str) -> str:
-    """Coverage at a target, or "none" where validation reached no threshold (nothing is coded without review)."""
-    return "none" if m.get(f"threshold_at_{k}_reason") else _pct(m.get(f"coverage_at_{k}"))
-
-
-def _p(x) -> str:
-    return "n/a" if x is None else f"{x:.2g}"
-
-
-def _difference(t: dict, unit: str) -> str:
-    """A paired difference with the CI read at its Holm step (what its adjusted p-value is judged at)."""
-    lo, hi = (100 * x for x in t["ci_adjusted"])
-    return (f"{100 * t['diff']:+.1f} points of {unit} ({100 * t['ci_level']:.3g}% CI at its Holm step {lo:+.1f} to "
-            f"{hi:+.1f}; McNemar p = {_p(t['mcnemar']['p_value'])}, Holm-adjusted {_p(t['p_holm'])}: "
-            f"{'significant' if t['significant'] else 'not significant'})")
-
-
-def unpaired_line(c: dict) -> str:
-    fa, fb = c["unpaired"]
-    return (f"`{c['a']}` and `{c['b']}` were scored on different test splits (split fingerprints "
-            f"`{fa or 'none recorded'}` and `{fb or 'none recorded'}`): not compared. Rerun both on the same data.")
-
-
-def certified_phrase(s: str, sel: dict, m: dict, k: str, role: str = "") -> str:
-    """What ``s`` does on test at the threshold certified for target ``k``: coverage and the precision reached; or,
-    not certified, the counts of the test that failed, which anyone can check."""
-    name = f"`{s}` ({sel[s].label(m)}){role}"
-    cert = m.get(f"certified_at_{k}") or {}
-    if m.get(f"threshold_at_{k}") is None:
-        return (f"{name} is not certified (its first test accepts {cert.get('accepted')} calibration rows with "
-                f"{cert.get('errors')} errors, p = {_p(cert.get('p_value'))} > δ): every encounter goes to review")
-    cov, (clo, chi) = m.get(f"coverage_at_{k}"), m.get(f"coverage_at_{k}_ci95") or (None, None)
-    if not cov:
-        return f"{name} codes no test encounter without review (none reached its certified threshold)"
-    plo, phi = m.get(f"precision_ci_at_{k}") or (None, None)
-    return (f"{name} codes {_pct(cov)}% of test encounters without review (95% CI {_pct(clo)}–{_pct(chi)}) at "
-            f"{_pct(m.get(f'precision_at_{k}'))}% precision on test (95% CI {_pct(plo)}–{_pct(phi)})")
-
-
-def deployment_lines(leaders: list[tuple[str, str]], sel: dict, evals: dict, targets: list[float]) -> list[str]:
-    """One line per target precision, highest first: what each leading system (chosen on validation) codes without
-    review at the threshold certified for it, or the failed test that refused it."""
-    out = []
-    for target in sorted(targets, reverse=True):
-        k = deploy.key(target)
-        cert = next((evals[s].get(f"certified_at_{k}") for s, _ in leaders if evals[s].get(f"certified_at_{k}")), {})
-        phrases = "; ".join(certified_phrase(s, sel, evals[s], k, role) for s, role in leaders)
-        out.append(f"- **At {100 * target:g}% precision** (certified with δ = {cert.get('delta')} on "
-                   f"{cert.get('calibration_rows')} calibration rows): {phrases}.")
-    return out
-
-
-def comparison_line(c: dict | None, what: str, evals: dict) -> list[str]:
-    if c is None:
-        return []
-    if "unpaired" in c:
-        return [f"- {what}: " + unpaired_line(c)]
-    a, b = c["a"], c["b"]
-    line = (f"- {what}: `{a}` against `{b}`, exact match {_pct(evals[a]['exact_match'])}% against "
-            f"{_pct(evals[b]['exact_match'])}%: {_difference(c, 'exact match')}.")
-    return [line + (f" Coverage (exploratory family): {_difference(c['coverage'], 'coverage')}."
-                     if c["coverage"] is not None else "")]
-
-
-def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, targets: list[float], params: dict) -> list[str]:
-    """The Answer: what the leading systems code without review, where the fine-tuned one stands against the best
-    large prompted system and the best floor, the cost with review, what each added change does, the tally. The
-    leaders are chosen on validation alone (icdstudy.analysis.selection)."""
-    target = max(targets)
-    a, b, note = selection.headline_pair(sel, vals, target)
-    floor = selection.best_floor(sel, vals, target)
-    if not (a and b):
-        return ["- No fine-tuned system was evaluated." if not a else "- No prompted system was evaluated beside the "
-                "fine-tuned ones."]
-    leaders = [(a, ""), (b, f", the best large system{note},")] + ([(floor, ", the best floor,")] if floor else [])
-    out = deployment_lines(leaders, sel, evals, targets)
-    out += comparison_line(comparisons.get((a, b)), "Against the best large prompted system", evals)
-    if floor:
-        out += comparison_line(comparisons.get((a, floor)), "Against the best floor", evals)
-    review = params.get("deploy", {}).get("review_usd_per_chart")
-    costs = ", ".join(f"{_usd(evals[s].get('usd_per_1k_with_review'))} with `{s}`" for s, _ in leaders)
-    inference = ", ".join(_usd(evals[s].get("usd_per_1k")) for s, _ in leaders)
-    on_cpu = any(evals[s].get("cost_device") == "cpu" for s, _ in leaders)
-    out.append(f"- **With a coder reviewing every encounter not coded automatically at {100 * target:g}%** "
-               f"({_usd(review)} a chart), 1,000 encounters cost {costs}, against {_usd(1000 * review if review else None)} "
-               f"reviewing all; inference alone is {inference}" + (" (CPU time on this run, not a GPU host's price)"
-                                                                    if on_cpu else "") + ".")
-    out.append("- These systems were chosen on validation alone; the thresholds were certified on calibration rows "
-               "no choice read; the test split is read once, here.")
-    for s in (x for x in sel.values() if x.id in evals and x.adds):
-        out += comparison_line(comparisons.get((s.id, s.adds[0])), f"**{s.adds[1]}**", evals)
-    tested = [c for c in comparisons.values() if c.get("family") == "primary" and "unpaired" not in c]
-    if tested:
-        out.append(f"- {sum(x['significant'] for x in tested)} of {len(tested)} primary tests are significant after "
-                   "Holm's correction within the primary family (declared in params `comparisons`); every other pair "
-                   "is exploratory ([Paired comparisons](#paired-comparisons)).")
-    return out
-
-
-def demo_caveat(sel: dict, comparisons: dict) -> str:
-    """What the demo shows, claiming learning only where fine-tuning beat its untrained same-prompt system
-    significantly (within the primary family)."""
-    tuned = [c for (a, b), c in comparisons.items() if "unpaired" not in c and sel[a].fine_tuned
-             and not sel[b].fine_tuned and not sel[b].floor and (sel[a].model, sel[a].prompt) == (sel[b].model, sel[b].prompt)]
-    learned = [c for c in tuned if c["significant"] and c["diff"] > 0]
-    if learned:
-        shows = ("that the pipeline runs end to end and that fine-tuning learns on it (" + ", ".join(
-            f"`{c['a']}` over `{c['b']}`: {100 * c['diff']:+.1f} points, significant after Holm" for c in learned) + ")")
-    else:
-        shows = ("that the pipeline runs end to end; fine-tuning is not shown to help here (" + ("; ".join(
-            f"`{c['a']}` over `{c['b']}`: {100 * c['diff']:+.1f} points, not significant after Holm" for c in tuned)
-            or "no fine-tuned system beside its untrained twin") + ")")
-    return ("These numbers come from the **synthetic demo data** (codes in groups of siblings that share a category, "
-            f"5 to 7 generated encounters each) and the 135M embedded model. They show {shows}; they say nothing of how "
-            "well anything codes real encounters. Run the full study for real numbers.")
+__all__ = ["PairingError", "render"]
 
 
 # What the report says of each prompt style that shows something retrieved ({k}: the system's `retrieved`).
 STYLE_NOTES = {
     "examples": "- Few-shot systems: each input follows its {k} nearest training examples (TF-IDF cosine, 1–{ngram_max}-"
                 "grams; never the row itself or a copy of its text), each cut to {max_shot_tokens} tokens, the nearest last.",
-    "candidates": "- Shortlist systems: each prompt lists the {k} codes the same retriever ranks highest (knn-tfidf's vote "
+    "shortlist": "- Shortlist systems: each prompt lists the {k} codes the same retriever ranks highest (knn-tfidf's vote "
                   "over the {neighbours} nearest training inputs, then the codes of the next nearest), best first, each "
                   "with its official description and vote share; decoding still covers every label. A training row's "
                   "list comes from the other training rows, as a test row's does.",
@@ -163,7 +38,7 @@ STYLE_NOTES = {
 
 def _fewshot_settings(evals: dict, sel: dict, params: dict) -> list[str]:
     """One line per prompt style that shows something retrieved, as the report's systems use it."""
-    e, r = params.get("eval", {}), params.get("retrieval", {})
+    e, r = params.get("decoding", {}), params.get("retrieval", {})
     shown = {sel[s].prompt: sel[s].retrieved for s in evals if s in sel and sel[s].prompt}
     return [STYLE_NOTES[name].format(k=k, ngram_max=r.get("ngram_max"), neighbours=r.get("neighbours"),
                                      max_shot_tokens=e.get("max_shot_tokens") or e.get("max_input_tokens"))
@@ -171,8 +46,6 @@ def _fewshot_settings(evals: dict, sel: dict, params: dict) -> list[str]:
 
 
 def _hardware(evals: dict) -> str:
-    import os
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -195,9 +68,9 @@ def seed_table(evals: dict) -> list[str]:
     out = ["## Training seeds", "", "| system | seeds | exact % by seed | mean % | SD (points) | range % |",
            "|---|---|---|---:|---:|---|"]
     for s, sd in rows:
-        by = ", ".join(f"{k}: {_pct(v)}" for k, v in sd["exact_match_by_seed"].items())
-        out.append(f"| {s} | {len(sd['seeds'])} | {by} | {_pct(sd['exact_match_mean'])} | {_pct(sd['exact_match_sd'])} "
-                   f"| {_pct(sd['exact_match_min'])}–{_pct(sd['exact_match_max'])} |")
+        by = ", ".join(f"{k}: {pct(v)}" for k, v in sd["exact_match_by_seed"].items())
+        out.append(f"| {s} | {len(sd['seeds'])} | {by} | {pct(sd['exact_match_mean'])} | {pct(sd['exact_match_sd'])} "
+                   f"| {pct(sd['exact_match_min'])}–{pct(sd['exact_match_max'])} |")
     return out + ["", "Every other table uses the first seed; the paired table says in how many seeds the direction holds.", ""]
 
 
@@ -220,9 +93,9 @@ def shortlist_section(evals: dict, systems_: list[str]) -> list[str]:
            "| picked another listed code % | answered off the list % |", "|---|---:|---:|---:|---:|---:|---:|"]
     for s in rows:
         m = evals[s]
-        out.append(f"| {s} | {m.get('candidates')} | {_pct(m.get('candidate_recall'))} | {_pct(m['exact_match'])} "
-                   f"| {_pct(m.get('picked_first_candidate'))} | {_pct(m.get('picked_other_candidate'))} "
-                   f"| {_pct(m.get('picked_off_list'))} |")
+        out.append(f"| {s} | {m.get('candidates')} | {pct(m.get('candidate_recall'))} | {pct(m['exact_match'])} "
+                   f"| {pct(m.get('picked_first_candidate'))} | {pct(m.get('picked_other_candidate'))} "
+                   f"| {pct(m.get('picked_off_list'))} |")
     out += ["", "Candidate recall is the share of test rows whose gold code is on the list: the most a system that only "
             "picks from it can reach. The retriever's first candidate is knn-tfidf's answer.", ""]
     return out
@@ -231,7 +104,7 @@ def shortlist_section(evals: dict, systems_: list[str]) -> list[str]:
 def deployment_section(evals: dict, vals: dict, systems_: list[str], targets: list[float], params: dict) -> list[str]:
     head = " | ".join(f"threshold @{100 * t:g} (accepted / errors on calibration, p) | coverage @{100 * t:g} % (95% CI) "
                       f"| precision @{100 * t:g} % (95% CI)" for t in targets)
-    top = deploy.key(max(targets))
+    top = thresholds.key(max(targets))
     out = ["## Coded without review", "",
            f"| system | signal | {head} | AURC | $ per 1,000 | $ per 1,000 with review @{100 * max(targets):g} |",
            "|---|---|" + "---|---|---|" * len(targets) + "---:|---:|---:|"]
@@ -239,17 +112,17 @@ def deployment_section(evals: dict, vals: dict, systems_: list[str], targets: li
         m = evals[s]
         cells = []
         for t in targets:
-            k = deploy.key(t)
+            k = thresholds.key(t)
             cert, th = m.get(f"certified_at_{k}") or {}, m.get(f"threshold_at_{k}")
             clo, chi = m.get(f"coverage_at_{k}_ci95") or (None, None)
             plo, phi = m.get(f"precision_ci_at_{k}") or (None, None)
-            counts = f"{cert.get('accepted')} / {cert.get('errors')}, p = {_p(cert.get('p_value'))}"
+            counts = f"{cert.get('accepted')} / {cert.get('errors')}, p = {p(cert.get('p_value'))}"
             cells += [f"none certified (first test {counts})" if th is None else f"{th:.4g} ({counts})",
-                      "none" if m.get(f"coverage_at_{k}") is None else f"{_pct(m[f'coverage_at_{k}'])} ({_pct(clo)}–{_pct(chi)})",
+                      "none" if m.get(f"coverage_at_{k}") is None else f"{pct(m[f'coverage_at_{k}'])} ({pct(clo)}–{pct(chi)})",
                       "—" if m.get(f"precision_at_{k}") is None else
-                      f"{_pct(m[f'precision_at_{k}'])} ({_pct(plo)}–{_pct(phi)})"]
-        out.append(f"| {s} | {m.get('confidence_signal')} | {' | '.join(cells)} | {_num(m.get('aurc'))} "
-                   f"| {_usd(m.get('usd_per_1k'))} | {_usd(m.get(f'usd_per_1k_with_review_at_{top}'))} |")
+                      f"{pct(m[f'precision_at_{k}'])} ({pct(plo)}–{pct(phi)})"]
+        out.append(f"| {s} | {m.get('confidence_signal')} | {' | '.join(cells)} | {num(m.get('aurc'))} "
+                   f"| {usd(m.get('usd_per_1k'))} | {usd(m.get(f'usd_per_1k_with_review_at_{top}'))} |")
     dep = params.get("deploy", {})
     any_cert = next((evals[s].get(f"certified_at_{top}") for s in systems_ if evals[s].get(f"certified_at_{top}")), {})
     out += ["", "A system codes an encounter without review when its confidence reaches the threshold for the target "
@@ -262,18 +135,18 @@ def deployment_section(evals: dict, vals: dict, systems_: list[str], targets: li
             f"over the {any_cert.get('calibration_rows')} calibration rows; {100 * max(targets):g}% needs at least "
             f"{any_cert.get('error_free_rows_needed')} accepted rows, all right. Coverage and precision above are what "
             "the test split showed at that very threshold (Wilson 95% CIs). AURC: area under the test risk-coverage "
-            f"curve (lower is better). Cost: measured throughput priced at {_usd(dep.get('usd_per_hour'))} per GPU hour "
-            f"or {_usd(dep.get('cpu_usd_per_hour'))} per CPU hour ({dep.get('price_source', 'params deploy')}); with "
-            f"review: plus {_usd(dep.get('review_usd_per_chart'))} for each encounter a coder reviews (params "
+            f"curve (lower is better). Cost: measured throughput priced at {usd(dep.get('usd_per_hour'))} per GPU hour "
+            f"or {usd(dep.get('cpu_usd_per_hour'))} per CPU hour ({dep.get('price_source', 'params deploy')}); with "
+            f"review: plus {usd(dep.get('review_usd_per_chart'))} for each encounter a coder reviews (params "
             "`deploy.review_usd_per_chart`).", ""]
-    missing = [(s, t) for s in systems_ for t in targets if evals[s].get(f"threshold_at_{deploy.key(t)}_reason")]
+    missing = [(s, t) for s in systems_ for t in targets if evals[s].get(f"threshold_at_{thresholds.key(t)}_reason")]
     for s, t in missing:
-        out.append(f"- `{s}` at {100 * t:g}%: {evals[s][f'threshold_at_{deploy.key(t)}_reason']}.")
+        out.append(f"- `{s}` at {100 * t:g}%: {evals[s][f'threshold_at_{thresholds.key(t)}_reason']}.")
     return out + ([""] if missing else [])
 
 
 def validation_section(trains: dict, vals: dict, evals: dict, systems_: list[str], target: float, sel: dict) -> list[str]:
-    t, k = f"{100 * target:g}", deploy.key(target)
+    t, k = f"{100 * target:g}", thresholds.key(target)
     a, b, _ = selection.headline_pair(sel, {s: vals[s] for s in systems_ if s in vals}, target)
     floor = selection.best_floor(sel, {s: vals[s] for s in systems_ if s in vals}, target)
     leaders = ", ".join(f"{role} `{s}`" for s, role in ((a, "fine-tuned"), (b, "large prompted"), (floor, "floor")) if s)
@@ -286,14 +159,14 @@ def validation_section(trains: dict, vals: dict, evals: dict, systems_: list[str
            f"| coverage @{t} % test |", "|---|---:|---:|---:|---:|"]
     for s in systems_:
         v, m = vals.get(s) or {}, evals[s]
-        out.append(f"| {s} | {_pct(v.get('exact_match'))} | {_pct(v.get(f'val_fitted_coverage_at_{k}'))} "
-                   f"| {_pct(m['exact_match'])} | {_coverage(m, k)} |")
+        out.append(f"| {s} | {pct(v.get('exact_match'))} | {pct(v.get(f'val_fitted_coverage_at_{k}'))} "
+                   f"| {pct(m['exact_match'])} | {coverage(m, k)} |")
     if trains:
         out += ["", "| training run | checkpoint kept by | kept step | of steps | validation exact % at that step "
                 "| validation loss there |", "|---|---|---:|---:|---:|---:|"]
         for run, tr in sorted(trains.items()):
             out.append(f"| {run} | {tr.get('select_by', 'loss')} | {tr.get('best_step', 'n/a')} | {tr['steps']} "
-                       f"| {_pct(tr.get('best_val_exact_match'))} | {tr['eval_loss']} |")
+                       f"| {pct(tr.get('best_val_exact_match'))} | {tr['eval_loss']} |")
     return out + [""]
 
 
@@ -311,7 +184,7 @@ def near_copy_section(near: dict | None, preds: dict, systems_: list[str]) -> li
     for s in systems_:
         hit = [r["pred"] == r["gold"] for r in preds[s] if r["id"] in ids]
         rest = [r["pred"] == r["gold"] for r in preds[s] if r["id"] not in ids]
-        out.append(f"| {s} | {_pct(sum(hit) / len(hit)) if hit else 'n/a'} | {_pct(sum(rest) / len(rest)) if rest else 'n/a'} |")
+        out.append(f"| {s} | {pct(sum(hit) / len(hit)) if hit else 'n/a'} | {pct(sum(rest) / len(rest)) if rest else 'n/a'} |")
     return out + [""]
 
 
@@ -341,7 +214,7 @@ def paired_table(comparisons: list[dict], target: float) -> list[str]:
         lo, hi = x["ci_adjusted"]
         mark = "**" if x["significant"] else ""
         return (f"{mark}{100 * x['diff']:+.1f}{mark} | {100 * lo:+.1f} to {100 * hi:+.1f} ({100 * x['ci_level']:.3g}%) "
-                f"| {_p(x['mcnemar']['p_value'])} | {mark}{_p(x['p_holm'])}{mark}")
+                f"| {p(x['mcnemar']['p_value'])} | {mark}{p(x['p_holm'])}{mark}")
 
     for c in sorted(done, key=lambda c: c["family"] != "primary"):
         seeds = c.get("seeds")
@@ -349,7 +222,7 @@ def paired_table(comparisons: list[dict], target: float) -> list[str]:
         cov = cells(c["coverage"]) if c["coverage"] is not None else \
             f"no test: {', '.join(c['not_certified'])} not certified | | | "
         ra, rb = c.get("with_review") or (None, None)
-        out.append(f"| {c['family']} | {c['a']} | {c['b']} | {c['n']} | {cells(c)} | {cov} | {_usd(ra)} / {_usd(rb)} "
+        out.append(f"| {c['family']} | {c['a']} | {c['b']} | {c['n']} | {cells(c)} | {cov} | {usd(ra)} / {usd(rb)} "
                    f"| {c['speed_ratio'] or 0:.2g} | {c['memory_ratio'] or 0:.2g} | {held} |")
     n_primary = sum(c["family"] == "primary" for c in done)
     out += ["", "Primary: the comparisons params `comparisons.primary` declares before any result (the best fine-tuned "
@@ -371,19 +244,19 @@ def paired_table(comparisons: list[dict], target: float) -> list[str]:
 
 def all_systems_table(evals: dict, ordered: list[str], targets: list[float]) -> list[str]:
     out = ["", "## All systems", "",
-           f"| system | parameters | exact % (95% CI) | category % | chapter % | valid % | macro-F1 | top-3 % | top-5 % | ECE "
+           "| system | parameters | exact % (95% CI) | category % | chapter % | valid % | macro-F1 | top-3 % | top-5 % | ECE "
            + "".join(f"| coverage @{100 * x:g} % " for x in targets)
            + "| $ per 1,000 | $ per 1,000 with review | latency p50 s | samples/s | peak memory MB |",
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(targets) + "---:|---:|---:|---:|---:|"]
     for s in ordered:
         m = evals[s]
         lo, hi = m["exact_match_ci95"]
-        out.append(f"| {s} | {m.get('params_total', 0) / 1e6:,.1f}M | {_pct(m['exact_match'])} ({_pct(lo)}–{_pct(hi)}) "
-                   f"| {_pct(m['category_match'])} | {_pct(m['chapter_match'])} | {_pct(m['valid_rate'])} "
-                   f"| {m['macro_f1']:.3f} | {_pct(m.get('top3_match'))} | {_pct(m.get('top5_match'))} "
-                   f"| {_num(m.get('ece'))} | {' | '.join(_coverage(m, deploy.key(x)) for x in targets)} "
-                   f"| {_usd(m.get('usd_per_1k'))} "
-                   f"| {_usd(m.get('usd_per_1k_with_review'))} | {m.get('latency_p50_s') or 0:.3f} | {m.get('samples_per_s') or 0:.2f} | {m.get('peak_mem_mb') or 0:,.0f} |")
+        out.append(f"| {s} | {m.get('params_total', 0) / 1e6:,.1f}M | {pct(m['exact_match'])} ({pct(lo)}–{pct(hi)}) "
+                   f"| {pct(m['category_match'])} | {pct(m['chapter_match'])} | {pct(m['valid_rate'])} "
+                   f"| {m['macro_f1']:.3f} | {pct(m.get('top3_match'))} | {pct(m.get('top5_match'))} "
+                   f"| {num(m.get('ece'))} | {' | '.join(coverage(m, thresholds.key(x)) for x in targets)} "
+                   f"| {usd(m.get('usd_per_1k'))} "
+                   f"| {usd(m.get('usd_per_1k_with_review'))} | {m.get('latency_p50_s') or 0:.3f} | {m.get('samples_per_s') or 0:.2f} | {m.get('peak_mem_mb') or 0:,.0f} |")
     return out + ["", "Test split. Exact: the whole code; category: its first 3 characters; chapter: its ICD-10-CM chapter. "
                   "Top-k and ECE only for systems that rank candidates with scores. Latency is per sample within batches, "
                   "generation only (model loading excluded); memory is peak process RSS on CPU or peak allocated CUDA "
@@ -438,7 +311,7 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
                        f"| {t.get('peak_mem_mb', 0):,.0f} | {t['wall_s']} |")
         out += ["", "Loss spike: the largest logged training loss after warmup over the lowest logged before it (above 2: "
                 "the run diverged for a while).", ""]
-    d, e = params.get("data", {}), params.get("eval", {})
+    d, e = params.get("data", {}), params.get("decoding", {})
     out += ["## Data and settings", "",
             f"- Source `{d.get('source')}`"
             + (f" (revision `{data['source_revision']}`)" if data.get("source_revision") else "")
@@ -449,8 +322,7 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             f"- Leakage control: ICD-10 code mentions in the {data.get('input')} texts redacted "
             f"({data['code_mentions_before']} inputs had one before, {data['code_mentions_after']} after); "
             f"label description phrases redacted too: {'yes' if d.get('redact_descriptions') else 'no'}.",
-            f"- Decoding: constrained to the label set = {e.get('constrained')}, top-k {e.get('top_k')}, examples in "
-            f"the zero-shot and fine-tuned prompts: {e.get('few_shot')}.",
+            f"- Decoding: constrained to the label set = {e.get('constrained')}, top-k {e.get('top_k')}.",
             *_fewshot_settings(evals, sel, params),
             _split_line(evals),
             *([f"- Base models: {_provenance(bases)}."] if bases else []),
@@ -458,29 +330,6 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(out)
-
-
-ERROR_KINDS = ("right category, wrong code", "right chapter, wrong category", "wrong chapter", "no prediction")
-
-
-def error_kind(gold: str, pred: str | None) -> str | None:
-    """Where a wrong prediction lands in the ICD-10-CM hierarchy; None when it is right."""
-    if pred == gold:
-        return None
-    if not pred:
-        return "no prediction"
-    if icd10.category(pred) == icd10.category(gold):
-        return "right category, wrong code"
-    return "right chapter, wrong category" if icd10.chapter(pred) == icd10.chapter(gold) else "wrong chapter"
-
-
-def error_breakdown(preds: dict) -> dict[str, dict[str, int]]:
-    """Per system: its correct rows, and its errors counted by ERROR_KINDS."""
-    out = {}
-    for system, rows in preds.items():
-        kinds = [error_kind(r["gold"], r["pred"]) for r in rows]
-        out[system] = {"correct": kinds.count(None), **{k: kinds.count(k) for k in ERROR_KINDS}}
-    return out
 
 
 def error_section(breakdown: dict, preds: dict, inputs: dict[str, str], systems_: list[str], sel: dict,
@@ -510,12 +359,3 @@ def error_section(breakdown: dict, preds: dict, inputs: dict[str, str], systems_
                        f"| {excerpt.replace('|', '/')} |")
         out.append("")
     return out
-
-
-def per_chapter_accuracy(preds: dict) -> dict[str, dict[str, float]]:
-    table: dict[str, dict[str, list]] = {}
-    for system, rows in preds.items():
-        for r in rows:
-            ch = icd10.chapter(r["gold"]) or "?"
-            table.setdefault(system, {}).setdefault(ch, []).append(r["pred"] == r["gold"])
-    return {s: {ch: sum(v) / len(v) for ch, v in chs.items()} for s, chs in table.items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import binom, binomtest
 
 # Confidence signals: f(prediction, the retriever's first candidate for that row) -> a number, higher = surer.
 SIGNALS = {
@@ -109,7 +110,6 @@ def certify(conf, correct, target: float, delta: float) -> dict:
     `reason`), of the test that failed: the first one tested, or, with too few rows to test any, of coding every
     row that has a confidence; and ``stopped_at``, the test that ended the sequence (threshold, accepted, errors,
     p_value; None where every threshold held)."""
-    from scipy.stats import binom
 
     conf, correct = np.asarray(conf, float), np.asarray(correct, bool)
     need = error_free_rows_needed(target, delta)
@@ -146,7 +146,6 @@ def certify(conf, correct, target: float, delta: float) -> dict:
 def wilson(k: int, n: int) -> list[float] | None:
     if n == 0:
         return None
-    from scipy.stats import binomtest
 
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     return [round(float(ci.low), 4), round(float(ci.high), 4)]
@@ -192,7 +191,7 @@ def price(device: str, cfg: dict) -> float:
     return cfg["usd_per_hour"] if device == "cuda" else cfg["cpu_usd_per_hour"]
 
 
-def thresholds(val: list[dict], calibration: list[dict], first: dict[str, str | None], targets, delta: float) -> dict:
+def certified_thresholds(val: list[dict], calibration: list[dict], first: dict[str, str | None], targets, delta: float) -> dict:
     """The signal chosen on validation (its AURC per signal), one certified threshold per target on the
     calibration rows (``first``: every row's retriever first code, both splits), and, per target, the
     threshold the same procedure fits on the validation rows with the share of them it codes: what choices
@@ -210,7 +209,8 @@ def thresholds(val: list[dict], calibration: list[dict], first: dict[str, str | 
 
 def view(predictions: list[dict], first: dict[str, str | None], chosen: dict, samples_per_s: float | None,
          device: str, cfg: dict) -> dict:
-    """The deployment keys of one split, at the thresholds certified on calibration (``chosen``, from ``thresholds``)."""
+    """The deployment keys of one split, at the thresholds certified on calibration (``chosen``, from
+    ``certified_thresholds``)."""
     conf, correct = confidences(predictions, chosen["signal"], first), correctness(predictions)
     cost = usd_per_1k(samples_per_s, price(device, cfg))
     out = {"confidence_signal": chosen["signal"], "aurc": aurc(conf, correct), "usd_per_1k": cost,

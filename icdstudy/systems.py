@@ -19,12 +19,6 @@ from icdstudy.core.params import ParamError
 SPLITS = ("val", "calibration", "test")  # what every system predicts: choices read val, thresholds are certified on
 SCORED = ("val", "test")                 # calibration, the report reads test; metrics/val and metrics/eval
 
-FLOOR_LABELS = {"tfidf-logreg": "the TF-IDF baseline", "knn-tfidf": "the TF-IDF nearest-neighbour floor"}
-# Colours of the plots, by what a system is: fine-tuned or not, and its prompt style (a floor: its method).
-COLORS = {(True, "plain"): "#1b9e77", (True, "candidates"): "#0b5d47", (True, "examples"): "#66a61e",
-          (False, "plain"): "#d95f02", (False, "examples"): "#e6ab02", (False, "candidates"): "#a6761d",
-          "tfidf-logreg": "#7570b3", "knn-tfidf": "#e7298a"}
-
 
 @dataclass(frozen=True)
 class System:
@@ -87,30 +81,11 @@ class System:
         """What the predicting stage measured besides the predictions: speed, memory, size, settings."""
         return Path("predictions/runs") / f"{self.id}.json"
 
-    @property
-    def color(self) -> str:
-        return COLORS[self.method] if self.floor else COLORS[(self.fine_tuned, self.prompt)]
-
-    def label(self, metrics: dict | None = None) -> str:
-        """How a sentence names it: the entry's `label`, else what it is (``metrics`` is not needed any more)."""
-        if self.settings.get("label"):
-            return self.settings["label"]
-        if self.floor:
-            return FLOOR_LABELS[self.method]
-        m, k = self.model, self.retrieved
-        text = {(True, "plain"): f"fine-tuned {m}", (True, "candidates"): f"fine-tuned {m} with shortlists",
-                (True, "examples"): f"fine-tuned {m} with retrieved examples",
-                (False, "plain"): f"zero-shot {m}", (False, "examples"): f"few-shot {m} ({k} retrieved examples)",
-                (False, "candidates"): f"zero-shot {m} with a shortlist ({k} retrieved codes)"}[(self.fine_tuned, self.prompt)]
-        if self.decoding:
-            text += " (" + ", ".join(f"{key} {value}" for key, value in self.decoding.items()) + ")"
-        return text
-
 
 def _llm(sid: str, entry: dict) -> System:
     adds = entry.get("adds")
     return System(sid, model=entry["model"], prompt=entry["prompt"], retrieved=entry.get("retrieved") or 0,
-                  run=entry.get("train"), adds=(adds["to"], adds["what"]) if adds else None, settings=entry)
+                  run=entry.get("run"), adds=(adds["to"], adds["what"]) if adds else None, settings=entry)
 
 
 def selected(params: dict) -> list[System]:
@@ -157,7 +132,7 @@ def seed_predictions(s: System, params: dict) -> dict[str, Path]:
     if not s.fine_tuned:
         return {}
     recipe = (run_entry(params, s.run).get("recipe") or {}) if s.run in (params.get("training") or {}) else {}
-    seeds = recipe.get("seeds") or (params.get("train") or {}).get("seeds") or []
+    seeds = recipe.get("seeds") or (params.get("recipe") or {}).get("seeds") or []
     return {f"seed-{n}": Path("predictions/seeds") / s.id / f"seed-{n}.jsonl" for n in seeds[1:]}
 
 

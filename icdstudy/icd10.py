@@ -9,14 +9,19 @@ code, with leaf flag, chapter and description) are read from it once and kept as
 cache folder, keyed by the package's version and by the source of ``build_table`` (what builds it): a
 fix to how the table is read builds a new one. 0.3 seconds to import this module then.
 """
+# simple_icd_10_cm is imported where used: only building the cached code table needs it (about a second).
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
 import re
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+
+from icdstudy.core.io import write_text_atomic
 
 # Letter, digit, alphanumeric, then up to four more alphanumerics (7th-character codes).
 CODE_SHAPE = re.compile(r"^[A-Z][0-9][0-9A-Z](?:[0-9A-Z]{1,4})?$")
@@ -64,9 +69,6 @@ def is_code_shaped(code: str) -> bool:
 
 
 def _cache_file() -> Path:
-    import hashlib
-    import inspect
-
     root = os.environ.get("ICDSTUDY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "icdstudy"
     builder = hashlib.sha256(inspect.getsource(build_table).encode()).hexdigest()[:12]
     return Path(root) / f"icd10cm-table-{metadata.version('simple-icd-10-cm')}-{builder}.json"
@@ -93,7 +95,6 @@ def _table() -> dict[str, list]:
         pass
     table = build_table()
     try:  # written beside, then renamed: a process reading it never sees half a file
-        from icdstudy.core.io import write_text_atomic
 
         write_text_atomic(path, json.dumps(table, separators=(",", ":")))
     except OSError:

@@ -8,8 +8,9 @@ import hashlib
 import json
 
 import numpy as np
+from sklearn.metrics import f1_score
 
-from icdstudy.core import icd10
+from icdstudy import icd10
 
 
 def split_fingerprint(rows: list[dict]) -> str:
@@ -52,7 +53,6 @@ def expected_calibration_error(confidences, correct, n_bins: int = 10) -> float:
 
 def macro_f1(gold: list[str], pred: list[str | None]) -> float:
     """Macro-F1 over the gold labels of the test set (a missing prediction counts as wrong)."""
-    from sklearn.metrics import f1_score
 
     labels = sorted(set(gold))
     pred = [p if p is not None else "<none>" for p in pred]
@@ -101,20 +101,6 @@ def efficiency(rows: list[dict]) -> dict:
         "latency_p95_s": round(float(np.quantile(lat, 0.95)), 4) if lat.size else None,
         "generate_s": round(gen_s, 2),
     }
-
-
-def peak_memory_mb() -> float:
-    """Peak CUDA memory if a GPU was used, else the process's peak resident set size."""
-    import resource
-
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
-            return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    except ImportError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def seed_summary(by_seed: dict) -> dict:

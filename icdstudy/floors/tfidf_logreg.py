@@ -8,14 +8,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 
-def train_and_predict(train_rows: list[dict], splits: list[list[dict]], cfg: dict, top_k: int = 5):
-    """Fits once on ``train_rows``; returns (per-sample predictions of each of ``splits``, n_parameters, fit seconds)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+def predict(train_rows: list[dict], splits: list[list[dict]], cfg: dict, retrieval: dict, top_k: int = 5):
+    """Fits once on ``train_rows`` with the entry's own hyperparameters (``cfg``; ``retrieval`` is not its
+    business); returns (per-sample predictions of each of ``splits``, n_parameters, fit seconds, record extras)."""
     model = make_pipeline(
         TfidfVectorizer(ngram_range=(1, cfg["ngram_max"]), sublinear_tf=True, min_df=cfg["min_df"],
                         max_features=cfg["max_features"]),
@@ -25,7 +25,7 @@ def train_and_predict(train_rows: list[dict], splits: list[list[dict]], cfg: dic
     model.fit([r["input"] for r in train_rows], [r["code"] for r in train_rows])
     fit_s = time.perf_counter() - t0
     classes = model.classes_
-    return [_predict(model, classes, rows, top_k) for rows in splits], _size(model), fit_s
+    return [_predict(model, classes, rows, top_k) for rows in splits], _size(model), fit_s, {}
 
 
 def _size(model) -> int:

@@ -1,4 +1,7 @@
-"""The same numbers on every x86-64 CPU: the math libraries' kernels pinned to AVX2 before any of them loads.
+"""The machine a stage computes on: the CPU kernels, pinned to AVX2 so every x86-64 CPU gives the same numbers, and
+the peak memory a stage records.
+
+The math libraries' kernels are pinned to AVX2 before any of them loads.
 
 PyTorch, MKL, oneDNN, OpenBLAS and NumPy each pick their kernels by the CPU they find: AVX512 where it
 exists, AVX2 where it does not. The kernels round differently (logits moved by about 4e-6 between the two,
@@ -10,12 +13,14 @@ thread count does not change these kernels' results (1, 2 and 4 threads measured
 Each setting is a default: a variable already in the environment wins, and ICDSTUDY_NATIVE_KERNELS=1
 leaves every library its own choice (faster on AVX512 machines, other digits). Nothing is pinned on a CPU
 without AVX2 and FMA, or off Linux x86-64 (ARM, Apple silicon): those compute their own numbers. GPUs
-are not touched. Imported by ``icdstudy/__init__.py``, so it runs before a stage imports torch or numpy.
+are not touched. ``icdstudy/__init__.py`` pins them on import, so before a stage imports torch or numpy.
 """
+# torch is imported where used: every stage imports this module, the report and the floors without torch.
 from __future__ import annotations
 
 import os
 import platform
+import resource
 from pathlib import Path
 
 # The AVX2 level of each library, by the variable it reads when it loads.
@@ -52,10 +57,23 @@ def pin() -> dict[str, str]:
     return added
 
 
-def describe() -> str:
+def cpu_kernels() -> str:
     """The kernels this process computes with, for run records and the report: e.g. 'AVX2 (pinned)'."""
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
     pinned = os.environ.get("ATEN_CPU_CAPABILITY", "").upper() == capability.upper() == "AVX2"
     return f"{capability} ({'pinned' if pinned else 'native'})"
+
+
+def peak_memory_mb() -> float:
+    """Peak CUDA memory if a GPU was used, else the process's peak resident set size."""
+
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+            return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    except ImportError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
