@@ -71,9 +71,9 @@ def main(argv=None) -> int:
     width = max(len(i) for i in scored)
     for sid, (s, m) in scored.items():  # validation only: the test split is read by the report
         v = m["val"]
-        k = max((key for key in v if key.startswith("coverage_at_p") and not key.endswith("ci95")), default=None)
+        k = max((key for key in v if key.startswith("val_fitted_coverage_at_p")), default=None)
         print(f"score: {sid:<{width}}  val exact {v['exact_match']:.3f}"
-              + (f"  {k.removeprefix('coverage_at_')} coverage {v[k]}" if k else ""))
+              + (f"  {k.removeprefix('val_fitted_coverage_at_')} coverage on val {v[k]:.3f}" if k else ""))
     return 0
 
 

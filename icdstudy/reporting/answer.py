@@ -41,15 +41,30 @@ def certified_phrase(s: str, sel: dict, m: dict, k: str, role: str = "") -> str:
 
 def deployment_lines(leaders: list[tuple[str, str]], sel: dict, evals: dict, targets: list[float]) -> list[str]:
     """One line per target precision, highest first: what each leading system (chosen on validation) codes without
-    review at the threshold certified for it, or the failed test that refused it."""
+    review at the threshold certified for it, or the failed test that refused it (each role said once)."""
     out = []
-    for target in sorted(targets, reverse=True):
+    for i, target in enumerate(sorted(targets, reverse=True)):
         k = thresholds.key(target)
         cert = next((evals[s].get(f"certified_at_{k}") for s, _ in leaders if evals[s].get(f"certified_at_{k}")), {})
-        phrases = "; ".join(certified_phrase(s, sel, evals[s], k, role) for s, role in leaders)
+        phrases = "; ".join(certified_phrase(s, sel, evals[s], k, role if i == 0 else "") for s, role in leaders)
         out.append(f"- **At {100 * target:g}% precision** (certified with δ = {cert.get('delta')} on "
                    f"{cert.get('calibration_rows')} calibration rows): {phrases}.")
     return out
+
+
+def review_costs(leaders: list[tuple[str, str]], evals: dict, targets: list[float]) -> str:
+    """Each leader's cost of 1,000 encounters with a coder reviewing those it does not code, at the highest target
+    where it is certified (else every encounter is reviewed)."""
+    parts = []
+    for s, _ in leaders:
+        coded = next((t for t in sorted(targets, reverse=True) if evals[s].get(f"threshold_at_{thresholds.key(t)}") is not None), None)
+        if coded is None:
+            parts.append(f"{usd(evals[s].get('usd_per_1k_with_review'))} with `{s}` (nothing certified: all reviewed)")
+        else:
+            k = thresholds.key(coded)
+            parts.append(f"{usd(evals[s].get(f'usd_per_1k_with_review_at_{k}'))} with `{s}` (coding "
+                         f"{pct(evals[s].get(f'coverage_at_{k}'))}% at its {100 * coded:g}% threshold)")
+    return ", ".join(parts)
 
 
 def comparison_line(c: dict | None, what: str, evals: dict) -> list[str]:
@@ -80,13 +95,12 @@ def answer(sel: dict, evals: dict, vals: dict, comparisons: dict, targets: list[
     if floor:
         out += comparison_line(comparisons.get((a, floor)), "Against the best floor", evals)
     review = params.get("deploy", {}).get("review_usd_per_chart")
-    costs = ", ".join(f"{usd(evals[s].get('usd_per_1k_with_review'))} with `{s}`" for s, _ in leaders)
     inference = ", ".join(usd(evals[s].get("usd_per_1k")) for s, _ in leaders)
     on_cpu = any(evals[s].get("cost_device") == "cpu" for s, _ in leaders)
-    out.append(f"- **With a coder reviewing every encounter not coded automatically at {100 * target:g}%** "
-               f"({usd(review)} a chart), 1,000 encounters cost {costs}, against {usd(1000 * review if review else None)} "
-               f"reviewing all; inference alone is {inference}" + (" (CPU time on this run, not a GPU host's price)"
-                                                                    if on_cpu else "") + ".")
+    out.append(f"- **With a coder reviewing every encounter not coded automatically** ({usd(review)} a chart), 1,000 "
+               f"encounters cost {review_costs(leaders, evals, targets)}, against "
+               f"{usd(1000 * review if review else None)} reviewing all; inference alone is {inference}"
+               + (" (CPU time on this run, not a GPU host's price)" if on_cpu else "") + ".")
     out.append("- These systems were chosen on validation alone; the thresholds were certified on calibration rows "
                "no choice read; the test split is read once, here.")
     for s in (x for x in sel.values() if x.id in evals and x.adds):

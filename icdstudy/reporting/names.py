@@ -24,7 +24,7 @@ def label(system: System) -> str:
     m, k = system.model, system.retrieved
     text = {(True, "plain"): f"fine-tuned {m}", (True, "shortlist"): f"fine-tuned {m} with shortlists",
             (True, "examples"): f"fine-tuned {m} with retrieved examples",
-            (False, "plain"): f"zero-shot {m}", (False, "examples"): f"few-shot {m} ({k} retrieved examples)",
+            (False, "plain"): f"zero-shot {m}", (False, "examples"): f"few-shot {m} ({k} retrieved example{'s' if k != 1 else ''})",
             (False, "shortlist"): f"zero-shot {m} with a shortlist ({k} retrieved codes)"}[(system.fine_tuned, system.prompt)]
     if system.decoding:
         text += " (" + ", ".join(f"{key} {value}" for key, value in system.decoding.items()) + ")"
