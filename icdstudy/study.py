@@ -33,7 +33,8 @@ import yaml
 from icdstudy import systems
 from icdstudy.core.params import yaml_load
 from icdstudy.core.schema import validate
-from icdstudy.planning.plan import DEFAULT_MARGIN, DEFAULT_MFU, hardware, render, render_markdown, to_json
+from icdstudy.planning.plan import DEFAULT_MARGIN, DEFAULT_MFU, hardware, to_json
+from icdstudy.planning.plan_text import render, render_markdown
 from icdstudy.planning.study_plan import data_stats, plan_stages
 
 
