@@ -63,7 +63,7 @@ def test_experiments_move_between_clones(team):
     exps = [e for commit in shown for exp in (commit.get("experiments") or []) for e in exp.get("revs", [])]
     mine = next(e for e in exps if e.get("name") == "lr-high")
     lora = mine["data"]["metrics"]["metrics/val/lora-tiny.json"]["data"]  # what an experiment is judged by
-    assert lora["exact_match"] == a_metrics["exact_match"] and mine["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"] == 0.01
+    assert lora["exact_match"] == a_metrics["exact_match"] and mine["data"]["params"]["params.yaml"]["data"]["recipe"]["learning_rate"] == 0.01
     dvc(b, "exp", "apply", "lr-high")
     dvc(b, "checkout")
     assert (b / "models/adapters/lora-tiny/adapter_model.safetensors").read_bytes() == a_adapter

@@ -4,6 +4,8 @@
 and curves, the other seeds' adapters in its seeds/ folder, metrics/train/<run>.json. With recipe.num_processes
 > 1 the stage relaunches itself under `accelerate launch` (``relaunch``).
 """
+# finetune.training (torch, transformers, peft: seconds to import) is imported where a seed trains: a run whose
+# params are wrong fails before it, in about a second.
 from __future__ import annotations
 
 import shutil
@@ -14,7 +16,6 @@ from pathlib import Path
 from icdstudy import systems
 from icdstudy.core.io import read_json, read_jsonl, replace_tree, write_json
 from icdstudy.core.params import model_entry, section, run_recipe
-from icdstudy.finetune.training import PreflightError, TrainingSanityError, fine_tune
 from icdstudy.inference.evaluation import Decoding, model_fingerprint
 from icdstudy.inference.prompt_styles import generation_settings, prompt_rows, style
 from icdstudy.models.modeling import ModelError, is_oom, oom_message
@@ -58,6 +59,8 @@ def load_run(run: str, params: dict, data: Path) -> dict:
 
 def train_seed(run: str, tag: str, seed: int, job: dict) -> dict | None:
     """One seed's adapter into .resume/train-done/<tag>/ (None on every process but the first)."""
+    from icdstudy.finetune.training import PreflightError, TrainingSanityError, fine_tune
+
     base_dir, cfg = Path("models/base") / job["model"], job["cfg"]
     try:
         return fine_tune(base_dir, job["entry"], job["train_rows"], job["val_rows"], {**cfg, "seed": seed},

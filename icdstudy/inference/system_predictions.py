@@ -3,12 +3,11 @@ split and its decoding, checked before any model loads), one model load that pre
 resumable batches, the run record (size, memory, time, device, CPU kernels), and the other training seeds'
 test predictions.
 """
+# torch is imported where a model loads: a system whose params or inputs are wrong fails before it.
 from __future__ import annotations
 
 import time
 from pathlib import Path
-
-import torch  # the stage loads a model anyway
 
 from icdstudy import systems
 from icdstudy.core import machine
@@ -47,6 +46,8 @@ def load_inputs(system: systems.System, params: dict, data: Path) -> dict:
 def predict_splits(system: systems.System, name: str, adapter, split_names, inputs: dict, entry: dict) -> dict:
     """Load one model (the base, with ``adapter`` merged in) and predict the named splits:
     {split: predictions, "record": measurements}."""
+    import torch
+
     settings, base_dir = inputs["settings"], system.base
     shows = (f"{system.retrieved} " if system.retrieved else "") + style(system.prompt).shows
     torch.manual_seed(settings.seed)
