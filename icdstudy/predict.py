@@ -211,7 +211,7 @@ def uncertified_because(system: systems.System, params: dict, adapter: Path | No
 
 
 def systems_top_k(system: systems.System, params: dict) -> int:
-    """The top-k a system's predict@ stage decodes with: params eval's, then its own `decoding`."""
+    """The top-k a system's predict@ stage decodes with: params `decoding`'s, then its own `decoding`."""
     return {**params["decoding"], **system.decoding}["top_k"]
 
 

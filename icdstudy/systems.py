@@ -25,7 +25,7 @@ class System:
     """One entry of the table: a floor (``method`` set) or a language model prompted one way."""
     id: str
     model: str | None = None        # a key of base_models; None for a floor
-    prompt: str | None = None       # plain | examples | candidates; None for a floor
+    prompt: str | None = None       # plain | examples | shortlist; None for a floor
     retrieved: int = 0              # examples or codes retrieved into each prompt
     run: str | None = None          # its training run (a fine-tuned system)
     method: str | None = None       # a floor's method: tfidf-logreg | knn-tfidf

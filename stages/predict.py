@@ -3,8 +3,8 @@
     python stages/predict.py SYSTEM        e.g. `lora-shortlist-smollm2-135m`
 
 The system's entry says which base model it prompts (`model`), how its prompt presents an encounter
-(`prompt`, with `retrieved` examples or codes; icdstudy.inference.prompt_styles), which eval keys it decodes with
-differently (`decoding`), and, for a fine-tuned system, the training run whose LoRA adapter
+(`prompt`, with `retrieved` examples or codes; icdstudy.inference.prompt_styles), which of params `decoding`'s keys it
+decodes with differently (its own `decoding`), and, for a fine-tuned system, the training run whose LoRA adapter
 (models/adapters/<run>, written by train@<run>) is merged in first. The model is loaded once and
 predicts the validation, calibration and test splits (the first decoding.max_samples rows of each); the
 adapters of the run's other `recipe.seeds` predict the test split.

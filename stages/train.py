@@ -3,8 +3,8 @@ of params `training`.
 
     python stages/train.py RUN        e.g. `lora-shortlist-smollm2-135m`
 
-Reads the run's entry (its model, the prompts it trains on, the `recipe` keys that replace params
-`train`'s), the eval keys its checkpoint choice decodes with, `data.input`, `retrieval` and
+Reads the run's entry (its model, the prompts it trains on, the keys that replace params
+`recipe`'s), the `decoding` keys its checkpoint choice decodes with, `data.input`, `retrieval` and
 `models.<model>`, and only the training and validation splits: the test split is no input of training.
 Every prompt is built as the evaluation of a system with the run's prompt builds it (for shortlist
 prompts, a training row's list comes from the other training rows, never itself or a copy of its

@@ -34,7 +34,7 @@ def _same_rows(train_rows, rows, retrieved, retrieval, retriever=None):
 class PromptStyle:
     name: str
     shows: str                                  # what the prompt shows beside the encounter, for logs
-    settings: Callable[[dict, int], dict]       # eval keys as this style decodes them
+    settings: Callable[[dict, int], dict]       # decoding keys as this style decodes them
     rows: Callable                              # (train_rows, rows, retrieved, retrieval, retriever) -> rows
     shows_examples: bool                        # retrieved training examples as earlier chat turns
     shows_shortlist: bool                           # retrieved codes listed in the prompt
