@@ -4,7 +4,7 @@ import shutil
 
 import yaml
 
-from icdstudy.study import main, overrides
+from icdstudy.study import _dotted, main, overrides
 from tests.conftest import REPO, dvc
 
 
@@ -180,14 +180,6 @@ def test_every_full_study_key_equal_to_the_demos_is_marked_a_pin():
     lines = (REPO / "configs/full-study.yaml").read_text().splitlines()
     full = yaml.safe_load("\n".join(lines))
 
-    def demo_value(dotted):
-        d = demo
-        for k in dotted.split("."):
-            if not isinstance(d, dict) or k not in d:
-                return KeyError
-            d = d[k]
-        return d
-
     marked = {line.split(":")[0] for line in lines if "# pin" in line and not line.startswith("#")}
-    equal = {k for k, v in full.items() if not isinstance(v, dict) and demo_value(k) == v}
+    equal = {k for k, v in full.items() if not isinstance(v, dict) and _dotted(demo, k, KeyError) == v}
     assert marked == equal, f"mark with `# pin`: {sorted(equal - marked)}; no longer pins: {sorted(marked - equal)}"
