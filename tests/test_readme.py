@@ -219,3 +219,16 @@ def test_number_parsing_sees_a_changed_digit():
     assert numbers("23.3 (11.6–37.2)") != numbers("23.3 (11.6–37.3)")
     assert system_id("**`lora-shortlist-smollm2-135m`**: LoRA on shortlists (5 codes)") == "lora-shortlist-smollm2-135m"
     assert split_row("| `a|b` | 1 |") == ["`a|b`", "1"]
+
+
+def test_benchmark_numbers_in_the_docs_are_the_committed_results():
+    """docs/benchmarks.md quotes benchmarks/results/summary.md verbatim, and the demo-input speedup from its json."""
+    import json
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    quoted = page.split("-->\n", 1)[1].split("\n<!-- end summary.md -->")[0] if "<!-- end summary.md -->" in page else ""
+    assert quoted == (ROOT / "benchmarks/results/summary.md").read_text().strip(), \
+        "docs/benchmarks.md: the block between the summary.md markers differs from benchmarks/results/summary.md: copy it again"
+    demo = json.loads((ROOT / "benchmarks/results/summary-demo-inputs.json").read_text())["train_padding_speedup"]
+    assert f"{demo:.2f}x on the demo's dialogues" in page
+
