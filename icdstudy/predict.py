@@ -3,8 +3,8 @@
     python -m icdstudy.predict --text "<dialogue or note>"          one encounter (or --file F, or stdin)
     python -m icdstudy.predict --input batch.csv --output out.jsonl  a batch (column `input`, `dialogue` or `note`)
 
-Uses the prompts, model loading, decoding settings (params `decoding`) and constrained ranking of the
-predict@ stages. Scores are probabilities under the model restricted to the candidate codes (they sum
+Decodes each encounter as the system's predict@ stage decodes a row (the same prompt style, settings and
+Decoding; params `decoding` with the system's own keys). Scores are probabilities under the model restricted to the candidate codes (they sum
 to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
 certified on the calibration rows for the target precision (--target, default the highest of
 deploy.target_precision; stage `score` records it in metrics/val/<system>.json), else `review`; the
@@ -26,9 +26,8 @@ from icdstudy import icd10, systems
 from icdstudy.analysis import thresholds
 from icdstudy.core.io import read_json, read_jsonl, write_text_atomic
 from icdstudy.core.params import ParamError, load_params, model_entry
-from icdstudy.inference import prompts
-from icdstudy.inference.generation import GenerationSettings, run_generation
-from icdstudy.inference.prompt_styles import style
+from icdstudy.inference.evaluation import Decoding
+from icdstudy.inference.prompt_styles import generation_settings, prompt_rows, style
 from icdstudy.models.modeling import ModelError, load_for_inference
 from icdstudy.neighbours.shortlist import SHORTLIST, with_shortlists
 
@@ -128,7 +127,8 @@ def _resolve_model(args, params: dict) -> tuple[Path, dict, Path | None, systems
 
 
 def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.System]:
-    """(adapter, system): --system's, else the table's first fine-tuned system on ``model`` whose adapter exists
+    """(adapter, system): --system's (any language-model system), else, among plain and shortlist prompts, the
+    table's first fine-tuned system on ``model`` whose adapter exists
     (unless --no-adapter; with --shortlist one whose prompt lists codes), else its first untrained one with the
     prompt asked for; --adapter replaces the adapter."""
     if args.system:
@@ -136,8 +136,8 @@ def _system_for(args, params: dict, model: str) -> tuple[Path | None, systems.Sy
             chosen = systems.get(params, args.system)
         except ParamError as exc:
             raise PredictError(f"--system: {exc}") from None
-        if chosen.floor or style(chosen.prompt).shows_examples:
-            raise PredictError(f"--system {chosen.id}: predict serves systems whose prompts show no training examples")
+        if chosen.floor:
+            raise PredictError(f"--system {chosen.id}: a floor; predict serves the language-model systems (systems.llm)")
         if chosen.fine_tuned and not args.adapter and not (chosen.adapter / "adapter_config.json").exists():
             raise PredictError(f"--system {chosen.id}: {chosen.adapter} not found; run `dvc repro {chosen.train_stage}`")
     else:
@@ -226,44 +226,55 @@ def route(raw: dict, rule: dict, first: str | None) -> str | None:
     return "code" if thresholds.coded([{"id": "x", **raw}], {"x": first}, rule["signal"], rule["threshold"])[0] else "review"
 
 
-def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_kind: str,
-            max_input_tokens: int | None, min_confidence: float = 0.0, progress: bool = False,
-            shortlists: list[list[dict]] | None = None, ecfg: dict | None = None, rule: dict | None = None,
-            first: list[str | None] | None = None) -> list[dict]:
-    """``shortlists``: each text's candidate shortlist for the prompt (shortlist systems), or None; ``ecfg``:
-    params `decoding` (the predict@ stages' decoding); ``rule``: the routing threshold (``routing``), with
-    ``first``, each text's TF-IDF retriever's first code (its retriever-agreement signal)."""
-
-
+def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_kind: str, system: systems.System,
+            params: dict, train_rows: list[dict], min_confidence: float = 0.0, progress: bool = False,
+            rule: dict | None = None) -> list[dict]:
+    """Each text decoded as ``system``'s predict@ stage decodes a row: its prompt style (the nearest of
+    ``train_rows`` shown, or the codes retrieved from them listed), params `decoding` with the system's own keys, the same
+    ``Decoding``; constrained to ``labels``, with at least ``top_k`` (and 2) beams. ``rule``: the routing threshold
+    (``routing``); a retriever-agreement signal reads the TF-IDF retriever's first code, as `score` does."""
     known = frozenset(labels)
-    shortlists = shortlists or [None] * len(texts)
-    prompt_texts = [prompts.prompt_for(tokenizer, icd10.redact(t, known), input_kind, max_input_tokens,
-                                       candidates=listed)[0] for t, listed in zip(texts, shortlists)]
-    settings = GenerationSettings.from_params({**(ecfg or {}), "max_input_tokens": max_input_tokens})
-    settings = replace(settings, constrained=True, top_k=max(top_k, settings.top_k, 2), few_shot=0)
-    out: dict[int, dict] = {}
-    run_generation(model, tokenizer, prompt_texts, settings, list(labels),
-                   on_batch=lambda idx, res, s: out.update(zip(idx, res)), progress=progress)
+    rows = [{"id": f"input-{i}", "code": None, "input": icd10.redact(t, known)} for i, t in enumerate(texts)]
+    retrieval = params["retrieval"]
+    rows = prompt_rows(system.prompt, train_rows, rows, system.retrieved, retrieval)
+    settings = generation_settings(params["decoding"], system.decoding, system.prompt, system.retrieved)
+    settings = replace(settings, constrained=True, top_k=max(top_k, settings.top_k, 2))
+    raw = Decoding(tuple(labels), settings, tuple(train_rows), retrieval).run(model, tokenizer, rows, input_kind,
+                                                                                progress=progress)
+    first = [None] * len(rows)
+    if (rule or {}).get("signal") == "retriever_agreement":
+        first = [r[SHORTLIST][0]["code"] if r[SHORTLIST] else None for r in with_shortlists(train_rows, rows, 1, retrieval)]
     results = []
-    for i in range(len(texts)):
-        r = _result(out[i], labels, min_confidence)
+    for row, out, top in zip(rows, raw, first):
+        r = _result(out, labels, min_confidence)
         r["candidates"] = r["candidates"][:top_k]
-        if shortlists[i]:
-            r[SHORTLIST] = [icd10.dotted(c["code"]) for c in shortlists[i]]
+        if row.get(SHORTLIST):
+            r[SHORTLIST] = [icd10.dotted(c["code"]) for c in row[SHORTLIST]]
+        if "shot_ids" in out:
+            r["shown_examples"] = out["shot_ids"]
         if rule:
-            r["route"] = route(out[i], rule, (first or [None] * len(texts))[i])
+            r["route"] = route(out, rule, top)
         results.append(r)
     return results
 
 
-def _shortlists(texts: list[str], params: dict, data_dir: Path, n: int, flag: str = "--shortlist") -> list[list[dict]]:
-    """Each text's ``n`` retrieved codes, from the retriever over the training split."""
-
+def _train_rows(data_dir: Path, who: str) -> list[dict]:
+    """The training split, where the system's prompt shows what the retriever finds in it (or its signal asks)."""
     train = data_dir / "train.jsonl"
     if not train.exists():
-        raise PredictError(f"{flag}: {train} not found: run `dvc repro prepare` (the retriever searches it)")
-    rows = [{"id": f"input-{i}", "input": t} for i, t in enumerate(texts)]
-    return [r[SHORTLIST] for r in with_shortlists(read_jsonl(train), rows, n, params["retrieval"])]
+        raise PredictError(f"{who}: {train} not found: run `dvc repro prepare` (the retriever searches it)")
+    return read_jsonl(train)
+
+
+def _rule(args, params: dict, system: systems.System, adapter: Path | None, labels, input_kind: str) -> dict:
+    """The routing rule at --target (default the highest of deploy.target_precision), uncertified (every
+    encounter to review, with the reason) where this decoding is not the one the threshold was certified on."""
+    target = args.target or max((params.get("deploy") or {}).get("target_precision") or [0.95])
+    rule = routing(system, Path(args.metrics), target)
+    why = uncertified_because(system, params, adapter, labels, Path(args.data), args.top_k, input_kind)
+    if why and rule.get("threshold") is not None:
+        rule = {**rule, "threshold": None, "uncertified": why, "reason": f"uncertified routing: {why}"}
+    return rule
 
 
 def _print_human(result: dict) -> None:
@@ -324,9 +335,9 @@ def main(argv=None) -> int:
         args.top_k = args.top_k or systems_top_k(system, params)
         labels = _label_set(args.labels, Path(args.data))
         input_kind = args.input_kind or params.get("data", {}).get("input", "dialogue")
-        max_tokens = params.get("decoding", {}).get("max_input_tokens")
-
-
+        rule = _rule(args, params, system, adapter, labels, input_kind)
+        needs_train = style(system.prompt).uses_retriever or rule.get("signal") == "retriever_agreement"
+        train_rows = _train_rows(Path(args.data), "--shortlist" if args.shortlist else system.id) if needs_train else []
         try:
             tokenizer, model = load_for_inference(base, entry, adapter)
         except (ModelError, OSError) as exc:
@@ -339,19 +350,9 @@ def main(argv=None) -> int:
     for n, _ in (r for r in rows if r[1] is None):
         print(f"predict: row {n}: empty input, skipped", file=sys.stderr)
     texts = [t for _, t in good]
-    target = args.target or max((params.get("deploy") or {}).get("target_precision") or [0.95])
-    rule = routing(system, Path(args.metrics), target)
-    why = uncertified_because(system, params, adapter, labels, Path(args.data), args.top_k, input_kind)
-    if why and rule.get("threshold") is not None:  # every encounter goes to a coder, and the output says why
-        rule = {**rule, "threshold": None, "uncertified": why, "reason": f"uncertified routing: {why}"}
     try:
-        why = "--shortlist" if args.shortlist else f"{system.id} (its prompt lists codes)"
-        listed = _shortlists(texts, params, Path(args.data), system.retrieved, why) if style(system.prompt).shows_shortlist else None
-        first = None
-        if rule.get("signal") == "retriever_agreement":  # the retriever's first code, as knn-tfidf ranks it
-            first = [c[0]["code"] if c else None for c in _shortlists(texts, params, Path(args.data), 1, "--target")]
-        results = predict(texts, tokenizer, model, labels, args.top_k, input_kind, max_tokens, args.min_confidence,
-                          progress=bool(args.input), shortlists=listed, ecfg={**params["decoding"], **system.decoding}, rule=rule, first=first)
+        results = predict(texts, tokenizer, model, labels, args.top_k, input_kind, system, params, train_rows,
+                          args.min_confidence, progress=bool(args.input), rule=rule)
     except (ModelError, PredictError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2

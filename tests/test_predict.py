@@ -101,6 +101,31 @@ def test_a_shortlist_prompt_lists_the_retrieved_codes(setup, capsys, tmp_path):
     assert "--shortlist: " in capsys.readouterr().err
 
 
+NEW = "[doctor] How is the knee today?\n[patient] It gives way on the stairs since the football game, and it swells."
+
+
+@pytest.mark.parametrize("system", ["fewshot-tiny", "shortlist-tiny"])
+def test_predict_serves_a_system_as_its_stage_predicts_it(tiny_model_dir, tmp_path, monkeypatch, capsys, system):
+    """A new encounter through predict gets what predict@<system> gives it as a test row: the same shown examples
+    or listed codes, the same ranked codes and scores (one Decoding for both)."""
+    from tests.stage_project import project, run_stage
+
+    root = project(tmp_path / "p", tiny_model_dir, test_rows=[{"id": "new-1", "code": "E119", "input": NEW}])
+    run_stage(root, "predict", system)
+    staged = [json.loads(line) for line in (root / "predictions" / f"{system}.jsonl").read_text().splitlines()]
+    staged = next(r for r in staged if r.get("id") == "new-1")
+    monkeypatch.chdir(root)
+    assert main(["--system", system, "--json", "--text", NEW]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["system"] == system and len(out["candidates"]) == 3
+    assert [(c["code"].replace(".", ""), round(c["score"], 4)) for c in out["candidates"]] == \
+        [(c["code"], round(c["score"], 4)) for c in staged["candidates"][:3]]
+    if system.startswith("fewshot"):
+        assert out["shown_examples"] == staged["shot_ids"] and len(out["shown_examples"]) == 3
+    else:
+        assert [c.replace(".", "") for c in out["shortlist"]] == staged["shortlist"]
+
+
 def test_all_labels_are_every_billable_code_of_the_table():
     from icdstudy.predict import _label_set
 
