@@ -320,7 +320,6 @@ def bench_constrained_full(args) -> dict:
     per_step(ways["constrained"])  # warm-up: allocator, kernels
     times = {name: [per_step(fn) for _ in range(args.repeats)] for name, fn in ways.items()}
     med = {name: statistics.median(t) for name, t in times.items()}
-    del model
     return {"seconds_per_step": {k: round(v, 4) for k, v in med.items()}, "runs": {k: _r(v) for k, v in times.items()},
             "ratio": round(med["constrained"] / med["free"], 3),
             "naive_ratio": round(med["naive_constrained"] / med["free"], 3),
