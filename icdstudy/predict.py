@@ -4,8 +4,8 @@
     python -m icdstudy.predict --input batch.csv --output out.jsonl  a batch (column `input`, `dialogue` or `note`)
 
 Decodes each encounter as the system's predict@ stage decodes a row (the same prompt style, settings and
-Decoding; params `decoding` with the system's own keys). Scores are probabilities under the model restricted to the candidate codes (they sum
-to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
+Decoding; params `decoding` with the system's own keys). Scores are probabilities under the model
+restricted to the candidate codes (they sum to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
 certified on the calibration rows for the target precision (--target, default the highest of
 deploy.target_precision; stage `score` records it in metrics/val/<system>.json), else `review`; the
 output says which threshold, from which system and with what validation precision. With
@@ -230,8 +230,8 @@ def predict(texts: list[str], tokenizer, model, labels: dict, top_k: int, input_
             params: dict, train_rows: list[dict], min_confidence: float = 0.0, progress: bool = False,
             rule: dict | None = None) -> list[dict]:
     """Each text decoded as ``system``'s predict@ stage decodes a row: its prompt style (the nearest of
-    ``train_rows`` shown, or the codes retrieved from them listed), params `decoding` with the system's own keys, the same
-    ``Decoding``; constrained to ``labels``, with at least ``top_k`` (and 2) beams. ``rule``: the routing threshold
+    ``train_rows`` shown, or the codes retrieved from them listed), params `decoding` with the system's own keys,
+    the same ``Decoding``; constrained to ``labels``, with at least ``top_k`` (and 2) beams. ``rule``: the routing threshold
     (``routing``); a retriever-agreement signal reads the TF-IDF retriever's first code, as `score` does."""
     known = frozenset(labels)
     rows = [{"id": f"input-{i}", "code": None, "input": icd10.redact(t, known)} for i, t in enumerate(texts)]
