@@ -4,12 +4,12 @@
     python -m icdstudy.predict --input batch.csv --output out.jsonl  a batch (column `input`, `dialogue` or `note`)
 
 Decodes each encounter as the system's predict@ stage decodes a row (the same prompt style, settings and
-Decoding; params `decoding` with the system's own keys). Scores are probabilities under the model
-restricted to the candidate codes (they sum to at most 1). Each encounter is routed: `code` where the system's confidence reaches the threshold
-certified on the calibration rows for the target precision (--target, default the highest of
-deploy.target_precision; stage `score` records it in metrics/val/<system>.json), else `review`; the
-output says which threshold, from which system and with what validation precision. With
---min-confidence p, a result whose top score is below p is marked abstained.
+Decoding; params `decoding` with the system's own keys). Scores are probabilities under the model restricted
+to the candidate codes (they sum to at most 1). Each encounter is routed: `code` where the system's confidence
+reaches the threshold certified on the calibration rows for the target precision (--target, default the
+highest of deploy.target_precision; stage `score` records it in metrics/val/<system>.json), else `review`; the
+output says which threshold, from which system and with what validation precision. With --min-confidence p, a
+result whose top score is below p is marked abstained.
 Suggestions support, and do not replace, a qualified medical coder.
 """
 # pandas is imported where used: only a batch file (--input) needs it.
