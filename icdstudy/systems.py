@@ -123,10 +123,6 @@ def run_entry(params: dict, run: str) -> dict:
     return runs[run]
 
 
-def systems_of_run(params: dict, run: str) -> list[System]:
-    return [s for s in selected(params) if s.run == run]
-
-
 def seed_predictions(s: System, params: dict) -> dict[str, Path]:
     """The other training seeds' test predictions of a fine-tuned system (seed-<n> -> path)."""
     if not s.fine_tuned:

@@ -18,7 +18,7 @@ from icdstudy.core.io import write_json, write_text_atomic
 from icdstudy.core.params import ParamError, load_params
 from icdstudy.reporting import plots
 from icdstudy.reporting.inputs import Missing, context, gather
-from icdstudy.reporting.report import PairingError, render
+from icdstudy.reporting.report import PairingError, render, with_plots
 
 
 def main(argv=None) -> int:
@@ -37,13 +37,9 @@ def main(argv=None) -> int:
         print(f"report: error: {exc}", file=sys.stderr)
         return 1
     ctx = context(root, params, preds)
-
-    def write(plot_paths: list[str]) -> str:
-        return render(evals, preds, trains, ctx["data"], params, plot_paths, seed_preds, ctx["bases"], ctx["inputs"],
-                      ctx["near"], vals)
-
-    try:
-        write([])  # every pairing is checked before anything is written
+    try:  # every pairing is checked before anything is written
+        text = render(evals, preds, trains, ctx["data"], params, seed_preds, ctx["bases"], ctx["inputs"], ctx["near"],
+                      vals)
     except PairingError as exc:
         print(f"report: error: {exc}", file=sys.stderr)
         return 1
@@ -51,7 +47,7 @@ def main(argv=None) -> int:
     write_json(args.systems, [{"system": s, **{k: m[k] for k in ("exact_match", "category_match", "chapter_match",
                                                                      "valid_rate", "macro_f1")}} for s, m in evals.items()])
     out = Path(args.out)
-    write_text_atomic(out, write([os.path.relpath(p, out.parent) for p in made]))
+    write_text_atomic(out, with_plots(text, [os.path.relpath(p, out.parent) for p in made]))
     # the Answer holds test numbers: it is read in the report, never printed into a sweep's log
     print(f"report: {len(evals)} systems, {len(made)} plots -> {out}")
     return 0

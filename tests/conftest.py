@@ -39,14 +39,18 @@ def dvc_env() -> dict:
     return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **GIT_ENV}
 
 
-def dvc(cwd: Path, *args, check: bool = True) -> str:
-    """`dvc ARGS` in ``cwd`` as a user runs it; its output (stdout, then stderr). Asserts it succeeded unless
+def sh(cwd: Path, *args, check: bool = True) -> str:
+    """A command in ``cwd`` with DVC's environment; its output (stdout, then stderr). Asserts it succeeded unless
     ``check`` is False."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          env=dvc_env(), timeout=900)
+    proc = subprocess.run(list(map(str, args)), cwd=cwd, capture_output=True, text=True, env=dvc_env(), timeout=900)
     if check:
-        assert proc.returncode == 0, f"dvc {' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
+
+
+def dvc(cwd: Path, *args, check: bool = True) -> str:
+    """`dvc ARGS` in ``cwd`` as a user runs it (``sh``)."""
+    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check)
 
 
 def _installed(module: str) -> bool:

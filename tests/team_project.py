@@ -1,20 +1,12 @@
 """A team's project for the tests of DVC's workflow: the project's own dvc.yaml on the demo data with a tiny
 random model registered in params (every stage runs in seconds), pushed to a bare git remote and a DVC remote
 folder, and clones of it."""
-import subprocess
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import copy_repo, dvc, dvc_env
+from tests.conftest import copy_repo, dvc, sh
 from tests.stage_project import tiny_tables
-
-
-def sh(cwd: Path, *args, check: bool = True) -> str:
-    proc = subprocess.run(list(map(str, args)), cwd=cwd, capture_output=True, text=True, env=dvc_env(), timeout=900)
-    if check:
-        assert proc.returncode == 0, f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
 def small_study(params_file: Path, model_dir: Path, key: str = "tiny") -> None:

@@ -42,3 +42,17 @@ def test_holm_levels_follow_the_step_each_test_is_judged_at():
     # p-values sorted 0.005 < 0.01 < 0.03 < 0.04: judged at 0.05/4, 0.05/3, 0.05/2, 0.05/1
     assert holm_levels([0.01, 0.04, 0.03, 0.005]) == pytest.approx([1 - 0.05 / 3, 0.95, 1 - 0.05 / 2, 1 - 0.05 / 4])
     assert holm_levels([0.2]) == pytest.approx([0.95])
+
+
+def test_seed_agreement_counts_the_seeds_whose_direction_matches_the_first():
+    from icdstudy.analysis.comparisons import compare_rows, seed_agreement
+
+    def rows(right: int) -> list[dict]:
+        return [{"id": str(i), "gold": "A", "pred": "A" if i < right else "B"} for i in range(10)]
+
+    a, b = rows(7), rows(5)
+    first = compare_rows(a, b)
+    assert first["diff"] > 0
+    assert seed_agreement("a", "b", first, {}, {"a": a, "b": b}) is None  # one seed
+    seeds = {"seed-1": rows(6), "seed-2": rows(4), "seed-3": rows(5)}  # better, worse, level
+    assert seed_agreement("a", "b", first, {"a": seeds}, {"a": a, "b": b}) == {"seeds": 4, "same_direction": 2}

@@ -333,3 +333,13 @@ def test_the_probe_decodes_what_predict_decodes(tiny_model_dir, tmp_path, gpu_pa
     predicted = decoding.run(loaded, tokenizer, ROWS, "dialogue", progress=False)
     assert exact == round(sum(p["pred"] == p["gold"] for p in predicted) / len(ROWS), 4)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_loss_spike_is_the_worst_loss_after_warmup_over_the_lowest_before_it():
+    from icdstudy.finetune.training import loss_spike
+
+    log = [{"step": s, "loss": x} for s, x in [(1, 3.0), (2, 1.0), (3, 0.5), (4, 1.5), (5, 0.4)]] + [{"step": 5, "eval_loss": 9}]
+    assert loss_spike(log, 2) == 3.0  # step 4: 1.5 over the 0.5 of step 3
+    assert loss_spike(log, 4) == round(0.4 / 0.5, 3)  # only step 5 is after warmup
+    assert loss_spike(log[:1], 0) is None
+

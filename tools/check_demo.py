@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from icdstudy.reporting.markdown_tables import cells_by_system, numbers, plain
+from icdstudy.reporting.markdown_tables import cells_by_system, same_cell
 
 # Columns that measure the machine, not the study (matched on the header's words).
 MACHINE = ("$", "latency", "samples/s", "memory", "tokens/s", "wall", "throughput")
@@ -50,7 +50,7 @@ def report_differences(ours: str, yours: str) -> tuple[int, list[str]]:
             diffs.append(f"{system} / {column}: only in {'the committed' if key in a else 'your'} report")
             continue
         compared += 1
-        if numbers(a[key]) != numbers(b[key]) or (not numbers(a[key]) and plain(a[key]) != plain(b[key])):
+        if not same_cell(a[key], b[key]):
             diffs.append(f"{system} / {column}: ours {a[key]!r}, yours {b[key]!r}")
     return compared, diffs
 

@@ -95,8 +95,8 @@ def seed_agreement(a: str, b: str, first: dict, seed_preds: dict, preds: dict) -
     if not runs:
         return None
     sign = (first["diff"] > 0) - (first["diff"] < 0)
-    same = 0
-    for name, rows in [("first seed", preds[a]), *runs.items()]:
+    same = 1  # the first seed is the comparison itself
+    for name, rows in runs.items():
         d = compare_rows(rows, preds[b], f"{a} ({name})", b)["diff"]
         same += ((d > 0) - (d < 0)) == sign
     return {"seeds": 1 + len(runs), "same_direction": same}

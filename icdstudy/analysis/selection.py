@@ -13,14 +13,6 @@ from __future__ import annotations
 
 from icdstudy.analysis import thresholds
 
-# The comparisons params `comparisons.primary` may declare (before any result): their roles in the Answer.
-PRIMARY = {
-    "headline": "the best fine-tuned system against the best large prompted one",
-    "floor": "the best fine-tuned system against the best floor",
-    "adds": "each system against the one its entry `adds` to",
-}
-
-
 def rank(m: dict | None, k: str) -> tuple[float, float]:
     """A system's validation standing at target key ``k``: fitted-threshold coverage, then exact match."""
     m = m or {}

@@ -7,6 +7,7 @@ the adapter with its metrics.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import time
@@ -174,8 +175,9 @@ def loss_spike(log_history: list[dict], warmup_steps: int) -> float | None:
     """The largest ratio of a logged training loss after warmup to the lowest logged before it: above 2, the run
     diverged for a while (the demo's recipe is held below it on every CPU kind). None with too few points."""
     logged = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
-    ratios = [loss / min(x for _, x in logged[:i]) for i, (step, loss) in enumerate(logged)
-              if i and step > warmup_steps and min(x for _, x in logged[:i]) > 0]
+    lowest = list(itertools.accumulate((loss for _, loss in logged), min))
+    ratios = [loss / lowest[i - 1] for i, (step, loss) in enumerate(logged)
+              if i and step > warmup_steps and lowest[i - 1] > 0]
     return round(max(ratios), 3) if ratios else None
 
 
@@ -205,7 +207,7 @@ def _run_metrics(trainer, output, kept: dict, cfg: dict, start: dict, train_ds, 
         "peak_mem_mb": machine.peak_memory_mb(),
         "quantized_4bit": bool(quantized),
         "num_processes": trainer.args.world_size,
-        "loss_spike": loss_spike(state.log_history, cfg["warmup_steps"]),
+        "loss_spike": loss_spike(state.log_history, trainer.args.get_warmup_steps(state.max_steps)),  # a share too
         "cpu_kernels": None if torch.cuda.is_available() else machine.cpu_kernels(),
         "seed": cfg["seed"],
         "wall_s": round(time.time() - t0, 1),

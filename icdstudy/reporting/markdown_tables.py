@@ -68,8 +68,9 @@ def numbers(cell: str) -> list[float]:
     return [float(m.replace(",", "").replace("\u2212", "-")) for m in _NUMBER.findall(cell)]
 
 
-def plain(cell: str) -> str:
-    return re.sub(r"\s+", " ", cell.replace("*", "").replace("`", "")).strip().lower()
+def same_cell(a: str, b: str) -> bool:
+    """Two cells say the same: the same numbers, or (without numbers) the same words."""
+    return numbers(a) == numbers(b) and (bool(numbers(a)) or norm_header(a) == norm_header(b))
 
 
 def cells_by_system(text: str) -> tuple[list[str], dict[tuple[str, str], str]]:

@@ -263,7 +263,7 @@ def all_systems_table(evals: dict, ordered: list[str], targets: list[float]) -> 
                   "memory.", ""]
 
 
-def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plots: list[str],
+def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict,
            seed_preds: dict | None = None, bases: dict | None = None, inputs: dict | None = None,
            near: dict | None = None, vals: dict | None = None) -> str:
     """``evals``/``vals``: test/validation metrics by system; ``preds``: test predictions; ``inputs``: test row id ->
@@ -327,9 +327,14 @@ def render(evals: dict, preds: dict, trains: dict, data: dict, params: dict, plo
             _split_line(evals),
             *([f"- Base models: {_provenance(bases)}."] if bases else []),
             f"- Hardware: {_hardware(evals)}.", ""]
-    if plots:
-        out += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def with_plots(text: str, plots: list[str]) -> str:
+    """The report with its figures (paths relative to it) at the end."""
+    if not plots:
+        return text
+    return "\n".join([text, "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""])
 
 
 def error_section(breakdown: dict, preds: dict, inputs: dict[str, str], systems_: list[str], sel: dict,
